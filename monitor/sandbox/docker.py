@@ -1,0 +1,380 @@
+"""Docker containers as sandboxes: inventory, identity, kill.
+
+`DockerInventory` keeps the `SandboxRegistry` in step with the engine: on (re)connect it lists the
+running containers, then follows the event stream (start, die, destroy). Each selected container
+becomes a `Sandbox(runtime="docker")` whose cgroup-v2 directory (from its init pid's
+/proc/PID/cgroup) and inode (the kernel's cgroup id) the sensor watches. It knows nothing of the
+sensor: it calls `on_added(sandbox)` / `on_removed(sandbox)` and hands each container's posture
+to `emit(event)` as a `container_start` event. Callbacks run on the inventory's own thread.
+
+When the engine is down or its socket is absent, the inventory logs one line and reconnects with
+exponential backoff; everything else the monitor watches is unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from monitor.event import Event
+from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.sandbox.posture import container_start_event
+
+LIFECYCLE_ACTIONS = ("start", "die", "destroy")
+DEFAULT_KILL_TIMEOUT_S = 2.0
+
+# Engine each watched container was found on: kill_container() goes back to the same engine.
+_engine_of: dict[str, str] = {}
+
+
+# --- cgroup v2 -------------------------------------------------------------------------------
+
+def cgroup2_root(mounts_file: str = "/proc/mounts") -> str | None:
+    """Mount point of the cgroup-v2 hierarchy: /sys/fs/cgroup/unified on a hybrid host,
+    /sys/fs/cgroup on a pure v2 one. None when there is none."""
+    try:
+        with open(mounts_file) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == "cgroup2":
+                    return fields[1]
+    except OSError:
+        return None
+    return None
+
+
+def cgroup2_relpath(cgroup_file_text: str) -> str | None:
+    """The v2 path ("0::/docker/<id>") out of a /proc/PID/cgroup text."""
+    for line in cgroup_file_text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip() or "/"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupRef:
+    path: str
+    id: int
+
+
+def cgroup_of_pid(pid: int, root: str) -> CgroupRef | None:
+    """The cgroup-v2 directory a process is in, and its inode (= bpf_get_current_cgroup_id())."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            rel = cgroup2_relpath(f.read())
+        if rel is None:
+            return None
+        path = os.path.normpath(root + "/" + rel.lstrip("/"))
+        return CgroupRef(path=path, id=os.stat(path).st_ino)
+    except OSError:
+        return None
+
+
+# --- selection -------------------------------------------------------------------------------
+
+def parse_selector(text: str | None) -> dict[str, str | None]:
+    """`key=value,key2` -> {"key": "value", "key2": None}; None/"" selects every container.
+
+    A key without a value requires only that the label exists."""
+    selector: dict[str, str | None] = {}
+    for term in (text or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        key, sep, value = term.partition("=")
+        key = key.strip()
+        if not key:
+            raise ValueError(f"label selector term {term!r} has no key")
+        selector[key] = value.strip() if sep else None
+    return selector
+
+
+def selector_matches(selector: dict[str, str | None], labels: dict[str, str]) -> bool:
+    return all(key in labels and (want is None or labels[key] == want)
+               for key, want in selector.items())
+
+
+# --- identity --------------------------------------------------------------------------------
+
+def _started_ns(started_at: str) -> int:
+    """Docker's RFC 3339 StartedAt (ns precision, 'Z') -> epoch ns; 0 when unparsable."""
+    if not started_at or started_at.startswith("0001-"):
+        return 0
+    head, _, frac = started_at.rstrip("Z").partition(".")
+    try:
+        secs = datetime.fromisoformat(head + "+00:00").timestamp()
+    except ValueError:
+        return 0
+    return int(secs) * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
+
+
+def sandbox_from_inspect(inspect: dict[str, Any], cgroup: CgroupRef | None,
+                         repo_digests: list[str] | None = None) -> Sandbox:
+    """Sandbox identity of a container: id, name, image (as asked for) and digest, labels."""
+    config = inspect.get("Config") or {}
+    state = inspect.get("State") or {}
+    digest = (repo_digests or [None])[0]
+    image_digest = digest.partition("@")[2] if digest else inspect.get("Image") or None
+    return Sandbox(id=inspect["Id"], name=(inspect.get("Name") or "").lstrip("/") or inspect["Id"][:12],
+                   runtime="docker", cgroup_id=cgroup.id if cgroup else 0,
+                   cgroup_path=cgroup.path if cgroup else "",
+                   image=config.get("Image") or None, image_digest=image_digest,
+                   labels=dict(config.get("Labels") or {}), root_pid=int(state.get("Pid") or 0),
+                   started_ns=_started_ns(state.get("StartedAt") or ""))
+
+
+def _log_stderr(line: str) -> None:
+    import sys
+    print(line, file=sys.stderr, flush=True)
+
+
+def _engine_url(base_url: str | None) -> str:
+    if base_url:
+        return base_url
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _noop(_: Any) -> None:
+    pass
+
+
+# --- inventory -------------------------------------------------------------------------------
+
+class DockerInventory:
+    """Watches one Docker engine and keeps the registry's docker sandboxes in step with it."""
+
+    def __init__(self, registry: SandboxRegistry, *, base_url: str | None = None,
+                 selector: dict[str, str | None] | None = None,
+                 on_added: Callable[[Sandbox], None] = _noop,
+                 on_removed: Callable[[Sandbox], None] = _noop,
+                 emit: Callable[[Event], None] = _noop,
+                 log: Callable[[str], None] = _log_stderr,
+                 backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
+                 cgroup_root: str | None = None) -> None:
+        self.registry = registry
+        self.base_url = _engine_url(base_url)
+        self.selector = selector or {}
+        self.on_added = on_added
+        self.on_removed = on_removed
+        self.emit = emit
+        self.log = log
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.cgroup_root = cgroup_root or cgroup2_root()
+        self._ids: set[str] = set()  # container ids this inventory registered
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: docker.APIClient | None = None
+        self._stream: Any = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.errors = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="docker-inventory", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._close_stream()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def container_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._ids)
+
+    def _run(self) -> None:
+        delay = self.backoff_min_s
+        down_logged = False
+        while not self._stop.is_set():
+            try:
+                client = docker.APIClient(base_url=self.base_url, timeout=10)
+                self._client = client
+                # Subscribe first, then list: a container starting in between is seen by both.
+                stream = client.events(decode=True, since=int(time.time()),
+                                       filters={"type": "container", "event": list(LIFECYCLE_ACTIONS)})
+                self._stream = stream
+                self.reconcile(client)
+                self.connected.set()
+                if down_logged:
+                    self.log(f"docker: engine at {self.base_url} is back; watching "
+                             f"{len(self.container_ids())} container(s)")
+                    self.reconnects += 1
+                down_logged = False
+                delay = self.backoff_min_s
+                for message in stream:
+                    if self._stop.is_set():
+                        break
+                    self.handle_event(client, message)
+                if not self._stop.is_set():
+                    raise ConnectionError("event stream closed")
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+                if self._stop.is_set():
+                    break
+                self.errors += 1
+                self.connected.clear()
+                if not down_logged:
+                    self.log(f"docker: engine at {self.base_url} unavailable ({_short(exc)}); "
+                             "other sandboxes are still watched; reconnecting with backoff")
+                    down_logged = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+            finally:
+                self._close_stream()
+        self.connected.clear()
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # reconciliation --------------------------------------------------------------------------
+    def reconcile(self, client: docker.APIClient) -> None:
+        """Make the registry match the engine's running containers (on connect and reconnect)."""
+        running = {c["Id"] for c in client.containers(filters={"status": "running"})}
+        for gone in set(self.container_ids()) - running:
+            self.remove(gone)
+        for container_id in sorted(running - set(self.container_ids())):
+            self.add(client, container_id)
+
+    def handle_event(self, client: docker.APIClient, message: dict[str, Any]) -> None:
+        if message.get("Type") != "container":
+            return
+        action = message.get("Action") or message.get("status") or ""
+        container_id = (message.get("Actor") or {}).get("ID") or message.get("id") or ""
+        if not container_id:
+            return
+        if action == "start":
+            self.add(client, container_id)
+        elif action in ("die", "destroy"):
+            exit_code = ((message.get("Actor") or {}).get("Attributes") or {}).get("exitCode")
+            self.remove(container_id, int(exit_code) if str(exit_code or "").isdigit() else None)
+
+    def add(self, client: docker.APIClient, container_id: str) -> Sandbox | None:
+        """Register a running, selected container; emit its posture. None when skipped."""
+        with self._lock:
+            if container_id in self._ids:
+                return None
+        try:
+            inspect = client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        labels = (inspect.get("Config") or {}).get("Labels") or {}
+        state = inspect.get("State") or {}
+        if not selector_matches(self.selector, labels) or not state.get("Running"):
+            return None
+        cgroup = cgroup_of_pid(int(state.get("Pid") or 0), self.cgroup_root) if self.cgroup_root else None
+        if cgroup is None:
+            self.log(f"docker: container {inspect.get('Name', container_id)} has no cgroup-v2 "
+                     "directory (exited already?); not watched")
+            return None
+        sandbox = sandbox_from_inspect(inspect, cgroup, self._repo_digests(client, inspect))
+        with self._lock:
+            if container_id in self._ids:
+                return None
+            self._ids.add(container_id)
+        _engine_of[container_id] = self.base_url
+        self.registry.add(sandbox)
+        self.on_added(sandbox)
+        self.emit(container_start_event(inspect, sandbox))
+        return sandbox
+
+    @staticmethod
+    def _repo_digests(client: docker.APIClient, inspect: dict[str, Any]) -> list[str]:
+        try:
+            return list(client.inspect_image(inspect.get("Image") or "").get("RepoDigests") or [])
+        except docker.errors.DockerException:
+            return []
+
+    def remove(self, container_id: str, exit_code: int | None = None) -> Sandbox | None:
+        """Forget a container; emit `sandbox_end` so sinks close its trace/session."""
+        with self._lock:
+            if container_id not in self._ids:
+                return None
+            self._ids.discard(container_id)
+        _engine_of.pop(container_id, None)
+        sandbox = self.registry.remove(container_id)
+        if sandbox is not None:
+            self.on_removed(sandbox)
+            detail = {"code": exit_code} if exit_code is not None else None
+            self.emit(Event(kind="sandbox_end", sandbox=sandbox.identity(), detail=detail,
+                            source="docker", cgroup_id=sandbox.cgroup_id))
+        return sandbox
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+# --- kill ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class KillResult:
+    outcome: str  # done | already_gone | failed (ActionRecord's vocabulary)
+    message: str
+
+
+def kill_container(sandbox: Sandbox, timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
+                   base_url: str | None = None) -> KillResult:
+    """SIGKILL a container through its engine; when the engine does not answer within timeout_s,
+    kill every process of its cgroup with cgroup.kill instead."""
+    url = base_url or _engine_of.get(sandbox.id) or _engine_url(None)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-kill")
+    future = pool.submit(_engine_kill, url, sandbox.id, timeout_s)
+    try:
+        return future.result(timeout=timeout_s)
+    except docker.errors.NotFound:
+        return KillResult("already_gone", "container no longer exists")
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:  # "is not running"
+            return KillResult("already_gone", _short(exc))
+        return _cgroup_kill(sandbox, f"engine refused: {_short(exc)}")
+    except FutureTimeout:
+        return _cgroup_kill(sandbox, f"engine did not answer within {timeout_s:g}s")
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        return _cgroup_kill(sandbox, f"engine unavailable: {_short(exc)}")
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _engine_kill(url: str, container_id: str, timeout_s: float) -> KillResult:
+    client = docker.APIClient(base_url=url, timeout=timeout_s, version="auto")
+    try:
+        client.kill(container_id, signal="SIGKILL")
+    finally:
+        client.close()
+    return KillResult("done", "killed through the engine")
+
+
+def _cgroup_kill(sandbox: Sandbox, why: str) -> KillResult:
+    if not sandbox.cgroup_path:
+        return KillResult("failed", f"{why}; no cgroup to kill")
+    try:
+        with open(os.path.join(sandbox.cgroup_path, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        return KillResult("already_gone", f"{why}; cgroup already removed")
+    except OSError as exc:
+        return KillResult("failed", f"{why}; cgroup.kill: {exc}")
+    return KillResult("done", f"{why}; killed with cgroup.kill")
