@@ -23,7 +23,7 @@ from typing import Any
 
 # Every kind a probe or source can emit. Rules' `when:` must name these.
 PROCESS_KINDS = ("exec", "exit", "fork", "setuid", "setgid", "capset", "ptrace", "memfd",
-                 "unshare", "setns", "mount", "bpf")
+                 "unshare", "setns", "mount", "bpf", "chdir")
 FILE_KINDS = ("open", "unlink", "rename", "chmod")
 NET_KINDS = ("connect", "accept", "bind", "listen", "dns")
 OTHER_KINDS = ("container_start", "sandbox_start", "sandbox_end", "llm_request", "llm_response",
@@ -41,7 +41,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
                 "ancestors", "caused_by", "start_time_ns"),
     "process.ancestors": ("pid", "executable", "args", "comm"),
     "file": ("path", "flags", "write", "mode", "new_path", "fd_path"),
-    "net": ("family", "transport", "address", "port", "direction", "query", "local_address",
+    "net": ("family", "transport", "address", "port", "direction", "query", "query_type", "local_address",
             "local_port"),
     "sandbox": ("id", "name", "runtime", "image", "image_digest", "labels", "cgroup_id",
                 "cgroup_path"),
@@ -85,6 +85,8 @@ class Event:
     source: str = "ebpf"  # ebpf | gvisor | llm | docker | monitor
     id: str = field(default_factory=new_id)
     cgroup_id: int = 0  # kernel cgroup id the event came from (0: not a kernel event)
+    # Transient facts a source hands to enrich (e.g. the dirfd of a relative path); never exported.
+    hints: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form and CEL activation; absent fields are left out."""

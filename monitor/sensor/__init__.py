@@ -1,0 +1,190 @@
+"""The eBPF event source: compiles probes/*.c with bcc, attaches them, keeps the watched-cgroup
+map, drains the ring buffer and decodes records into Events.
+
+Every probe checks the watched-cgroup map first, so host processes never leave the kernel.
+Records lost to a full ring buffer are counted per kind in the kernel (`lost`), and records
+user space could not decode are counted too; `lost()` reports both, never silently zero.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import os
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+
+from monitor.event import Event
+from monitor.sensor import wire
+from monitor.sensor.file import decode_file
+from monitor.sensor.net import decode_net
+from monitor.sensor.process import decode_exec, decode_sys
+
+PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
+PROBE_FILES = ("events.h", "process.c", "file.c", "net.c")
+_HDR = struct.Struct("<QQIIIIIiII16s")
+_EXEC_JOIN_WAIT_NS = 200_000_000  # an exec whose result record never came is emitted anyway
+
+_FILE_KINDS = {wire.K_OPEN, wire.K_OPEN2, wire.K_UNLINK, wire.K_RENAME, wire.K_CHMOD}
+_NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_DNS}
+
+
+class SensorError(RuntimeError):
+    pass
+
+
+def bpf_source(probe_dir: Path = PROBES_DIR) -> str:
+    return wire.c_defines() + "".join((probe_dir / name).read_text() for name in PROBE_FILES)
+
+
+class Sensor:
+    name = "ebpf"
+
+    def __init__(self, probe_dir: Path = PROBES_DIR) -> None:
+        try:
+            from bcc import BPF  # imported late: pure-Python units run without bcc
+        except ImportError as exc:
+            raise SensorError("bcc is not importable: install python3-bpfcc (scripts/setup.sh)") from exc
+        started = time.monotonic()
+        try:
+            self.bpf = BPF(text=bpf_source(probe_dir), cflags=["-Wno-macro-redefined", "-w"])
+        except Exception as exc:
+            raise SensorError(f"BPF compile/attach failed: {exc}") from exc
+        self.attach_seconds = time.monotonic() - started
+        self._watched = self.bpf["watched"]
+        self._lost = self.bpf["lost"]
+        self._records: list[bytes] = []
+        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
+        self._exec_pending: dict[int, Event] = {}
+        self.decode_errors = 0
+        self.counts: Counter[str] = Counter()  # records seen, by wire kind name (+ exec_enoent)
+
+    # -- watched cgroups ---------------------------------------------------------------
+    def add_cgroup(self, cgroup_id: int) -> None:
+        self._watched[ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
+
+    def remove_cgroup(self, cgroup_id: int) -> None:
+        try:
+            del self._watched[ct.c_uint64(cgroup_id)]
+        except KeyError:
+            pass
+
+    # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
+    def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:
+        table = self.bpf["exec_deny"]
+        key = table.Key()
+        raw = path.encode()[: wire.DENY_PATH_LEN - 1]
+        key.prefixlen = 64 + 8 * (len(raw) + (0 if prefix else 1))
+        ct.memmove(key.cgroup, struct.pack("<Q", cgroup_id), 8)
+        ct.memmove(key.path, raw, len(raw))
+        table[key] = ct.c_uint32(1)
+
+    def clear_denies(self, cgroup_id: int) -> None:
+        table = self.bpf["exec_deny"]
+        for key in list(table.keys()):
+            if struct.unpack("<Q", bytes(key.cgroup))[0] == cgroup_id:
+                del table[key]
+
+    # -- ring buffer ---------------------------------------------------------------------
+    def _on_record(self, _ctx: int, data: int, size: int) -> None:
+        self._records.append(ct.string_at(data, size))
+
+    def poll(self, timeout_ms: int = 100) -> list[Event]:
+        self.bpf.ring_buffer_poll(timeout_ms)
+        return self._decode_batch()
+
+    def drain(self) -> list[Event]:
+        """Everything already in the ring buffer, without waiting; pending execs flushed."""
+        self.bpf.ring_buffer_consume()
+        events = self._decode_batch()
+        events.extend(self._exec_pending.values())
+        self._exec_pending.clear()
+        return events
+
+    def _decode_batch(self) -> list[Event]:
+        records, self._records = self._records, []
+        events: list[Event] = []
+        for buf in records:
+            try:
+                event = self._decode(buf)
+            except (struct.error, KeyError, ValueError, IndexError):
+                self.decode_errors += 1
+                continue
+            if event is not None:
+                events.append(event)
+        if self._exec_pending:
+            self._flush_stale_execs(events)
+        return events
+
+    def _flush_stale_execs(self, events: list[Event]) -> None:
+        now = time.monotonic_ns() + self._wall_offset
+        for tid, event in list(self._exec_pending.items()):
+            if now - event.time_ns > _EXEC_JOIN_WAIT_NS:
+                events.append(self._exec_pending.pop(tid))
+
+    def _decode(self, buf: bytes) -> Event | None:
+        ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, comm = _HDR.unpack_from(buf)
+        name = wire.KIND_NAMES[kind]
+        self.counts[name] += 1
+        if kind == wire.K_EXEC_RESULT:
+            return self._join_exec(tid, result)
+        event = Event(kind=name, time_ns=ts + self._wall_offset, cgroup_id=cgroup_id,
+                      process={"pid": pid, "tid": tid, "uid": uid, "gid": gid,
+                               "comm": wire.cstr(comm)})
+        if flags & wire.F_DENIED:
+            event.verdict = "denied"
+        if kind == wire.K_EXEC:
+            decode_exec(event, flags, buf)
+            self._exec_pending[tid] = event
+            return None
+        event.result = result
+        if kind in _FILE_KINDS:
+            return decode_file(event, kind, buf)
+        if kind in _NET_KINDS:
+            decode_net(event, kind, buf)
+            return event if event.net is not None else None
+        return decode_sys(event, kind, buf)
+
+    def _join_exec(self, tid: int, result: int) -> Event | None:
+        event = self._exec_pending.pop(tid, None)
+        if event is None:
+            return None
+        event.result = result
+        if result == -errno.ENOENT and event.verdict is None:
+            # execvp's walk along $PATH: counted, not an event (the successful try follows).
+            self.counts["exec_enoent"] += 1
+            return None
+        return event
+
+    # -- accounting ----------------------------------------------------------------------
+    def lost(self) -> dict[str, int]:
+        lost: Counter[str] = Counter()
+        for key, per_cpu in self._lost.items():
+            total = sum(per_cpu)
+            if total:
+                lost[wire.KIND_NAMES.get(key.value, str(key.value))] += total
+        if self.decode_errors:
+            lost["decode_error"] = self.decode_errors
+        return dict(lost)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def probe_names(probe_dir: Path = PROBES_DIR) -> list[str]:
+    """The tracepoints the probes attach to (for `monitor doctor`)."""
+    import re
+
+    text = "".join((probe_dir / name).read_text() for name in PROBE_FILES)
+    names = re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", text)
+    for macro in ("SYS_PROBE", "FILE_PROBE", "NET_PROBE"):
+        for call in re.findall(rf"^{macro}\((\w+),", text, flags=re.M):
+            names += [("syscalls", f"sys_enter_{call}"), ("syscalls", f"sys_exit_{call}")]
+    return sorted({f"{cat}:{ev}" for cat, ev in names if not ev.startswith("sys_enter_##")
+                   and not ev.startswith("sys_exit_##")})
+
+
+__all__ = ["Sensor", "SensorError", "bpf_source", "probe_names", "os"]

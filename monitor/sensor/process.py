@@ -1,0 +1,82 @@
+"""Decoder for probes/process.c: exec_event and sys_event records -> Events."""
+
+from __future__ import annotations
+
+import struct
+
+from monitor.event import Event
+from monitor.sensor import wire
+from monitor.sensor.wire import cstr
+
+_EXEC_BODY = struct.Struct(f"<II{wire.PATH_LEN}s")
+_SYS_ARGS = struct.Struct("<5Q")
+_SYS_STRS = struct.Struct(f"<{wire.STR_LEN}s{wire.STR_LEN}s{wire.STR_LEN}s")
+
+CLONE_NAMESPACE_FLAGS = {
+    0x00020000: "CLONE_NEWNS", 0x02000000: "CLONE_NEWCGROUP", 0x04000000: "CLONE_NEWUTS",
+    0x08000000: "CLONE_NEWIPC", 0x10000000: "CLONE_NEWUSER", 0x20000000: "CLONE_NEWPID",
+    0x40000000: "CLONE_NEWNET", 0x00000080: "CLONE_NEWTIME",
+}
+PTRACE_REQUESTS = {0: "PTRACE_TRACEME", 1: "PTRACE_PEEKTEXT", 2: "PTRACE_PEEKDATA",
+                   4: "PTRACE_POKETEXT", 5: "PTRACE_POKEDATA", 16: "PTRACE_ATTACH",
+                   17: "PTRACE_DETACH", 0x4206: "PTRACE_SEIZE"}
+SETUID_CALLS = {0: ("setuid", "setgid"), 1: ("setreuid", "setregid"), 2: ("setresuid", "setresgid")}
+_NO_ID = 0xFFFFFFFF
+
+
+def namespace_flags(flags: int) -> list[str]:
+    return [name for bit, name in CLONE_NAMESPACE_FLAGS.items() if flags & bit]
+
+
+def decode_exec(event: Event, flags: int, buf: bytes) -> Event:
+    argc, _, filename = _EXEC_BODY.unpack_from(buf, wire.HDR_SIZE)
+    base = wire.HDR_SIZE + _EXEC_BODY.size
+    args = [cstr(buf[base + i * wire.ARG_LEN: base + (i + 1) * wire.ARG_LEN]) for i in range(argc)]
+    event.process["executable"] = cstr(filename)
+    event.process["args"] = args
+    if flags & (wire.F_ARG_TRUNC | wire.F_ARGS_TRUNC | wire.F_PATH_TRUNC):
+        event.detail = {"args_truncated": True}
+    return event
+
+
+def _ids(a: tuple[int, ...]) -> list[int | None]:
+    return [None if (v & _NO_ID) == _NO_ID else v & _NO_ID for v in a[:3]]
+
+
+def decode_sys(event: Event, kind: int, buf: bytes) -> Event:
+    a = _SYS_ARGS.unpack_from(buf, wire.HDR_SIZE)
+    strs_at = wire.HDR_SIZE + _SYS_ARGS.size
+    strs = [cstr(s) for s in _SYS_STRS.unpack_from(buf, strs_at)] if len(buf) > strs_at else []
+    if kind == wire.K_FORK:
+        event.detail = {"child_pid": a[0]}
+    elif kind == wire.K_EXIT:
+        event.detail = {"code": a[1] & 0xFF} if a[0] else {"signal": "unknown"}
+    elif kind in (wire.K_SETUID, wire.K_SETGID):
+        real, eff, saved = _ids(a)
+        is_uid = kind == wire.K_SETUID
+        prefix = "uid" if is_uid else "gid"
+        detail: dict[str, object] = {"call": SETUID_CALLS[a[3] & 3][0 if is_uid else 1], prefix: real}
+        if eff is not None:
+            detail["e" + prefix] = eff
+        if saved is not None:
+            detail["s" + prefix] = saved
+        event.detail = detail
+    elif kind == wire.K_CAPSET:
+        event.detail = {"effective": a[2], "permitted": a[3]}
+    elif kind == wire.K_PTRACE:
+        event.detail = {"request": PTRACE_REQUESTS.get(a[0], str(a[0])), "target_pid": a[1]}
+    elif kind == wire.K_MEMFD:
+        event.detail = {"name": strs[0], "flags": a[1]}
+    elif kind == wire.K_UNSHARE:
+        event.detail = {"call": "unshare", "flags": namespace_flags(a[0])}
+    elif kind == wire.K_SETNS:
+        event.detail = {"call": "setns", "flags": namespace_flags(a[1])}
+    elif kind == wire.K_MOUNT:
+        event.detail = {"source": strs[0], "target": strs[1], "fstype": strs[2], "flags": a[3]}
+    elif kind == wire.K_BPF:
+        event.detail = {"cmd": a[0]}
+    elif kind == wire.K_CHDIR:
+        event.hints = {"chdir": strs[0]}
+    elif kind == wire.K_FCHDIR:
+        event.hints = {"fchdir": a[0]}
+    return event

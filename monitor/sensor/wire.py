@@ -1,0 +1,73 @@
+"""The wire format shared with probes/events.h: constants (prepended to the BPF C as #defines,
+so C and Python cannot drift) and the record header."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+PATH_LEN = 256
+STR_LEN = 256
+MAX_ARGS = 20
+ARG_LEN = 128
+SOCKADDR_LEN = 128
+DNS_LEN = 256
+DENY_PATH_LEN = 248
+RINGBUF_PAGES = 4096  # 16 MiB: an exec storm or open storm never waits for user space
+
+# Record kinds on the wire. Several map to one event kind (K_OPEN2 -> open).
+K_EXEC, K_EXEC_RESULT, K_FORK, K_EXIT = 1, 2, 3, 4
+K_SETUID, K_SETGID, K_CAPSET, K_PTRACE, K_MEMFD, K_UNSHARE, K_SETNS, K_MOUNT, K_BPF = range(5, 14)
+K_CHDIR, K_FCHDIR = 14, 15
+K_OPEN, K_OPEN2, K_UNLINK, K_RENAME, K_CHMOD = 16, 17, 18, 19, 20
+K_CONNECT, K_BIND, K_LISTEN, K_ACCEPT, K_DNS, K_SOCKET = 21, 22, 23, 24, 25, 26
+K_MAX = 32
+
+# Header flag bits.
+F_PATH_TRUNC = 1
+F_ARG_TRUNC = 2
+F_ARGS_TRUNC = 4
+F_DENIED = 8
+
+KIND_NAMES: dict[int, str] = {
+    K_EXEC: "exec", K_EXEC_RESULT: "exec_result", K_FORK: "fork", K_EXIT: "exit", K_SETUID: "setuid",
+    K_SETGID: "setgid", K_CAPSET: "capset", K_PTRACE: "ptrace", K_MEMFD: "memfd",
+    K_UNSHARE: "unshare", K_SETNS: "setns", K_MOUNT: "mount", K_BPF: "bpf", K_CHDIR: "chdir",
+    K_FCHDIR: "chdir", K_OPEN: "open", K_OPEN2: "open", K_UNLINK: "unlink", K_RENAME: "rename",
+    K_CHMOD: "chmod", K_CONNECT: "connect", K_BIND: "bind", K_LISTEN: "listen",
+    K_ACCEPT: "accept", K_DNS: "dns",
+}
+
+
+def c_defines() -> str:
+    """#define lines for every constant above, plus the few kernel ABI values the probes need."""
+    names = {k: v for k, v in globals().items() if k.isupper() and isinstance(v, int)}
+    names |= {"AT_FDCWD_VALUE": -100, "AF_INET_VALUE": 2, "AF_INET6_VALUE": 10,
+              "EINPROGRESS_VALUE": 115, "CLONE_THREAD_FLAG": 0x00010000}
+    return "".join(f"#define {k} ({v})\n" for k, v in names.items())
+
+
+class Hdr(ct.Structure):
+    _fields_ = [
+        ("ts", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("kind", ct.c_uint32),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("uid", ct.c_uint32),
+        ("gid", ct.c_uint32),
+        ("result", ct.c_int32),
+        ("flags", ct.c_uint32),
+        ("size", ct.c_uint32),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+HDR_SIZE = ct.sizeof(Hdr)
+
+
+def cstr(raw: bytes) -> str:
+    """A NUL-terminated C string field as text (undecodable bytes escaped, never an error)."""
+    end = raw.find(b"\0")
+    if end >= 0:
+        raw = raw[:end]
+    return raw.decode("utf-8", "backslashreplace")

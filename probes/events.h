@@ -1,0 +1,77 @@
+/* Shared by every probe: the record header, the watched-cgroup map, the ring buffer,
+ * per-kind lost counters, and the per-thread stash that carries syscall arguments from
+ * sys_enter to sys_exit (so records carry the result).
+ * Constants (K_*, PATH_LEN, ...) are prepended by monitor/sensor/wire.py: one source of truth.
+ * Probes read tracepoint arguments, helpers and user memory only: never kernel structs. */
+#include <uapi/linux/ptrace.h>
+#include <linux/capability.h>
+
+struct hdr {
+    u64 ts;          /* bpf_ktime_get_ns() */
+    u64 cgroup_id;
+    u32 kind;
+    u32 pid;         /* tgid */
+    u32 tid;
+    u32 uid;
+    u32 gid;
+    s32 result;      /* syscall return value (0 / -errno / fd), where known */
+    u32 flags;       /* F_* bits: truncation, verdict */
+    u32 size;        /* bytes of this record actually used */
+    char comm[16];
+};
+
+struct stash_t {
+    u32 kind;
+    u32 pad;
+    u64 a[5];
+};
+
+BPF_HASH(watched, u64, u8, 4096);
+BPF_HASH(stash, u32, struct stash_t, 16384);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, u64, K_MAX);
+
+/* The first thing every probe does: is the current task in a watched sandbox? */
+static __always_inline int watched_cgroup(u64 *cg) {
+    *cg = bpf_get_current_cgroup_id();
+    return watched.lookup(cg) != NULL;
+}
+
+static __always_inline void count_lost(u32 kind) {
+    u64 *n = lost.lookup(&kind);
+    if (n)
+        (*n)++;
+}
+
+static __always_inline void fill_hdr(struct hdr *h, u32 kind, u64 cg, u32 size) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    h->ts = bpf_ktime_get_ns();
+    h->cgroup_id = cg;
+    h->kind = kind;
+    h->pid = pid_tgid >> 32;
+    h->tid = (u32)pid_tgid;
+    h->uid = (u32)uid_gid;
+    h->gid = uid_gid >> 32;
+    h->result = 0;
+    h->flags = 0;
+    h->size = size;
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* sys_enter half: remember the arguments of a watched thread's syscall. */
+static __always_inline int stash_args(u32 kind, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct stash_t s = {.kind = kind, .a = {a0, a1, a2, a3, a4}};
+    stash.update(&tid, &s);
+    return 0;
+}
+
+/* sys_exit half: take the arguments back (NULL when the enter half did not stash). */
+static __always_inline struct stash_t *take_args(u32 *tid) {
+    *tid = (u32)bpf_get_current_pid_tgid();
+    return stash.lookup(tid);
+}

@@ -1,0 +1,96 @@
+/* File probes: open/openat/openat2, unlink/unlinkat, rename/renameat/renameat2,
+ * chmod/fchmodat/fchmodat2/fchmod. Arguments are stashed at enter; the record is written at
+ * exit with the result (paths are still in user memory then).
+ * Wire struct: file_event. Decoder: monitor/sensor/file.py. */
+
+struct file_event {
+    struct hdr h;
+    s32 dfd;
+    s32 dfd2;
+    u32 oflags;
+    u32 mode;
+    char path[PATH_LEN];
+    char path2[PATH_LEN];   /* rename only: the record is cut before it otherwise */
+};
+
+static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u64 cg, u32 size, long ret) {
+    fill_hdr(&e->h, s->kind, cg, size);
+    e->h.result = ret;
+    e->dfd = (s32)s->a[0];
+    e->oflags = (u32)s->a[2];
+    e->mode = (u32)s->a[3];
+    e->dfd2 = (s32)s->a[4];
+    if (s->kind == K_OPEN2) {   /* openat2: flags and mode live in struct open_how (u64 each) */
+        u64 how[2] = {};
+        bpf_probe_read_user(how, sizeof(how), (void *)s->a[2]);
+        e->oflags = (u32)how[0];
+        e->mode = (u32)how[1];
+    }
+    e->path[0] = 0;
+    if (s->a[1] && bpf_probe_read_user_str(e->path, PATH_LEN, (void *)s->a[1]) == PATH_LEN)
+        e->h.flags |= F_PATH_TRUNC;
+    return 0;
+}
+
+static __always_inline int file_exit(long ret) {
+    u32 tid;
+    struct stash_t *sp = take_args(&tid);
+    if (!sp)
+        return 0;
+    struct stash_t s = *sp;
+    stash.delete(&tid);
+    u64 cg = bpf_get_current_cgroup_id();
+    u32 size = offsetof(struct file_event, path2);
+    struct file_event *e = events.ringbuf_reserve(offsetof(struct file_event, path2));
+    if (!e) {
+        count_lost(s.kind);
+        return 0;
+    }
+    fill_file(e, &s, cg, size, ret);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+/* rename: the full record, with the new path */
+static __always_inline int rename_exit(long ret) {
+    u32 tid;
+    struct stash_t *sp = take_args(&tid);
+    if (!sp)
+        return 0;
+    struct stash_t s = *sp;
+    stash.delete(&tid);
+    u64 cg = bpf_get_current_cgroup_id();
+    struct file_event *e = events.ringbuf_reserve(sizeof(struct file_event));
+    if (!e) {
+        count_lost(s.kind);
+        return 0;
+    }
+    fill_file(e, &s, cg, sizeof(struct file_event), ret);
+    e->mode = 0;
+    bpf_probe_read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+#define FILE_PROBE_X(name, kind, dfd, path, flags, mode_or_path2, dfd2, exit_fn)       \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                      \
+        return stash_args(kind, (u64)(dfd), (u64)(path), (u64)(flags),                  \
+                          (u64)(mode_or_path2), (u64)(dfd2));                           \
+    }                                                                                   \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return exit_fn(args->ret); }
+#define FILE_PROBE(name, kind, dfd, path, flags, mode, dfd2) \
+    FILE_PROBE_X(name, kind, dfd, path, flags, mode, dfd2, file_exit)
+#define RENAME_PROBE(name, dfd, path, flags, path2, dfd2) \
+    FILE_PROBE_X(name, K_RENAME, dfd, path, flags, path2, dfd2, rename_exit)
+
+FILE_PROBE(open, K_OPEN, AT_FDCWD_VALUE, args->filename, args->flags, args->mode, 0)
+FILE_PROBE(openat, K_OPEN, args->dfd, args->filename, args->flags, args->mode, 0)
+FILE_PROBE(openat2, K_OPEN2, args->dfd, args->filename, args->how, 0, 0)
+FILE_PROBE(unlink, K_UNLINK, AT_FDCWD_VALUE, args->pathname, 0, 0, 0)
+FILE_PROBE(unlinkat, K_UNLINK, args->dfd, args->pathname, args->flag, 0, 0)
+RENAME_PROBE(rename, AT_FDCWD_VALUE, args->oldname, 0, args->newname, AT_FDCWD_VALUE)
+RENAME_PROBE(renameat, args->olddfd, args->oldname, 0, args->newname, args->newdfd)
+RENAME_PROBE(renameat2, args->olddfd, args->oldname, args->flags, args->newname, args->newdfd)
+FILE_PROBE(chmod, K_CHMOD, AT_FDCWD_VALUE, args->filename, 0, args->mode, 0)
+FILE_PROBE(fchmodat, K_CHMOD, args->dfd, args->filename, 0, args->mode, 0)
+FILE_PROBE(fchmod, K_CHMOD, args->fd, 0, 0, args->mode, 0)

@@ -1,0 +1,236 @@
+/* Process probes: exec (with argv and the in-kernel exec deny), fork, exit, and the
+ * privilege / namespace / memfd / ptrace / mount / bpf / chdir calls.
+ * Wire structs: exec_event, sys_event. Decoder: monitor/sensor/process.py. */
+
+struct exec_event {
+    struct hdr h;
+    u32 argc;
+    u32 pad;
+    char filename[PATH_LEN];
+    char args[MAX_ARGS][ARG_LEN];
+};
+
+struct sys_event {
+    struct hdr h;
+    u64 a[5];
+    char s[3][STR_LEN];
+};
+
+/* Exec deny: an LPM trie keyed by (cgroup id, path bytes). An exact path is stored with its
+ * NUL (so it matches only itself); a prefix without. */
+struct deny_key {
+    u32 prefixlen;
+    u8 cgroup[8];
+    char path[DENY_PATH_LEN];   /* LPM trie data is at most 256 bytes: 8 + 248 */
+} __attribute__((packed));
+BPF_LPM_TRIE(exec_deny, struct deny_key, u32, 4096);
+BPF_PERCPU_ARRAY(deny_scratch, struct deny_key, 1);
+/* clone flags of a watched thread's fork in flight (to tell threads from processes) */
+BPF_HASH(clone_flags, u32, u64, 4096);
+BPF_HASH(exit_codes, u32, s32, 8192);
+
+static __always_inline int exec_enter(u32 kind, const char *filename, const char *const *argv) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    struct exec_event *e = events.ringbuf_reserve(sizeof(struct exec_event));
+    if (!e) {
+        count_lost(kind);
+        return 0;
+    }
+    fill_hdr(&e->h, kind, cg, sizeof(struct exec_event));
+    int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+    if (n == PATH_LEN)
+        e->h.flags |= F_PATH_TRUNC;
+    e->argc = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_ARGS; i++) {
+        const char *argp = NULL;
+        bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
+        if (!argp)
+            break;
+        int len = bpf_probe_read_user_str(e->args[i], ARG_LEN, argp);
+        if (len == ARG_LEN)
+            e->h.flags |= F_ARG_TRUNC;
+        e->argc = i + 1;
+    }
+    if (e->argc == MAX_ARGS) {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
+        if (more)
+            e->h.flags |= F_ARGS_TRUNC;
+    }
+    u32 zero = 0;
+    struct deny_key *key = deny_scratch.lookup(&zero);
+    if (key) {
+        __builtin_memset(key->path, 0, sizeof(key->path));
+        key->prefixlen = 64 + DENY_PATH_LEN * 8;
+        __builtin_memcpy(key->cgroup, &cg, 8);
+        bpf_probe_read_kernel_str(key->path, sizeof(key->path), e->filename);
+        if (exec_deny.lookup(key)) {
+            bpf_send_signal(9);   /* delivered before the new image runs an instruction */
+            e->h.flags |= F_DENIED;
+        }
+    }
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+/* exec result: a small record; user space joins it to the enter record by tid. */
+static __always_inline int exec_exit(u32 kind, long ret) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    struct hdr *h = events.ringbuf_reserve(sizeof(struct hdr));
+    if (!h) {
+        count_lost(kind);
+        return 0;
+    }
+    fill_hdr(h, kind, cg, sizeof(struct hdr));
+    h->result = ret;
+    events.ringbuf_submit(h, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve) { return exec_enter(K_EXEC, args->filename, args->argv); }
+TRACEPOINT_PROBE(syscalls, sys_exit_execve) { return exec_exit(K_EXEC_RESULT, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat) { return exec_enter(K_EXEC, args->filename, args->argv); }
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat) { return exec_exit(K_EXEC_RESULT, args->ret); }
+
+/* fork: sched_process_fork runs in the parent; clone flags stashed at sys_enter tell threads apart. */
+static __always_inline int note_clone(u64 flags) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    clone_flags.update(&tid, &flags);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_clone) { return note_clone(args->clone_flags); }
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3) {
+    u64 flags = 0;
+    bpf_probe_read_user(&flags, sizeof(flags), args->uargs);  /* clone_args.flags is first */
+    return note_clone(flags);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 *flags = clone_flags.lookup(&tid);
+    if (flags) {
+        u64 f = *flags;
+        clone_flags.delete(&tid);
+        if (f & CLONE_THREAD_FLAG)
+            return 0;
+    }
+    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s));
+    if (!e) {
+        count_lost(K_FORK);
+        return 0;
+    }
+    fill_hdr(&e->h, K_FORK, cg, offsetof(struct sys_event, s));
+    e->a[0] = args->child_pid;
+    e->a[1] = args->parent_pid;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    s32 code = args->error_code;
+    exit_codes.update(&tgid, &code);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 cg;
+    if (!watched_cgroup(&cg) || !args->group_dead)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s));
+    if (!e) {
+        count_lost(K_EXIT);
+        return 0;
+    }
+    fill_hdr(&e->h, K_EXIT, cg, offsetof(struct sys_event, s));
+    s32 *code = exit_codes.lookup(&tgid);
+    e->a[0] = code ? 1 : 0;              /* exit code known (exit_group) or not (signal) */
+    e->a[1] = code ? *code : 0;
+    if (code)
+        exit_codes.delete(&tgid);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+/* The other process calls: stash at enter, emit with the result at exit. */
+static __always_inline int sys_exit(long ret) {
+    u32 tid;
+    struct stash_t *sp = take_args(&tid);
+    if (!sp)
+        return 0;
+    struct stash_t s = *sp;
+    stash.delete(&tid);
+    u64 cg = bpf_get_current_cgroup_id();
+    struct sys_event *e = events.ringbuf_reserve(sizeof(struct sys_event));
+    if (!e) {
+        count_lost(s.kind);
+        return 0;
+    }
+    fill_hdr(&e->h, s.kind, cg, sizeof(struct sys_event));
+    e->h.result = ret;
+    e->a[0] = s.a[0];
+    e->a[1] = s.a[1];
+    e->a[2] = s.a[2];
+    e->a[3] = s.a[3];
+    e->a[4] = s.a[4];
+    e->s[0][0] = 0;
+    e->s[1][0] = 0;
+    e->s[2][0] = 0;
+    switch (s.kind) {
+    case K_MEMFD:
+    case K_CHDIR:
+        bpf_probe_read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
+        break;
+    case K_MOUNT:
+        bpf_probe_read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
+        bpf_probe_read_user_str(e->s[1], STR_LEN, (void *)s.a[1]);
+        bpf_probe_read_user_str(e->s[2], STR_LEN, (void *)s.a[2]);
+        break;
+    case K_CAPSET: {
+        u32 caps[3] = {};
+        bpf_probe_read_user(caps, sizeof(caps), (void *)s.a[1]);
+        e->a[2] = caps[0];   /* effective */
+        e->a[3] = caps[1];   /* permitted */
+        break;
+    }
+    }
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+#define SYS_PROBE(name, kind, a0, a1, a2, a3)                                           \
+    TRACEPOINT_PROBE(syscalls, sys_enter_##name) {                                      \
+        return stash_args(kind, (u64)(a0), (u64)(a1), (u64)(a2), (u64)(a3), 0);          \
+    }                                                                                   \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return sys_exit(args->ret); }
+
+SYS_PROBE(setuid, K_SETUID, args->uid, -1, -1, 0)
+SYS_PROBE(setreuid, K_SETUID, args->ruid, args->euid, -1, 1)
+SYS_PROBE(setresuid, K_SETUID, args->ruid, args->euid, args->suid, 2)
+SYS_PROBE(setgid, K_SETGID, args->gid, -1, -1, 0)
+SYS_PROBE(setregid, K_SETGID, args->rgid, args->egid, -1, 1)
+SYS_PROBE(setresgid, K_SETGID, args->rgid, args->egid, args->sgid, 2)
+SYS_PROBE(capset, K_CAPSET, args->header, args->data, 0, 0)
+SYS_PROBE(ptrace, K_PTRACE, args->request, args->pid, 0, 0)
+SYS_PROBE(memfd_create, K_MEMFD, args->uname, args->flags, 0, 0)
+SYS_PROBE(unshare, K_UNSHARE, args->unshare_flags, 0, 0, 0)
+SYS_PROBE(setns, K_SETNS, args->fd, args->flags, 0, 0)
+SYS_PROBE(mount, K_MOUNT, args->dev_name, args->dir_name, args->type, args->flags)
+SYS_PROBE(bpf, K_BPF, args->cmd, args->size, 0, 0)
+SYS_PROBE(chdir, K_CHDIR, args->filename, 0, 0, 0)
+SYS_PROBE(fchdir, K_FCHDIR, args->fd, 0, 0, 0)
