@@ -1,0 +1,109 @@
+"""The CEL engine behind one small interface: cel-expr-python (Google's C++ CEL runtime).
+
+`CelEngine.compile(text)` -> `Program` (compiled once at load); `CelEngine.activation(data)` builds
+the one activation shared by every rule evaluated on an event; `Program.eval(activation)` returns
+True / False, or raises `EvalError` (missing field, type error, non-bool result).
+
+Functions beyond standard CEL (both here and in the cel-python oracle, see `oracle_functions`):
+  in_cidr(address: string, cidr: string) -> bool   false when the address does not parse
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from typing import Any
+
+from cel_expr_python import cel
+
+
+class CompileError(Exception):
+    """The CEL text does not compile; message is the engine's first error line, position kept."""
+
+
+class EvalError(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=65536)
+def in_cidr(address: str, cidr: str) -> bool:
+    network = _network(cidr)
+    if network is None:
+        return False
+    try:
+        return ipaddress.ip_address(address) in network
+    except ValueError:
+        return False
+
+
+def valid_cidr(cidr: str) -> bool:
+    return _network(cidr) is not None
+
+
+_ERROR_LINE = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*)")
+
+
+def _compile_message(exc: Exception) -> str:
+    text = str(exc)
+    found = _ERROR_LINE.search(text)
+    if not found:
+        return text.splitlines()[0] if text else "does not compile"
+    line, column, message = found.groups()
+    undeclared = re.match(r"undeclared reference to '([^']+)'", message)
+    if undeclared:
+        return f"unknown name '{undeclared.group(1)}' (not a macro, a list or `event`) at {line}:{column}"
+    return f"CEL error at {line}:{column}: {message}"
+
+
+class Program:
+    __slots__ = ("_expr", "text")
+
+    def __init__(self, expr: Any, text: str) -> None:
+        self._expr = expr
+        self.text = text
+
+    def eval(self, activation: Any) -> bool:
+        value = self._expr.eval(activation).value()
+        if value is True or value is False:
+            return value
+        raise EvalError(str(value).splitlines()[0] if value is not None else "null result")
+
+
+class CelEngine:
+    def __init__(self) -> None:
+        in_cidr_decl = cel.FunctionDecl("in_cidr", [cel.Overload(
+            "in_cidr_string_string", cel.Type.BOOL, [cel.Type.STRING, cel.Type.STRING], impl=in_cidr)])
+        self._env = cel.NewEnv(variables={"event": cel.Type.Map(cel.Type.STRING, cel.Type.DYN)},
+                               functions=[in_cidr_decl])
+
+    def compile(self, text: str) -> Program:
+        try:
+            expr = self._env.compile(text)
+        except Exception as exc:  # the binding raises RuntimeError(INVALID_ARGUMENT: ...)
+            raise CompileError(_compile_message(exc)) from None
+        result = expr.return_type()
+        if result not in (cel.Type.BOOL, cel.Type.DYN):
+            raise CompileError(f"condition must be a bool, it is {result.name()}")
+        return Program(expr, text)
+
+    def activation(self, data: dict[str, Any]) -> Any:
+        return self._env.Activation({"event": data})
+
+
+def oracle_functions() -> dict[str, Any]:
+    """The same extra functions for cel-python (the pure-Python reference used in tests)."""
+    import celpy.celtypes as celtypes
+
+    def oracle_in_cidr(address: Any, cidr: Any) -> Any:
+        return celtypes.BoolType(in_cidr(str(address), str(cidr)))
+
+    return {"in_cidr": oracle_in_cidr}
