@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.policy.ast import Call, Lit, ListLit, Node, field_path, literal_list
+from monitor.policy.ast import Call, ListLit, Lit, Node, field_path, literal_list
 
 Predicate = Callable[[dict[str, Any]], bool]
 MISSING = object()
@@ -89,6 +89,11 @@ def _hashable(values: list[Any]) -> bool:
     return all(isinstance(v, str | int | float) for v in values)
 
 
+def _compare_predicate(get: Callable[[dict[str, Any]], Any], compare: Callable[[Any, Any], bool],
+                       bound: float) -> Predicate:
+    return lambda data: type(v := get(data)) in (int, float) and compare(v, bound)
+
+
 def _leaf(node: Node) -> Need | None:
     if not isinstance(node, Call):
         path = field_path(node)
@@ -137,8 +142,7 @@ def _leaf(node: Node) -> Need | None:
         for left, right, name in ((args[0], args[1], fn), (args[1], args[0], _FLIP[fn])):
             path = field_path(left)
             if path and isinstance(right, Lit) and type(right.value) in (int, float):
-                get, compare, bound = getter(path), _COMPARE[name], right.value
-                return Opaque(lambda data: type(v := get(data)) in (int, float) and compare(v, bound))
+                return Opaque(_compare_predicate(getter(path), _COMPARE[name], right.value))
         return None
     if fn == "in_cidr" and len(args) == 2 and isinstance(args[1], Lit):
         path = field_path(args[0])

@@ -16,8 +16,7 @@ from monitor.policy.deny import DenySpec, NotCompilable, compile_deny
 from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
 from monitor.policy.errors import PolicyError, PolicyErrors
 from monitor.policy.expand import Expander
-from monitor.policy.loader import (ListEntry, MacroEntry, RuleEntry, Selector, expand_paths,
-                                   load_file)
+from monitor.policy.loader import ListEntry, MacroEntry, RuleEntry, Selector, expand_paths, load_file
 from monitor.policy.prefilter import MISSING, Predicate, getter, kinds_of, necessary
 
 log = logging.getLogger(__name__)
