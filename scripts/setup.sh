@@ -19,6 +19,8 @@ fi
 # --- apt packages ---------------------------------------------------------
 APT_PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-dev linux-headers-amd64
           auditd iproute2 util-linux git gcc libssl3 openssl)
+# The Docker tests start their own engine (tests/docker_engine.py) and build their image from busybox-static.
+APT_PKGS+=(docker.io busybox-static)
 for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
