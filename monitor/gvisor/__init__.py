@@ -1,0 +1,1 @@
+"""gVisor sandboxes as an event source (placeholder docstring, completed with the runner)."""
