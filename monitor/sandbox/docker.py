@@ -5,7 +5,8 @@ running containers, then follows the event stream (start, die, destroy). Each se
 becomes a `Sandbox(runtime="docker")` whose cgroup-v2 directory (from its init pid's
 /proc/PID/cgroup) and inode (the kernel's cgroup id) the sensor watches. It knows nothing of the
 sensor: it calls `on_added(sandbox)` / `on_removed(sandbox)` and hands each container's posture
-to `emit(event)` as a `container_start` event. Callbacks run on the inventory's own thread.
+to `emit(event)`: `sandbox_start` then `container_start` when a container is found (at start-up
+or when it starts), `sandbox_end` when it dies. Callbacks run on the inventory's own thread.
 
 When the engine is down or its socket is absent, the inventory logs one line and reconnects with
 exponential backoff; everything else the monitor watches is unaffected.
@@ -30,6 +31,7 @@ import requests.exceptions
 
 from monitor.event import Event
 from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.sandbox import cgroup as cg
 from monitor.sandbox.posture import container_start_event
 
 LIFECYCLE_ACTIONS = ("start", "die", "destroy")
@@ -296,6 +298,9 @@ class DockerInventory:
         _engine_of[container_id] = self.base_url
         self.registry.add(sandbox)
         self.on_added(sandbox)
+        self.emit(Event(kind="sandbox_start", sandbox=sandbox.identity(), source="docker",
+                        cgroup_id=sandbox.cgroup_id,
+                        process={"pid": sandbox.root_pid} if sandbox.root_pid else {}))
         self.emit(container_start_event(inspect, sandbox))
         return sandbox
 
@@ -371,10 +376,25 @@ def _cgroup_kill(sandbox: Sandbox, why: str) -> KillResult:
     if not sandbox.cgroup_path:
         return KillResult("failed", f"{why}; no cgroup to kill")
     try:
-        with open(os.path.join(sandbox.cgroup_path, "cgroup.kill"), "w") as f:
-            f.write("1")
-    except FileNotFoundError:
-        return KillResult("already_gone", f"{why}; cgroup already removed")
+        outcome = cg.kill(sandbox.cgroup_path)
     except OSError as exc:
-        return KillResult("failed", f"{why}; cgroup.kill: {exc}")
-    return KillResult("done", f"{why}; killed with cgroup.kill")
+        return KillResult("failed", f"{why}; cgroup.kill: {exc.strerror or exc}")
+    if outcome == "already_gone":
+        return KillResult(outcome, f"{why}; cgroup already empty")
+    return KillResult(outcome, f"{why}; killed with cgroup.kill")
+
+
+class DockerEnforcer:
+    """The `Actions` enforcer for runtime "docker": kill through the engine (cgroup.kill when it
+    does not answer in time), freeze with the container's cgroup-v2 cgroup.freeze."""
+
+    def __init__(self, kill_timeout_s: float = DEFAULT_KILL_TIMEOUT_S) -> None:
+        self.kill_timeout_s = kill_timeout_s
+        self.last: KillResult | None = None  # how the last kill went (engine or fallback)
+
+    def kill(self, sandbox: Sandbox) -> str:
+        self.last = kill_container(sandbox, self.kill_timeout_s)
+        return self.last.outcome
+
+    def freeze(self, sandbox: Sandbox) -> str:
+        return cg.freeze(sandbox.cgroup_path)
