@@ -36,7 +36,7 @@ ACTIONS = ("alert", "kill", "kill_process", "freeze", "deny")
 # Field paths an event may carry (for `rules lint`: a condition naming anything else is a typo).
 FIELDS: dict[str, tuple[str, ...]] = {
     "": ("id", "kind", "time", "time_ns", "process", "file", "net", "sandbox", "container", "llm",
-         "result", "detail", "verdict", "source"),
+         "result", "detail", "verdict", "source", "cgroup_id"),
     "process": ("pid", "tid", "ppid", "uid", "gid", "comm", "executable", "args", "cwd",
                 "ancestors", "caused_by", "start_time_ns"),
     "process.ancestors": ("pid", "executable", "args", "comm"),
@@ -98,6 +98,8 @@ class Event:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.cgroup_id and (self.sandbox is None or self.sandbox.get("cgroup_id") != self.cgroup_id):
+            out["cgroup_id"] = self.cgroup_id  # only when event.sandbox does not already say it
         return out
 
     @classmethod
@@ -108,7 +110,7 @@ class Event:
                    llm=data.get("llm"), detail=data.get("detail"), result=data.get("result"),
                    verdict=data.get("verdict"), source=data.get("source", "ebpf"),
                    id=data.get("id") or new_id(),
-                   cgroup_id=int((data.get("sandbox") or {}).get("cgroup_id") or 0))
+                   cgroup_id=int(data.get("cgroup_id") or (data.get("sandbox") or {}).get("cgroup_id") or 0))
 
 
 @dataclass(slots=True)

@@ -111,19 +111,22 @@ def bench_read(directory: str, total: int) -> dict[str, Any]:
 
 
 def bench_replay(directory: str, total: int) -> dict[str, Any]:
-    from monitor.replay import ReplayOptions, replay_journal
+    from monitor.replay import ReplayOptions, load_replay_rules, replay_journal
     out: dict[str, Any] = {}
     # The default pack (rules for exec/open/connect...) and a pack with no rule for these kinds.
     no_match_rules = Path(directory).parent / "no-match.yaml"
     no_match_rules.write_text("- rule: ptrace seen\n  when: [ptrace]\n  condition: 'true'\n"
                               "  severity: low\n")
     for label, rules in (("no_rule_for_kind", [str(no_match_rules)]), ("default_pack", None)):
+        ruleset = load_replay_rules(rules)
+        kinds = sorted({k for rule in ruleset.rules for k in rule.when})
         start = time.perf_counter()
-        result = replay_journal(ReplayOptions(journal=directory, rules=rules))
+        result = replay_journal(ReplayOptions(journal=directory, rules=rules), ruleset)
         elapsed = time.perf_counter() - start
         assert result.events_seen == total, (result.events_seen, total)
         out[f"replay_{label}_events_per_s"] = round(total / elapsed)
         out[f"replay_{label}_alerts"] = sum(result.replayed_by_rule.values())
+        out[f"replay_{label}_rule_kinds"] = ",".join(kinds)
     return out
 
 
