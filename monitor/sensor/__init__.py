@@ -8,6 +8,7 @@ user space could not decode are counted too; `lost()` reports both, never silent
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import os
@@ -67,10 +68,8 @@ class Sensor:
         self._watched[ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
 
     def remove_cgroup(self, cgroup_id: int) -> None:
-        try:
+        with contextlib.suppress(KeyError):
             del self._watched[ct.c_uint64(cgroup_id)]
-        except KeyError:
-            pass
 
     # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
     def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:

@@ -1,0 +1,188 @@
+"""Enrich: the process table (pid -> binary, args, cwd, parent chain) and sandbox identity.
+
+Lineage comes from fork and exec events; a process first seen mid-life (it existed before its
+sandbox was watched, or its fork record was lost) is seeded from /proc. Relative paths are
+resolved against the process's cwd (tracked from chdir events), or against the directory fd
+the call named (read from /proc at enrich time: a fd closed by then leaves the path relative).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from monitor.event import Event
+from monitor.sandbox import SandboxRegistry
+
+MAX_ANCESTORS = 16
+EXITED_KEEP = 4096  # exited processes stay resolvable this long (late events, children)
+AT_FDCWD = -100
+
+
+class Linker(Protocol):
+    """Links processes to the model response whose tool call caused them (monitor.llm)."""
+
+    def observe(self, event: Event) -> None: ...
+
+
+@dataclass(slots=True)
+class ProcInfo:
+    pid: int
+    ppid: int = 0
+    executable: str = ""
+    args: list[str] = field(default_factory=list)
+    comm: str = ""
+    cwd: str = ""
+    caused_by: str | None = None
+    start_ns: int = 0
+    view: dict[str, Any] | None = None  # cached `event.process` base, rebuilt after changes
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def proc_info_from_proc(pid: int) -> ProcInfo | None:
+    """What /proc says of a live process (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = [a.decode("utf-8", "backslashreplace") for a in cmdline.read().split(b"\0")[:-1]]
+    except (OSError, ValueError):
+        return None
+    return ProcInfo(pid=pid, ppid=int(fields.get("PPid", "0").strip() or 0),
+                    executable=_readlink(f"/proc/{pid}/exe"), args=args,
+                    comm=fields.get("Name", "").strip(), cwd=_readlink(f"/proc/{pid}/cwd"))
+
+
+def resolve(path: str, base: str) -> str:
+    if not path or path.startswith("/") or not base:
+        return path
+    return os.path.normpath(os.path.join(base, path))
+
+
+class Enricher:
+    def __init__(self, registry: SandboxRegistry, linker: Linker | None = None) -> None:
+        self.registry = registry
+        self.linker = linker
+        self.procs: dict[int, ProcInfo] = {}
+        self._exited: deque[int] = deque()
+
+    # -- table maintenance ------------------------------------------------------------
+    def seed(self, pid: int) -> ProcInfo:
+        info = self.procs.get(pid)
+        if info is None:
+            info = proc_info_from_proc(pid) or ProcInfo(pid=pid)
+            self.procs[pid] = info
+        return info
+
+    def seed_cgroup(self, cgroup_path: str) -> int:
+        """Seed every process already in a cgroup (a container found running). Returns count."""
+        try:
+            with open(os.path.join(cgroup_path, "cgroup.procs")) as procs:
+                pids = [int(line) for line in procs if line.strip()]
+        except OSError:
+            return 0
+        for pid in pids:
+            self.seed(pid)
+        return len(pids)
+
+    def _forget_later(self, pid: int) -> None:
+        self._exited.append(pid)
+        while len(self._exited) > EXITED_KEEP:
+            self.procs.pop(self._exited.popleft(), None)
+
+    def _update(self, event: Event, info: ProcInfo) -> None:
+        kind = event.kind
+        if kind == "fork":
+            child_pid = (event.detail or {}).get("child_pid", 0)
+            self.procs[child_pid] = ProcInfo(pid=child_pid, ppid=info.pid, executable=info.executable,
+                                             args=info.args, comm=info.comm, cwd=info.cwd,
+                                             caused_by=info.caused_by, start_ns=event.time_ns)
+        elif kind == "exec" and event.result in (0, None) and event.verdict is None:
+            info.executable = resolve(event.process.get("executable", ""), info.cwd)
+            info.args = event.process.get("args", [])
+            info.comm = os.path.basename(info.executable)[:15]
+            info.view = None
+        elif kind == "chdir" and event.result == 0:
+            hints = event.hints or {}
+            if "chdir" in hints:
+                info.cwd = resolve(hints["chdir"], info.cwd)
+            else:
+                info.cwd = _readlink(f"/proc/{info.pid}/cwd") or info.cwd
+            info.view = None
+        elif kind == "exit":
+            self._forget_later(info.pid)
+
+    # -- the stage --------------------------------------------------------------------
+    def enrich(self, event: Event) -> None:
+        if event.sandbox is None and event.cgroup_id:
+            sandbox = self.registry.by_cgroup(event.cgroup_id)
+            if sandbox is not None:
+                event.sandbox = sandbox.identity()
+        pid = event.process.get("pid")
+        if not pid:
+            return
+        info = self.seed(pid)
+        self._update(event, info)
+        if event.file is not None:
+            self._resolve_file(event, info)
+        if self.linker is not None:
+            event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
+            self.linker.observe(event)  # may set event.process["caused_by"]
+        caused_by = event.process.get("caused_by")
+        if caused_by and caused_by != info.caused_by:
+            info.caused_by = caused_by  # inherited by the children it forks
+            info.view = None
+        event.process = self._process_view(event, info)
+
+    def _resolve_file(self, event: Event, info: ProcInfo) -> None:
+        hints = event.hints or {}
+        file = event.file or {}
+        for key, fd_key in (("path", "dfd"), ("new_path", "dfd2")):
+            path = file.get(key)
+            if path is None or path.startswith("/"):
+                continue
+            dfd = hints.get(fd_key, AT_FDCWD)
+            base = info.cwd if dfd == AT_FDCWD else _readlink(f"/proc/{info.pid}/fd/{dfd}")
+            file[key] = resolve(path, base) if path else base
+
+    def _process_view(self, event: Event, info: ProcInfo) -> dict[str, Any]:
+        if info.view is None:
+            view: dict[str, Any] = {"pid": info.pid, "ppid": info.ppid, "comm": info.comm,
+                                    "executable": info.executable, "args": info.args,
+                                    "cwd": info.cwd, "ancestors": self._ancestors(info)}
+            if info.caused_by:
+                view["caused_by"] = info.caused_by
+            info.view = view
+        process = dict(info.view)
+        raw = event.process
+        process["tid"] = raw.get("tid", info.pid)
+        if "uid" in raw:
+            process["uid"] = raw["uid"]
+            process["gid"] = raw["gid"]
+        if event.kind == "exec" and not (event.result in (0, None) and event.verdict is None):
+            # a failed or denied exec: the image did not change, report what was attempted
+            process["executable"] = resolve(raw.get("executable", ""), info.cwd)
+            process["args"] = raw.get("args", [])
+        elif raw.get("comm") and event.kind != "exec":
+            process["comm"] = raw["comm"]
+        return process
+
+    def _ancestors(self, info: ProcInfo) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = []
+        ppid = info.ppid
+        while ppid and len(chain) < MAX_ANCESTORS:
+            parent = self.procs.get(ppid)
+            if parent is None:
+                break
+            chain.append({"pid": parent.pid, "executable": parent.executable, "args": parent.args,
+                          "comm": parent.comm})
+            ppid = parent.ppid
+        return chain

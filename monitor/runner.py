@@ -1,0 +1,266 @@
+"""`monitor run`: one sandbox, one command, watched from its first instruction to its last.
+
+Order matters for "no startup race": the sandbox cgroup is created and its id put in the
+probes' watched map before the child is forked; the child moves itself into the cgroup before
+exec, so the exec and everything after it are captured. After CMD exits, what is left in the
+sandbox is killed, the ring buffer is drained, the cgroup removed, and a summary printed.
+Exit status: CMD's (128+N when a signal N ended it, 127 when CMD is not found), 137 when a
+policy `kill` ended the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.actions import Actions
+from monitor.enrich import Enricher
+from monitor.event import Event
+from monitor.pipeline import Pipeline
+from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.sandbox import cgroup as cg
+from monitor.sinks import Sink
+from monitor.sinks.console import ConsoleSink
+from monitor.sinks.jsonl import JsonlSink
+
+DRAIN_QUIET_POLLS = 3  # consecutive empty polls that mean the ring buffer is drained
+
+
+class RunError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+@dataclass
+class RunOptions:
+    cmd: list[str]
+    name: str = ""
+    rules: list[str] = field(default_factory=list)
+    no_rules: bool = False
+    json: str | None = None
+    journal: str | None = None
+    otlp: str | None = None
+    audit: bool = False
+    runtime: str = "cgroup"
+    verbose: bool = False
+    quiet: bool = False
+    llm_capture: str = "metadata"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise RunError("must run as root (eBPF probes and cgroups need it): sudo monitor ...")
+
+
+def load_policy(options: RunOptions) -> Any:
+    if options.no_rules:
+        return None
+    from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
+
+    try:
+        return load_rules(options.rules or [DEFAULT_RULES_DIR], audit=options.audit)
+    except PolicyError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def build_sinks(options: RunOptions) -> list[Sink]:
+    sinks: list[Sink] = []
+    if not options.quiet:
+        sinks.append(ConsoleSink(verbose=options.verbose))
+    if options.json:
+        try:
+            sinks.append(JsonlSink(options.json))
+        except OSError as exc:
+            raise RunError(f"--json {options.json}: {exc.strerror}") from exc
+    if options.journal:
+        from monitor.sinks.journal import JournalSink
+
+        try:
+            sinks.append(JournalSink(options.journal))
+        except OSError as exc:
+            raise RunError(f"--journal {options.journal}: {exc.strerror}") from exc
+    if options.otlp:
+        from monitor.sinks.otlp import OtlpSink
+
+        sinks.append(OtlpSink(options.otlp))
+    return sinks
+
+
+def exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
+    """Load the kernel-compilable `deny` rules into the probes' maps for this sandbox."""
+    count = 0
+    if policy is None:
+        return count
+    for rule in policy.rules:
+        spec = getattr(rule, "deny_spec", None)
+        if rule.action != "deny" or spec is None or rule.mode == "audit" or policy.audit:
+            continue
+        for path in spec.exec_paths:
+            sensor.deny_exec(sandbox.cgroup_id, path)
+            count += 1
+        for prefix in spec.exec_prefixes:
+            sensor.deny_exec(sandbox.cgroup_id, prefix, prefix=True)
+            count += 1
+        if spec.net and hasattr(sensor, "deny_net"):
+            for cidr, port in spec.net:
+                sensor.deny_net(sandbox, cidr, port)
+                count += 1
+    return count
+
+
+class Session:
+    """The shared loop: poll sources into the pipeline until `done()` says stop."""
+
+    def __init__(self, pipeline: Pipeline, sources: list[Any]) -> None:
+        self.pipeline = pipeline
+        self.sources = sources
+        self.stop_requested = False
+
+    def pump(self, timeout_ms: int) -> int:
+        n = 0
+        for source in self.sources:
+            events = source.poll(timeout_ms if n == 0 else 0)
+            n += len(events)
+            for event in events:
+                self.pipeline.process(event)
+        return n
+
+    def run_until(self, done: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
+        while not done() and not self.stop_requested:
+            self.pump(50)
+            if on_tick is not None:
+                on_tick()
+
+    def drain(self) -> None:
+        quiet = 0
+        while quiet < DRAIN_QUIET_POLLS:
+            quiet = quiet + 1 if self.pump(20) == 0 else 0
+        for source in self.sources:
+            if hasattr(source, "drain"):
+                self.pipeline.process_all(source.drain())
+
+    def lost(self) -> dict[str, int]:
+        lost: dict[str, int] = {}
+        for source in self.sources:
+            for key, value in source.lost().items():
+                lost[f"{source.name}.{key}" if len(self.sources) > 1 else key] = value
+        return lost
+
+
+def child_env(options: RunOptions, sandbox: Sandbox, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env.update(options.env)
+    env["SANDBOX_MONITOR_SANDBOX_ID"] = sandbox.id
+    return env
+
+
+def run(options: RunOptions) -> int:
+    require_root()
+    if options.runtime == "gvisor":
+        from monitor.gvisor.run import run_gvisor  # the gVisor path has its own source
+
+        return run_gvisor(options)
+    if options.runtime != "cgroup":
+        raise RunError(f"--runtime {options.runtime}: unknown runtime (cgroup, gvisor)")
+    cg.cleanup_stale()
+    policy = load_policy(options)
+    from monitor.sensor import Sensor, SensorError
+
+    try:
+        sensor = Sensor()
+    except SensorError as exc:
+        raise RunError(f"{exc} (run `monitor doctor`)") from exc
+    sinks = build_sinks(options)
+    registry = SandboxRegistry()
+    actions = Actions(registry, audit=options.audit)
+    pipeline = Pipeline(Enricher(registry), policy, actions, sinks)
+    sandbox = cg.create(options.name)
+    registry.add(sandbox)
+    sensor.add_cgroup(sandbox.cgroup_id)
+    apply_denies(policy, sensor, sandbox)
+    session = Session(pipeline, [sensor])
+    return _run_child(options, sandbox, session, actions, pipeline, sensor)
+
+
+def _otlp_env(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> dict[str, str]:
+    """TRACEPARENT for the child, from the OTLP sink's session (its trace = the sandbox's)."""
+    for sink in pipeline.sinks:
+        start = getattr(sink, "start_session", None)
+        if start is not None:
+            return start(sandbox)
+    return {}
+
+
+def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions: Actions,
+               pipeline: Pipeline, sensor: Any) -> int:
+    started = time.monotonic()
+    extra_env = _otlp_env(options, sandbox, pipeline)
+    pipeline.process(Event(kind="sandbox_start", time_ns=sandbox.started_ns, source="monitor",
+                           sandbox=sandbox.identity(), cgroup_id=sandbox.cgroup_id))
+    stdout = sys.stderr if options.json == "-" else None
+    returncode: int | None = None
+    message = ""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum == signal.SIGTERM:  # stop: the sandbox dies, the summary is still written
+            cg.kill(sandbox.cgroup_path)
+        # SIGINT reaches the child from the terminal too; the monitor keeps draining.
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            child = subprocess.Popen(options.cmd, preexec_fn=cg.joiner(sandbox),
+                                     env=child_env(options, sandbox, extra_env), stdout=stdout)
+        except (FileNotFoundError, PermissionError) as exc:
+            returncode = 127 if isinstance(exc, FileNotFoundError) else 126
+            message = f"monitor: {options.cmd[0]}: {exc.strerror}"
+        else:
+            sandbox.root_pid = child.pid
+            frozen_noted = [False]
+
+            def tick() -> None:
+                if not frozen_noted[0] and cg.frozen(sandbox.cgroup_path):
+                    frozen_noted[0] = True
+                    print(f"monitor: sandbox {sandbox.id} is FROZEN (quarantined); resolve with "
+                          f"`monitor sandbox thaw {sandbox.id}` or `monitor sandbox kill {sandbox.id}`",
+                          file=sys.stderr)
+
+            session.run_until(lambda: child.poll() is not None, tick)
+            returncode = exit_status(child.wait())
+        cg.kill(sandbox.cgroup_path)  # what CMD left running in its sandbox ends with it
+        cg.wait_empty(sandbox.cgroup_path, 2.0)
+        session.drain()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if message:
+        print(message, file=sys.stderr)
+    killed_by = actions.killed.get(sandbox.id)
+    status = 137 if killed_by else (returncode if returncode is not None else 1)
+    pipeline.process(Event(kind="sandbox_end", source="monitor", sandbox=sandbox.identity(),
+                           cgroup_id=sandbox.cgroup_id, detail={"code": status}))
+    summary = pipeline.summary()
+    summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
+                    "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
+                    "lost": session.lost(), "killed_by": killed_by,
+                    "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()}})
+    pipeline.close(summary)
+    for source in session.sources:
+        if hasattr(source, "remove_cgroup"):
+            source.remove_cgroup(sandbox.cgroup_id)
+    cg.remove(sandbox)
+    sensor.close()
+    return status
