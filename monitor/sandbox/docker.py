@@ -164,7 +164,7 @@ class DockerInventory:
                  emit: Callable[[Event], None] = _noop,
                  log: Callable[[str], None] = _log_stderr,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
-                 cgroup_root: str | None = None) -> None:
+                 cgroup_root: str | None = None, remove_from_registry: bool = True) -> None:
         self.registry = registry
         self.base_url = _engine_url(base_url)
         self.selector = selector or {}
@@ -175,6 +175,9 @@ class DockerInventory:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.cgroup_root = cgroup_root or cgroup2_root()
+        # False: on_removed's receiver removes the sandbox from the registry itself (the daemon
+        # does, after taking the container's last events from the ring buffer).
+        self.remove_from_registry = remove_from_registry
         self._ids: set[str] = set()  # container ids this inventory registered
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -318,7 +321,8 @@ class DockerInventory:
                 return None
             self._ids.discard(container_id)
         _engine_of.pop(container_id, None)
-        sandbox = self.registry.remove(container_id)
+        sandbox = (self.registry.remove(container_id) if self.remove_from_registry
+                   else self.registry.by_id(container_id))
         if sandbox is not None:
             self.on_removed(sandbox)
             detail = {"code": exit_code} if exit_code is not None else None

@@ -1,0 +1,511 @@
+"""`monitor daemon [--config FILE]`: the long-running host monitor.
+
+Attaches the probes once, watches Docker containers (all, or those a label selector picks) and
+configured plain cgroups, judges every event with the rule set, acts, and writes the sinks the
+config names. Serves GET /metrics (Prometheus) and /healthz on 127.0.0.1:PORT. SIGHUP, or a
+change to a rule file, reloads the rules (a bad reload keeps the rules in force). SIGTERM/SIGINT
+exit cleanly: probes detached, sinks flushed and closed, exit status 0.
+
+The config file (YAML; every key optional):
+
+    rules: [/usr/share/sandbox-monitor/rules, rules.d]   # files or folders; default: the pack
+    audit: false                     # true: alert and record, never enforce
+    probes: true                     # false: no eBPF (posture and inventory only)
+    docker:
+      enabled: true
+      host: unix:///var/run/docker.sock      # default: $DOCKER_HOST, else this
+      watch: all                     # or a label selector: "agent.sandbox=true,team"
+      kill_timeout: 2.0              # seconds before a kill falls back to cgroup.kill
+    cgroups:                         # plain cgroup-v2 directories to watch as sandboxes
+      - {path: /sys/fs/cgroup/agents/a1, name: agent-1, labels: {team: ml}}
+    sinks:
+      json: /var/log/sandbox-monitor/events.jsonl    # or "-" for stdout
+      journal: /var/lib/sandbox-monitor/journal
+      otlp: http://127.0.0.1:4317
+    metrics:
+      address: 127.0.0.1:9464        # loopback only; port 0 picks a free one
+
+Relative paths are relative to the config file. Any error is one line `FILE:LINE: what`, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor.event import ActionRecord, Alert, Event
+from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.sandbox.docker import DEFAULT_KILL_TIMEOUT_S, parse_selector
+from monitor.sinks import Sink
+
+log = logging.getLogger("monitor.daemon")
+
+DEFAULT_METRICS_PORT = 9464
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+HEARTBEAT_STALE_S = 5.0
+POLL_MS = 100
+
+
+# --- config ----------------------------------------------------------------------------------
+
+class ConfigError(Exception):
+    def __init__(self, message: str, file: str, line: int) -> None:
+        super().__init__(f"{file}:{line}: {message}")
+
+
+@dataclass(slots=True)
+class CgroupWatch:
+    path: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DaemonConfig:
+    source: str = "(defaults)"
+    rules: list[str] = field(default_factory=list)  # empty: the default pack
+    audit: bool = False
+    probes: bool = True
+    docker_enabled: bool = True
+    docker_host: str | None = None
+    watch: dict[str, str | None] = field(default_factory=dict)  # empty: every container
+    kill_timeout_s: float = DEFAULT_KILL_TIMEOUT_S
+    cgroups: list[CgroupWatch] = field(default_factory=list)
+    json: str | None = None
+    journal: str | None = None
+    otlp: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+
+_SCHEMA: dict[str, Any] = {
+    "rules": "paths", "audit": bool, "probes": bool,
+    "docker": {"enabled": bool, "host": str, "watch": str, "kill_timeout": "seconds"},
+    "cgroups": "cgroups",
+    "sinks": {"json": "path", "journal": "path", "otlp": str},
+    "metrics": {"address": str},
+}
+
+
+class _Reader:
+    """Walks the YAML node tree so every error names the line it is about."""
+
+    def __init__(self, file: str, base_dir: Path) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self._constructor = yaml.SafeLoader("")
+
+    def fail(self, node: yaml.Node | None, message: str) -> ConfigError:
+        return ConfigError(message, self.file, node.start_mark.line + 1 if node is not None else 1)
+
+    def value(self, node: yaml.Node) -> Any:
+        return self._constructor.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, what: str, allowed: dict[str, Any]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key not in allowed:
+                raise self.fail(key_node, f"unknown key {key!r} in {what} "
+                                          f"(allowed: {', '.join(allowed)})")
+            if key in out:
+                raise self.fail(key_node, f"duplicate key {key!r} in {what}")
+            out[key] = (key_node, value_node)
+        return out
+
+    def scalar(self, node: yaml.Node, what: str, kind: Any) -> Any:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self.fail(node, f"{what} must be true or false")
+            return value
+        if kind == "seconds":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise self.fail(node, f"{what} must be a positive number of seconds")
+            return float(value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(node, f"{what} must be a non-empty string")
+        if kind == "path":
+            return value if value == "-" else self.path(value)
+        return value.strip()
+
+    def path(self, text: str) -> str:
+        path = Path(os.path.expanduser(text))
+        return str(path if path.is_absolute() else self.base_dir / path)
+
+    def paths(self, node: yaml.Node, what: str) -> list[str]:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        return [self.scalar(item, what, "path") for item in items]
+
+    def cgroups(self, node: yaml.Node) -> list[CgroupWatch]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "cgroups must be a list of {path, name, labels}")
+        out = []
+        for item in node.value:
+            fields = self.mapping(item, "a cgroups entry", {"path": 1, "name": 1, "labels": 1})
+            if "path" not in fields:
+                raise self.fail(item, "a cgroups entry needs a path")
+            path = self.scalar(fields["path"][1], "cgroups.path", "path")
+            name = self.scalar(fields["name"][1], "cgroups.name", str) if "name" in fields \
+                else os.path.basename(path.rstrip("/"))
+            labels: dict[str, str] = {}
+            if "labels" in fields:
+                raw = self.value(fields["labels"][1])
+                if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+                    raise self.fail(fields["labels"][1], "cgroups.labels must map names to values")
+                labels = {k: str(v) for k, v in raw.items()}
+            out.append(CgroupWatch(path=path, name=name, labels=labels))
+        return out
+
+
+def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None) -> DaemonConfig:
+    """Validate a daemon config; ConfigError ("file:line: what") on the first problem."""
+    reader = _Reader(file, base_dir or Path(file).resolve().parent)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(f"YAML syntax: {exc.problem or exc.context}", file,
+                          mark.line + 1 if mark else 1) from None
+    config = DaemonConfig(source=file)
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == ""):
+        return config
+    top = reader.mapping(root, "the config", _SCHEMA)
+    if "rules" in top:
+        config.rules = reader.paths(top["rules"][1], "rules")
+    if "audit" in top:
+        config.audit = reader.scalar(top["audit"][1], "audit", bool)
+    if "probes" in top:
+        config.probes = reader.scalar(top["probes"][1], "probes", bool)
+    if "cgroups" in top:
+        config.cgroups = reader.cgroups(top["cgroups"][1])
+    if "docker" in top:
+        _docker_section(reader, top["docker"][1], config)
+    if "sinks" in top:
+        sinks = reader.mapping(top["sinks"][1], "sinks", _SCHEMA["sinks"])
+        for key, (_, node) in sinks.items():
+            setattr(config, key, reader.scalar(node, f"sinks.{key}", _SCHEMA["sinks"][key]))
+    if "metrics" in top:
+        metrics = reader.mapping(top["metrics"][1], "metrics", _SCHEMA["metrics"])
+        if "address" in metrics:
+            node = metrics["address"][1]
+            config.metrics_host, config.metrics_port = _address(reader, node)
+    return config
+
+
+def _docker_section(reader: _Reader, node: yaml.Node, config: DaemonConfig) -> None:
+    docker = reader.mapping(node, "docker", _SCHEMA["docker"])
+    if "enabled" in docker:
+        config.docker_enabled = reader.scalar(docker["enabled"][1], "docker.enabled", bool)
+    if "host" in docker:
+        config.docker_host = reader.scalar(docker["host"][1], "docker.host", str)
+    if "kill_timeout" in docker:
+        config.kill_timeout_s = reader.scalar(docker["kill_timeout"][1], "docker.kill_timeout", "seconds")
+    if "watch" in docker:
+        watch_node = docker["watch"][1]
+        watch = reader.scalar(watch_node, "docker.watch", str)
+        try:
+            config.watch = {} if watch == "all" else parse_selector(watch)
+        except ValueError as exc:
+            raise reader.fail(watch_node, f"docker.watch: {exc}") from None
+
+
+def _address(reader: _Reader, node: yaml.Node) -> tuple[str, int]:
+    text = reader.scalar(node, "metrics.address", str)
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    port_text = port_text if sep else text
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise reader.fail(node, f"metrics.address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    if host not in LOOPBACK_HOSTS:
+        raise reader.fail(node, f"metrics.address {text!r}: the monitor listens on loopback only "
+                                "(127.0.0.1 or ::1)")
+    return ("127.0.0.1" if host == "localhost" else host), int(port_text)
+
+
+def load_config(path: str | None) -> DaemonConfig:
+    if path is None:
+        return DaemonConfig()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", path, 0) from None
+    return parse_config(text, path)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+class AlertLog(Sink):
+    """Alerts and actions as one log line each (stderr / the systemd journal)."""
+    name = "alertlog"
+
+    def on_alert(self, alert: Alert) -> None:
+        sandbox = (alert.event.sandbox or {}).get("name", "?")
+        log.warning("alert %s [%s] %s in %s (%s)", alert.rule, alert.severity, alert.event.kind,
+                    sandbox, alert.mode)
+
+    def on_action(self, record: ActionRecord) -> None:
+        log.warning("action %s by %s on %s: %s %s", record.action, record.rule,
+                    record.target.get("sandbox"), record.outcome, record.message)
+
+
+class DaemonError(Exception):
+    """A start-up failure, reported as one line."""
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.registry = SandboxRegistry()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._heartbeat = time.monotonic()
+        self.sensor: Any = None
+        self.inventory: Any = None
+        self.metrics_server: Any = None
+        self.rule_watcher: Any = None
+        self.reloads: dict[bool, int] = {}  # reload outcome -> count (SIGHUP and file changes)
+
+    # start-up ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        from monitor.actions import Actions
+        from monitor.enrich import Enricher
+        from monitor.pipeline import Pipeline
+        from monitor.policy import DEFAULT_RULES_DIR, PolicyError, RuleWatcher, load_rules
+        from monitor.sandbox.docker import DockerEnforcer
+        from monitor.sinks.metrics import MetricsSink, serve_metrics
+
+        cfg = self.config
+        try:
+            self.rules = load_rules(cfg.rules or [DEFAULT_RULES_DIR], audit=cfg.audit)
+        except PolicyError as exc:
+            raise DaemonError(str(exc)) from None
+        self.metrics = MetricsSink()
+        sinks: list[Sink] = [*self._build_sinks(), self.metrics, AlertLog()]
+        self.enricher = Enricher(self.registry)
+        self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
+        self.actions = Actions(self.registry, audit=cfg.audit,
+                               enforcers={"docker": self.docker_enforcer})
+        self.pipeline = Pipeline(self.enricher, self.rules, self.actions, sinks)
+        try:
+            self.metrics_server = serve_metrics(self.metrics, cfg.metrics_port, cfg.metrics_host,
+                                                health=self.health)
+        except OSError as exc:
+            raise DaemonError(f"metrics: cannot listen on {cfg.metrics_host}:{cfg.metrics_port}: "
+                              f"{exc.strerror or exc}") from None
+        if cfg.probes:
+            self._attach_sensor()
+        for watch in cfg.cgroups:
+            self._watch_cgroup(watch)
+        if cfg.docker_enabled:
+            self._start_docker()
+        self.rule_watcher = RuleWatcher(self.rules, on_reload=self._on_rules_reloaded).start()
+        log.info("monitor daemon: %d rules, metrics on http://%s:%d/metrics", len(self.rules.rules),
+                 cfg.metrics_host, self.metrics_port)
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port if self.metrics_server else 0
+
+    def _build_sinks(self) -> list[Sink]:
+        cfg = self.config
+        sinks: list[Sink] = []
+        try:
+            if cfg.json:
+                from monitor.sinks.jsonl import JsonlSink
+                sinks.append(JsonlSink(cfg.json))
+            if cfg.journal:
+                from monitor.sinks.journal import JournalSink
+                sinks.append(JournalSink(cfg.journal))
+            if cfg.otlp:
+                from monitor.sinks.otlp import OtlpSink  # type: ignore[import-not-found]
+                sinks.append(OtlpSink(cfg.otlp))
+        except ImportError as exc:
+            raise DaemonError(f"{cfg.source}: sink not available in this build: {exc.name}") from None
+        except OSError as exc:
+            raise DaemonError(f"{cfg.source}: cannot open sink: {exc.filename}: {exc.strerror}") from None
+        return sinks
+
+    def _attach_sensor(self) -> None:
+        from monitor.sensor import Sensor, SensorError
+        try:
+            self.sensor = Sensor()
+        except SensorError as exc:
+            raise DaemonError(f"probes: {exc}") from None
+        log.info("probes attached in %.1fs", getattr(self.sensor, "attach_seconds", 0.0))
+
+    def _watch_cgroup(self, watch: CgroupWatch) -> None:
+        try:
+            cgroup_id = os.stat(watch.path).st_ino
+        except OSError as exc:
+            raise DaemonError(f"{self.config.source}: cgroup {watch.path}: {exc.strerror}") from None
+        sandbox = Sandbox(id=f"cgroup-{cgroup_id}", name=watch.name, runtime="cgroup",
+                          cgroup_id=cgroup_id, cgroup_path=watch.path, labels=watch.labels,
+                          started_ns=time.time_ns())
+        self.registry.add(sandbox)
+        self._sandbox_added(sandbox)
+        self._inbox.put(("event", Event(kind="sandbox_start", sandbox=sandbox.identity(),
+                                        source="monitor", cgroup_id=cgroup_id)))
+
+    def _start_docker(self) -> None:
+        from monitor.sandbox.docker import DockerInventory
+        self.inventory = DockerInventory(
+            self.registry, base_url=self.config.docker_host, selector=self.config.watch,
+            on_added=self._sandbox_added, on_removed=self._sandbox_removed,
+            emit=lambda event: self._inbox.put(("event", event)), log=log.warning,
+            remove_from_registry=False)
+        self.inventory.start()
+
+    # inventory callbacks (inventory thread) ---------------------------------------------------
+    def _sandbox_added(self, sandbox: Sandbox) -> None:
+        if self.sensor is not None and sandbox.cgroup_id:
+            self.sensor.add_cgroup(sandbox.cgroup_id)  # at once: every ms here is unwatched
+        self._inbox.put(("added", sandbox))
+
+    def _sandbox_removed(self, sandbox: Sandbox) -> None:
+        self._inbox.put(("removed", sandbox))
+
+    # main loop --------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_: Any) -> None:
+        self._reload_requested.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
+            if self.sensor is not None:
+                self.pipeline.process_all(self.sensor.poll(POLL_MS))
+            else:
+                self._stop.wait(POLL_MS / 1000)
+            self._drain_inbox()
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                ok = self.rules.reload()
+                self._on_rules_reloaded(ok, self.rules.last_reload_error)
+            if self.sensor is not None:
+                self.metrics.record_lost(self.sensor.lost())
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                what, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if what == "event":
+                self.pipeline.process(item)
+            elif what == "added":
+                self.enricher.seed_cgroup(item.cgroup_path)
+            elif what == "removed":
+                self._forget(item)
+
+    def _forget(self, sandbox: Sandbox) -> None:
+        # Events the container made before it died may still be in the ring buffer: take them
+        # with its identity before the registry forgets it.
+        if self.sensor is not None:
+            self.pipeline.process_all(self.sensor.poll(0))
+            self.sensor.remove_cgroup(sandbox.cgroup_id)
+        self.registry.remove(sandbox.id)
+
+    def _on_rules_reloaded(self, ok: bool, error: str | None) -> None:
+        self.reloads[ok] = self.reloads.get(ok, 0) + 1  # RuleSet.reload logs the outcome itself
+
+    def health(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._heartbeat
+        if age > HEARTBEAT_STALE_S:
+            return False, f"main loop stalled for {age:.0f}s"
+        parts = [f"ok: {len(self.registry.all())} sandboxes watched"]
+        if self.inventory is not None:
+            state = "connected" if self.inventory.connected.is_set() else "unavailable, reconnecting"
+            parts.append(f"docker {state} ({self.inventory.base_url})")
+        parts.append("probes attached" if self.sensor is not None else "probes off")
+        return True, "; ".join(parts)
+
+    # shutdown ---------------------------------------------------------------------------------
+    def close(self) -> dict[str, Any]:
+        if self.inventory is not None:
+            self.inventory.stop()
+        if self.rule_watcher is not None:
+            self.rule_watcher.stop()
+        summary: dict[str, Any] = {}
+        if hasattr(self, "pipeline"):
+            if self.sensor is not None:
+                self.pipeline.process_all(self.sensor.poll(0))
+            self._drain_inbox()
+            summary = self.pipeline.summary()
+            if self.sensor is not None:
+                summary["lost"] = self.sensor.lost()
+            self.pipeline.close(summary)
+        if self.sensor is not None:
+            with contextlib.suppress(Exception):
+                self.sensor.close()
+            self.sensor = None
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        return summary
+
+
+def _install_signals(daemon: Daemon) -> Callable[[], None]:
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return restore
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="monitor daemon", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", metavar="FILE", help="daemon config (YAML); default: built-in defaults")
+    parser.add_argument("--check", action="store_true", help="validate the config and rules, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s monitor daemon: %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.check:
+            from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
+            try:
+                rules = load_rules(config.rules or [DEFAULT_RULES_DIR])
+            except PolicyError as exc:
+                raise DaemonError(str(exc)) from None
+            print(f"{config.source}: ok ({len(rules.rules)} rules)")
+            return 0
+        daemon = Daemon(config)
+        restore = _install_signals(daemon)
+        try:
+            daemon.start()
+            daemon.run()
+        finally:
+            summary = daemon.close()
+            restore()
+        log.info("stopped: %d events, %d alerts", summary.get("events", 0), summary.get("alerts", 0))
+        return 0
+    except (ConfigError, DaemonError) as exc:
+        print(f"monitor daemon: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
