@@ -98,7 +98,7 @@ class Event:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
-        if self.cgroup_id and (self.sandbox is None or self.sandbox.get("cgroup_id") != self.cgroup_id):
+        if self.cgroup_id != int((self.sandbox or {}).get("cgroup_id") or 0):
             out["cgroup_id"] = self.cgroup_id  # only when event.sandbox does not already say it
         return out
 
@@ -110,7 +110,8 @@ class Event:
                    llm=data.get("llm"), detail=data.get("detail"), result=data.get("result"),
                    verdict=data.get("verdict"), source=data.get("source", "ebpf"),
                    id=data.get("id") or new_id(),
-                   cgroup_id=int(data.get("cgroup_id") or (data.get("sandbox") or {}).get("cgroup_id") or 0))
+                   cgroup_id=int(data["cgroup_id"] if "cgroup_id" in data
+                                 else (data.get("sandbox") or {}).get("cgroup_id") or 0))
 
 
 @dataclass(slots=True)

@@ -188,14 +188,14 @@ class SegmentIndex:
 
     def note(self, rec_type: int, time_ns: int, sandbox: dict[str, Any] | None) -> None:
         self.records += 1
-        if time_ns:
-            self.first_ns = time_ns if not self.first_ns else min(self.first_ns, time_ns)
-            self.last_ns = max(self.last_ns, time_ns)
         if rec_type == REC_ALERT:
             self.alerts += 1
         if rec_type != REC_EVENT:
             return
         self.events += 1
+        if time_ns:  # the time range is the events' (alerts and the summary are stamped later)
+            self.first_ns = time_ns if not self.first_ns else min(self.first_ns, time_ns)
+            self.last_ns = max(self.last_ns, time_ns)
         if sandbox is None or sandbox.get("id") is None:
             return
         sid = str(sandbox["id"])
