@@ -274,7 +274,7 @@ def test_size_cap_drops_oldest_segments_and_counts_them(tmp_path: Path) -> None:
     total = sum(p.stat().st_size for p in (tmp_path / "j").glob("*.seg"))
     assert stats["dropped_segments"] > 0 and stats["dropped_bytes"] > 0
     assert stats["dropped_records"] > 0
-    assert total <= cap + (96 << 10), total
+    assert total <= cap + (16 << 10), total  # give or take one block
     # what is left is the newest: a contiguous tail of what was written
     ids = [e.id for e in JournalReader(tmp_path / "j").events()]
     assert ids == [e.id for e in events[-len(ids):]]

@@ -19,7 +19,10 @@ frame is skipped with a warning; a damaged frame in the middle is skipped with a
 reading resumes at the next frame that checks out (the sync magic makes that findable).
 
 Retention: `max_bytes` (default 1 GiB) and `max_age_s` (default 7 days) cap the journal; whole
-segments are dropped oldest first, never the one being written, and counted in `stats()`.
+segments are dropped oldest first, never one being written, and counted in `stats()`
+(dropped_segments, dropped_bytes, dropped_records, dropped_events). Segments are at most
+max_bytes/4, and room for the next one is kept, so the directory stays under max_bytes
+(give or take one block).
 """
 
 from __future__ import annotations
@@ -472,12 +475,16 @@ class JournalSink(Sink):
 
     def _apply_retention(self) -> None:
         """Drop whole segments, oldest first, until both caps hold. Locked segments are in use."""
-        segments = [s for s in _segment_files(self.directory) if s != self._segment]
-        sizes = {s: _file_size(s) for s in segments}
-        total = sum(sizes.values()) + (self._segment_index.bytes if self._segment_index and self._fd >= 0 else 0)
+        active = self._segment if self._fd >= 0 else None
+        every = _segment_files(self.directory)
+        sizes = {s: _file_size(s) for s in every}
+        total = sum(sizes.values())
+        segments = [s for s in every if s != active]
+        # Room for one whole segment more: the cap holds while the next one fills.
+        budget = self.max_bytes - self.segment_bytes if self.max_bytes else None
         now = self._clock()
         for seg in segments:  # oldest first (names are sequence numbers)
-            too_big = bool(self.max_bytes) and total > self.max_bytes  # type: ignore[operator]
+            too_big = budget is not None and total > budget
             too_old = False
             info = None
             if self.max_age_s and not too_big:
