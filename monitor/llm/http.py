@@ -21,6 +21,10 @@ KEPT_HEADERS = frozenset({"host", "content-type", "content-encoding", "content-l
                           "request-id", "x-request-id", "accept"})
 MAX_BODY = 8 * 1024 * 1024  # bytes of decoded body kept per message; past it the body is truncated
 MAX_EARLY = 256 * 1024      # bytes read before the request that explains them was seen
+# An event stream is complete at its API's last event: clients stop reading there (the OpenAI SDK
+# closes the connection after [DONE], before the chunked terminator).
+SSE_TERMINAL = (b"data: [DONE]", b"message_stop", b"response.completed", b"response.failed",
+                b"response.incomplete")
 
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ")
 
@@ -91,6 +95,9 @@ class _Side:
         self._parts: list[bytes] = []
         self._size = 0
         self.damaged = False  # bytes of the message in progress were not captured
+        self._sse = False      # the message in progress is an event stream
+        self._tail = b""       # its last decoded bytes (a terminal marker may straddle chunks)
+        self._emitted = False  # it was handed out at its terminal event already
 
     def expect_response_to(self, method: str) -> None:
         """Mirror the request the other direction carried, so h11 knows what the reply frames."""
@@ -116,13 +123,13 @@ class _Side:
             if isinstance(event, h11.Request | h11.Response):
                 self._start(event, ts)
             elif isinstance(event, h11.Data) and self.current is not None:
-                self._body(bytes(event.data))
+                if self._body(bytes(event.data)) and not self._emitted:
+                    self._emitted = True
+                    done.append(self._complete(ts))
             elif isinstance(event, h11.EndOfMessage) and self.current is not None:
-                self.current.end_ns = ts
-                self.current.body = b"".join(self._parts)
-                self.current.truncated |= self.damaged
-                self._parts, self._size, self.damaged = [], 0, False
-                done.append(self.current)
+                if not self._emitted:
+                    done.append(self._complete(ts))
+                self._parts, self._size, self.damaged, self._emitted = [], 0, False, False
                 self.current = None
                 if self.reads_requests:
                     self.answered()
@@ -131,6 +138,22 @@ class _Side:
             elif isinstance(event, h11.ConnectionClosed):
                 break
         return done
+
+    def _complete(self, ts: int) -> HttpMessage:
+        assert self.current is not None
+        self.current.end_ns = ts
+        self.current.body = b"".join(self._parts)
+        self.current.truncated |= self.damaged
+        return self.current
+
+    def partial(self, ts: int) -> HttpMessage | None:
+        """The message in progress, as far as it got (the connection is closing)."""
+        if self.current is None or self._emitted:
+            return None
+        msg = self._complete(ts)
+        msg.truncated = True
+        self.current = None
+        return msg
 
     def _start(self, event: h11.Request | h11.Response, ts: int) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -142,8 +165,11 @@ class _Side:
             msg = HttpMessage(False, ts, status=event.status_code, headers=headers)
         self.current = msg
         self.decoder = _Decoder(headers.get("content-encoding", ""))
+        self._sse = "text/event-stream" in headers.get("content-type", "")
+        self._tail = b""
 
-    def _body(self, data: bytes) -> None:
+    def _body(self, data: bytes) -> bool:
+        """Add body bytes; True when an event stream just reached its terminal event."""
         assert self.current is not None and self.decoder is not None
         msg = self.current
         decoded = self.decoder.feed(data)
@@ -156,6 +182,11 @@ class _Side:
         if decoded:
             self._parts.append(decoded)
             self._size += len(decoded)
+        if not self._sse or msg.is_request:
+            return False
+        window = self._tail + decoded
+        self._tail = window[-64:]
+        return any(marker in window for marker in SSE_TERMINAL)
 
 
 class HttpConversation:
@@ -247,6 +278,17 @@ class HttpConversation:
                 done.append(exchange)
             if not responses or not self._waiting:
                 return done
+
+    def close(self, ts: int) -> list[Exchange]:
+        """The connection is closing: a response cut short is handed out as it got (truncated)."""
+        if self.opaque or self._in is None or not self._waiting:
+            return []
+        response = self._in.partial(ts)
+        if response is None:
+            return []
+        exchange = self._waiting.pop(0)
+        exchange.response = response
+        return [exchange]
 
     def pending(self) -> list[Exchange]:
         """Requests still waiting for their responses."""

@@ -23,8 +23,9 @@ DIR_WRITE, DIR_READ, DIR_CLOSE = 0, 1, 2
 F_TRUNC = 1
 LOST_NAMES = ("ssl_write", "ssl_read", "ssl_truncated_calls", "ssl_close", "ssl_copy_failed")
 
-# struct tls_hdr: u64 ts, cgroup_id, ssl; u32 pid, tid, uid, dir, total, offset, len, flags; comm[16]
-_HDR = struct.Struct("<QQQIIIIIIII16s")
+# struct tls_hdr: u64 ts, cgroup_id, ssl; u32 pid, tid, uid, dir, total, offset, len, flags, gid,
+# pad; char comm[16]
+_HDR = struct.Struct("<QQQIIIIIIIIII16s")
 
 # (symbol, entry program, return program); SSL_free has only an entry program
 _PROBES = (("SSL_write", "ssl_write_enter", "ssl_write_return"),
@@ -45,6 +46,7 @@ class TlsRecord:
     pid: int
     tid: int
     uid: int
+    gid: int
     direction: int  # DIR_*
     total: int
     offset: int
@@ -54,10 +56,10 @@ class TlsRecord:
 
 
 def decode_record(raw: bytes) -> TlsRecord:
-    (ts, cgroup_id, ssl, pid, tid, uid, direction, total, offset, length, flags,
+    (ts, cgroup_id, ssl, pid, tid, uid, direction, total, offset, length, flags, gid, _pad,
      comm) = _HDR.unpack_from(raw)
     data = raw[_HDR.size:_HDR.size + length]
-    return TlsRecord(ts, cgroup_id, ssl, pid, tid, uid, direction, total, offset, data,
+    return TlsRecord(ts, cgroup_id, ssl, pid, tid, uid, gid, direction, total, offset, data,
                      bool(flags & F_TRUNC), comm.split(b"\0", 1)[0].decode("utf-8", "replace"))
 
 

@@ -27,12 +27,12 @@ MAX_CONNECTIONS = 4096
 
 
 class _Conn:
-    __slots__ = ("conv", "pid", "tid", "uid", "comm", "cgroup_id", "expect", "total", "last_seen",
+    __slots__ = ("conv", "pid", "tid", "uid", "gid", "comm", "cgroup_id", "expect", "total", "last_seen",
                  "llm_exchanges")
 
     def __init__(self, rec: TlsRecord) -> None:
         self.conv = HttpConversation()
-        self.pid, self.tid, self.uid, self.comm = rec.pid, rec.tid, rec.uid, rec.comm
+        self.pid, self.tid, self.uid, self.gid, self.comm = rec.pid, rec.tid, rec.uid, rec.gid, rec.comm
         self.cgroup_id = rec.cgroup_id
         self.expect = [0, 0]  # per direction: next offset expected within the current call
         self.total = [0, 0]   # per direction: bytes the current call moved
@@ -61,12 +61,11 @@ class TlsDecoder:
     def feed(self, rec: TlsRecord) -> list[Event]:
         key = (rec.pid, rec.ssl)
         if rec.direction == DIR_CLOSE:
-            self._forget(key)
-            return []
+            return self._forget(key, rec.ts_mono)
         conn = self.conns.get(key)
         if conn is None:
             if len(self.conns) >= MAX_CONNECTIONS:
-                self._forget(min(self.conns, key=lambda k: self.conns[k].last_seen))
+                self._forget(min(self.conns, key=lambda k: self.conns[k].last_seen), rec.ts_mono)
             conn = self.conns[key] = _Conn(rec)
         conn.tid, conn.last_seen = rec.tid, rec.ts_mono
         self.counters["tls_records"] += 1
@@ -107,7 +106,8 @@ class TlsDecoder:
     def _event(self, conn: _Conn, kind: str, ts_mono: int, llm: dict[str, Any]) -> Event:
         return Event(kind=kind, time_ns=ts_mono + self.mono_to_wall, source="llm",
                      cgroup_id=conn.cgroup_id,
-                     process={"pid": conn.pid, "tid": conn.tid, "comm": conn.comm, "uid": conn.uid},
+                     process={"pid": conn.pid, "tid": conn.tid, "comm": conn.comm, "uid": conn.uid,
+                              "gid": conn.gid},
                      llm=apply_capture(llm, self.capture))
 
     def _on_request(self, conn: _Conn, exchange: Exchange) -> Event | None:
@@ -145,10 +145,16 @@ class TlsDecoder:
             llm["truncated"] = True
         return self._event(conn, "llm_response", resp.end_ns, llm)
 
-    def _forget(self, key: tuple[int, int]) -> None:
+    def _forget(self, key: tuple[int, int], ts: int) -> list[Event]:
         conn = self.conns.pop(key, None)
-        if conn is not None and conn.llm_exchanges == 0:
+        if conn is None:
+            return []
+        events = [e for ex in conn.conv.close(ts) if (e := self._on_response(conn, ex)) is not None]
+        if conn.llm_exchanges == 0:
             self.counters["tls_bytes_other"] += conn.conv.bytes_seen
+        if conn.conv.pending():
+            self.counters["http_incomplete"] += 1  # closed before the response completed
+        return events
 
 
 def cgroup2_root() -> str:
