@@ -21,6 +21,8 @@ APT_PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-dev linux-headers-amd64
           auditd iproute2 util-linux git gcc libssl3 openssl)
 # The Docker tests start their own engine (tests/docker_engine.py) and build their image from busybox-static.
 APT_PKGS+=(docker.io busybox-static)
+# gVisor: `monitor run --runtime gvisor` and its tests run real runsc sandboxes.
+APT_PKGS+=(runsc)
 for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
