@@ -78,8 +78,7 @@ class EventMapper:
     """Stateful translator for one trace session (one sink connection)."""
 
     def __init__(self, sandbox_for: Callable[[str], dict[str, Any] | None]) -> None:
-        self._sandbox_for = sandbox_for
-        self._sandboxes: dict[str, dict[str, Any] | None] = {}
+        self._sandbox_for = sandbox_for  # called per event: the caller caches what is final
         self.procs: dict[int, Proc] = {}
         self.container_ids: list[str] = []  # in the order their container/start arrived
         self._handlers: dict[int, Callable[[Any], list[Event]]] = {
@@ -149,9 +148,7 @@ class EventMapper:
 
     def _event(self, kind: str, ctx: pb.ContextData, proc: Proc | None = None) -> Event:
         proc = proc or self._proc(ctx)
-        sandbox = self._sandboxes.get(ctx.container_id, False)
-        if sandbox is False:
-            sandbox = self._sandboxes[ctx.container_id] = self._sandbox_for(ctx.container_id)
+        sandbox = self._sandbox_for(ctx.container_id)
         return Event(kind=kind, time_ns=ctx.time_ns or time.time_ns(),
                      process=self._process_map(proc, ctx), sandbox=sandbox, source="gvisor")
 

@@ -105,6 +105,24 @@ def default_sandbox_for(registry: SandboxRegistry | None = None,
     return sandbox_for
 
 
+def registry_sandbox_for(registry: SandboxRegistry) -> Callable[[str], dict[str, Any] | None]:
+    """For the daemon: the identity the Docker inventory registered under the container id,
+    marked runtime "gvisor". A container's first points can precede the engine's start event,
+    so until the inventory knows it a provisional identity (id, short name) is used, not cached."""
+    marked: dict[int, dict[str, Any]] = {}
+
+    def sandbox_for(container_id: str) -> dict[str, Any] | None:
+        sandbox = registry.by_id(container_id)
+        if sandbox is None:
+            return {"id": container_id, "name": container_id[:12], "runtime": "gvisor", "labels": {}}
+        identity = marked.get(id(sandbox))
+        if identity is None:
+            identity = marked[id(sandbox)] = {**sandbox.identity(), "runtime": "gvisor"}
+        return identity
+
+    return sandbox_for
+
+
 class TraceSink:
     """Serves gVisor trace sessions on `path` and yields their points as monitor Events."""
 
