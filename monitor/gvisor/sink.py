@@ -109,16 +109,17 @@ def registry_sandbox_for(registry: SandboxRegistry) -> Callable[[str], dict[str,
     """For the daemon: the identity the Docker inventory registered under the container id,
     marked runtime "gvisor". A container's first points can precede the engine's start event,
     so until the inventory knows it a provisional identity (id, short name) is used, not cached."""
-    marked: dict[int, dict[str, Any]] = {}
+    marked: dict[str, tuple[Sandbox, dict[str, Any]]] = {}
 
     def sandbox_for(container_id: str) -> dict[str, Any] | None:
         sandbox = registry.by_id(container_id)
         if sandbox is None:
+            marked.pop(container_id, None)
             return {"id": container_id, "name": container_id[:12], "runtime": "gvisor", "labels": {}}
-        identity = marked.get(id(sandbox))
-        if identity is None:
-            identity = marked[id(sandbox)] = {**sandbox.identity(), "runtime": "gvisor"}
-        return identity
+        cached = marked.get(container_id)
+        if cached is None or cached[0] is not sandbox:
+            cached = marked[container_id] = (sandbox, {**sandbox.identity(), "runtime": "gvisor"})
+        return cached[1]
 
     return sandbox_for
 
