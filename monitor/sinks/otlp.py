@@ -904,6 +904,13 @@ class OtlpSink(Sink):
         """Use ctx's trace id and span id for the root span of sandbox `sandbox_id`."""
         self._traces.adopt(sandbox_id, ctx)
 
+    def start_session(self, sandbox: Any) -> dict[str, str]:
+        """Fix the trace of `sandbox` (anything with `.id`) now and return the environment for its
+        command: TRACEPARENT (parent = the session's root span) and OTEL_RESOURCE_ATTRIBUTES."""
+        ctx = new_session_context()
+        self.adopt_session(str(sandbox.id), ctx)
+        return ctx.child_env(str(sandbox.id))
+
     def record_lost(self, totals_by_probe: Mapping[str, int]) -> None:
         if self._metrics is not None:
             self._metrics.record_lost(totals_by_probe)
