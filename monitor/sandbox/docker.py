@@ -164,7 +164,8 @@ class DockerInventory:
                  emit: Callable[[Event], None] = _noop,
                  log: Callable[[str], None] = _log_stderr,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
-                 cgroup_root: str | None = None, remove_from_registry: bool = True) -> None:
+                 cgroup_root: str | None = None, remove_from_registry: bool = True,
+                 resolve_cgroup: Callable[[int], CgroupRef | None] | None = None) -> None:
         self.registry = registry
         self.base_url = _engine_url(base_url)
         self.selector = selector or {}
@@ -178,6 +179,7 @@ class DockerInventory:
         # False: on_removed's receiver removes the sandbox from the registry itself (the daemon
         # does, after taking the container's last events from the ring buffer).
         self.remove_from_registry = remove_from_registry
+        self.resolve_cgroup = resolve_cgroup or self._cgroup_of_pid
         self._ids: set[str] = set()  # container ids this inventory registered
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -288,7 +290,7 @@ class DockerInventory:
         state = inspect.get("State") or {}
         if not selector_matches(self.selector, labels) or not state.get("Running"):
             return None
-        cgroup = cgroup_of_pid(int(state.get("Pid") or 0), self.cgroup_root) if self.cgroup_root else None
+        cgroup = self.resolve_cgroup(int(state.get("Pid") or 0))
         if cgroup is None:
             self.log(f"docker: container {inspect.get('Name', container_id)} has no cgroup-v2 "
                      "directory (exited already?); not watched")
@@ -306,6 +308,9 @@ class DockerInventory:
                         process={"pid": sandbox.root_pid} if sandbox.root_pid else {}))
         self.emit(container_start_event(inspect, sandbox))
         return sandbox
+
+    def _cgroup_of_pid(self, pid: int) -> CgroupRef | None:
+        return cgroup_of_pid(pid, self.cgroup_root) if self.cgroup_root and pid > 0 else None
 
     @staticmethod
     def _repo_digests(client: docker.APIClient, inspect: dict[str, Any]) -> list[str]:
@@ -359,7 +364,7 @@ def kill_container(sandbox: Sandbox, timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
         if exc.status_code == 409:  # "is not running"
             return KillResult("already_gone", _short(exc))
         return _cgroup_kill(sandbox, f"engine refused: {_short(exc)}")
-    except FutureTimeout:
+    except (FutureTimeout, requests.exceptions.Timeout):
         return _cgroup_kill(sandbox, f"engine did not answer within {timeout_s:g}s")
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         return _cgroup_kill(sandbox, f"engine unavailable: {_short(exc)}")
@@ -368,7 +373,8 @@ def kill_container(sandbox: Sandbox, timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
 
 
 def _engine_kill(url: str, container_id: str, timeout_s: float) -> KillResult:
-    client = docker.APIClient(base_url=url, timeout=timeout_s, version="auto")
+    # The caller's bound (future.result) decides; the client's own timeout only frees the thread.
+    client = docker.APIClient(base_url=url, timeout=timeout_s + 5, version="auto")
     try:
         client.kill(container_id, signal="SIGKILL")
     finally:

@@ -1,0 +1,278 @@
+"""Docker inventory logic without an engine: cgroup-v2 discovery, label selection, identity from
+recorded inspect documents, event-stream handling, reconnect logging, and the kill fallback
+(cgroup.kill on a real cgroup when the engine is absent or does not answer)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.sandbox.docker import (
+    CgroupRef,
+    DockerInventory,
+    _started_ns,
+    cgroup2_relpath,
+    cgroup2_root,
+    cgroup_of_pid,
+    kill_container,
+    parse_selector,
+    sandbox_from_inspect,
+    selector_matches,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "docker_inspect"
+HYBRID_MOUNTS = """tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+"""
+PURE_V2_MOUNTS = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
+# /proc/PID/cgroup of a container's init on the hybrid host (cgroupfs driver)
+CONTAINER_CGROUP = """9:name=systemd:/docker/ee222ad28910b012c8f96e4cd3a7a8b7dc27571f5c20ed0189b957dedc6f81dd
+4:memory:/docker/ee222ad28910b012c8f96e4cd3a7a8b7dc27571f5c20ed0189b957dedc6f81dd
+0::/docker/ee222ad28910b012c8f96e4cd3a7a8b7dc27571f5c20ed0189b957dedc6f81dd
+"""
+
+
+def inspect_doc(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+# --- cgroup v2 ----------------------------------------------------------------------------
+
+def test_cgroup2_root_detected_from_mounts(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(HYBRID_MOUNTS)
+    assert cgroup2_root(str(mounts)) == "/sys/fs/cgroup/unified"
+    mounts.write_text(PURE_V2_MOUNTS)
+    assert cgroup2_root(str(mounts)) == "/sys/fs/cgroup"
+    mounts.write_text("proc /proc proc rw 0 0\n")
+    assert cgroup2_root(str(mounts)) is None
+    assert cgroup2_root(str(tmp_path / "absent")) is None
+
+
+def test_cgroup2_relpath():
+    assert cgroup2_relpath(CONTAINER_CGROUP) == "/docker/ee222ad28910b012c8f96e4cd3a7a8b7dc27571f5c20ed0189b957dedc6f81dd"
+    assert cgroup2_relpath("0::/\n") == "/"
+    assert cgroup2_relpath("4:memory:/x\n") is None
+
+
+def test_cgroup_of_pid_is_the_directory_inode():
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup-v2 hierarchy mounted on this machine")
+    ref = cgroup_of_pid(os.getpid(), root)
+    assert ref is not None
+    assert ref.path.startswith(root)
+    assert ref.id == os.stat(ref.path).st_ino
+    assert cgroup_of_pid(2**22 + 12345, root) is None  # no such pid
+
+
+# --- selection and identity -----------------------------------------------------------------
+
+def test_parse_selector():
+    assert parse_selector(None) == {}
+    assert parse_selector("") == {}
+    assert parse_selector("agent.sandbox=true") == {"agent.sandbox": "true"}
+    assert parse_selector(" agent.sandbox = true , team ") == {"agent.sandbox": "true", "team": None}
+    with pytest.raises(ValueError, match="no key"):
+        parse_selector("=true")
+
+
+def test_selector_matches():
+    labels = {"agent.sandbox": "true", "team": "ml"}
+    assert selector_matches({}, labels)
+    assert selector_matches({}, {})
+    assert selector_matches({"agent.sandbox": "true"}, labels)
+    assert selector_matches({"team": None}, labels)
+    assert not selector_matches({"agent.sandbox": "false"}, labels)
+    assert not selector_matches({"owner": None}, labels)
+
+
+def test_sandbox_identity_from_recorded_inspect():
+    doc = inspect_doc("hardened")
+    sandbox = sandbox_from_inspect(doc, CgroupRef("/sys/fs/cgroup/unified/docker/" + doc["Id"], 215))
+    assert sandbox.id == doc["Id"] and sandbox.runtime == "docker"
+    assert sandbox.name == "hardened"
+    assert sandbox.image == "smtest:1"
+    assert sandbox.image_digest == doc["Image"]  # imported image: no repo digest, its id
+    assert sandbox.labels == {"agent.sandbox": "true", "team": "ml"}
+    assert sandbox.cgroup_id == 215 and sandbox.root_pid == doc["State"]["Pid"]
+    assert sandbox.started_ns > 1_700_000_000 * 10**9
+    ident = sandbox.identity()
+    assert {"id", "name", "image", "image_digest", "labels", "runtime", "cgroup_id"} <= set(ident)
+
+
+def test_repo_digest_preferred_for_image_digest():
+    doc = inspect_doc("plain")
+    digest = "sha256:" + "d" * 64
+    sandbox = sandbox_from_inspect(doc, None, [f"registry.local/smtest@{digest}"])
+    assert sandbox.image_digest == digest
+
+
+def test_started_ns():
+    assert _started_ns("2026-11-23T10:43:17.430315786Z") % 10**9 == 430315786
+    assert _started_ns("0001-01-01T00:00:00Z") == 0
+    assert _started_ns("garbage") == 0
+
+
+# --- discovery and event handling against recorded documents ----------------------------------
+
+class RecordedEngine:
+    """The three engine calls the inventory makes, answered from recorded documents."""
+
+    def __init__(self, docs: dict[str, dict]) -> None:
+        self.docs = docs
+
+    def containers(self, filters=None):
+        return [{"Id": cid} for cid, d in self.docs.items() if d["State"]["Running"]]
+
+    def inspect_container(self, cid):
+        import docker.errors
+        if cid not in self.docs:
+            raise docker.errors.NotFound("no such container")
+        return self.docs[cid]
+
+    def inspect_image(self, ref):
+        return {"RepoDigests": []}
+
+
+def make_inventory(selector=None):
+    registry = SandboxRegistry()
+    added, removed, events = [], [], []
+    inv = DockerInventory(registry, base_url="unix:///nonexistent.sock", selector=selector,
+                          on_added=added.append, on_removed=removed.append, emit=events.append,
+                          resolve_cgroup=lambda pid: CgroupRef(f"/cg/{pid}", pid + 1000))
+    return inv, registry, added, removed, events
+
+
+def test_reconcile_registers_running_selected_containers():
+    docs = {d["Id"]: d for d in (inspect_doc(n) for n in ("plain", "hardened", "risky"))}
+    inv, registry, added, _, events = make_inventory(parse_selector("agent.sandbox=true"))
+    inv.reconcile(RecordedEngine(docs))
+    # risky has no agent.sandbox label: not selected
+    assert sorted(s.name for s in added) == ["hardened", "plain"]
+    assert {s.name for s in registry.all()} == {"hardened", "plain"}
+    hardened = next(s for s in added if s.name == "hardened")
+    assert registry.by_cgroup(hardened.cgroup_id) is hardened
+    kinds = [(e.kind, e.sandbox["name"]) for e in events]
+    assert ("sandbox_start", "hardened") in kinds and ("container_start", "hardened") in kinds
+    posture = next(e for e in events if e.kind == "container_start" and e.sandbox["name"] == "hardened")
+    assert posture.container["read_only_rootfs"] is True
+    # a second reconcile with the same containers changes nothing
+    inv.reconcile(RecordedEngine(docs))
+    assert len(added) == 2
+
+
+def test_reconcile_removes_containers_gone_while_disconnected():
+    docs = {d["Id"]: d for d in (inspect_doc(n) for n in ("plain", "hardened"))}
+    inv, registry, _, removed, events = make_inventory()
+    inv.reconcile(RecordedEngine(docs))
+    plain_id = inspect_doc("plain")["Id"]
+    del docs[plain_id]
+    inv.reconcile(RecordedEngine(docs))
+    assert [s.name for s in removed] == ["plain"]
+    assert registry.by_id(plain_id) is None
+    assert events[-1].kind == "sandbox_end" and events[-1].sandbox["name"] == "plain"
+
+
+def test_recorded_event_stream_start_die_destroy():
+    lines = [json.loads(line) for line in (FIXTURES / "events.jsonl").read_text().splitlines()]
+    container_id = next(m["id"] for m in lines if m.get("Action") == "start")
+    doc = dict(inspect_doc("plain"), Id=container_id, Name="/evt")
+    inv, registry, added, removed, events = make_inventory(parse_selector("agent.sandbox=true"))
+    engine = RecordedEngine({container_id: doc})
+    for message in lines:
+        inv.handle_event(engine, message)
+        if message.get("Action") == "start":
+            assert registry.by_id(container_id) is not None
+    assert [s.name for s in added] == ["evt"]
+    assert [s.name for s in removed] == ["evt"]  # die removes; destroy finds nothing left
+    assert registry.by_id(container_id) is None
+    end = events[-1]
+    assert end.kind == "sandbox_end" and end.detail == {"code": 137}
+
+
+def test_unreachable_engine_logs_one_line_and_retries():
+    lines: list[str] = []
+    inv = DockerInventory(SandboxRegistry(), base_url="unix:///nonexistent/docker.sock",
+                          log=lines.append, backoff_min_s=0.02, backoff_max_s=0.05)
+    inv.start()
+    time.sleep(0.8)
+    inv.stop()
+    assert inv.errors >= 3  # it kept retrying
+    assert len(lines) == 1 and "unavailable" in lines[0] and "reconnecting" in lines[0]
+    assert not inv.connected.is_set()
+
+
+# --- kill fallback on a real cgroup -----------------------------------------------------------
+
+@pytest.fixture
+def sleeper_cgroup():
+    """A real cgroup-v2 directory holding one `sleep` process."""
+    root = cgroup2_root()
+    if root is None or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup-v2 hierarchy")
+    path = Path(root) / f"sm-test-docker-{os.getpid()}"
+    path.mkdir()
+    proc = subprocess.Popen(["sleep", "60"])
+    (path / "cgroup.procs").write_text(str(proc.pid))
+    sandbox = Sandbox(id="f" * 64, name="fake", runtime="docker", cgroup_id=path.stat().st_ino,
+                      cgroup_path=str(path))
+    yield sandbox, proc
+    proc.kill()
+    proc.wait()
+    for _ in range(50):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+            break
+        time.sleep(0.05)
+
+
+def test_kill_falls_back_to_cgroup_kill_when_engine_absent(sleeper_cgroup):
+    sandbox, proc = sleeper_cgroup
+    result = kill_container(sandbox, timeout_s=1.0, base_url="unix:///nonexistent/docker.sock")
+    assert result.outcome == "done"
+    assert "engine unavailable" in result.message and "cgroup.kill" in result.message
+    assert proc.wait(5) == -9
+
+
+def test_kill_falls_back_within_bound_when_engine_hangs(sleeper_cgroup, tmp_path):
+    sandbox, proc = sleeper_cgroup
+    sock_path = tmp_path / "hung.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = kill_container(sandbox, timeout_s=0.5, base_url=f"unix://{sock_path}")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+    assert result.outcome == "done"
+    assert "did not answer within 0.5s" in result.message and "cgroup.kill" in result.message
+    assert 0.4 < elapsed < 2.0
+    assert proc.wait(5) == -9
