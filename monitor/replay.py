@@ -251,7 +251,10 @@ def otlp_sink(url: str) -> Sink:
         from monitor.sinks.otlp import OtlpSink  # type: ignore[import-not-found]
     except ImportError as exc:
         raise UsageError(f"--otlp: OTLP export is not available ({exc})") from None
-    return OtlpSink(url)
+    try:
+        return OtlpSink(url)
+    except ValueError as exc:  # OtlpConfigError: a URL it cannot use
+        raise UsageError(f"--otlp {url}: {exc}") from None
 
 
 class _LazyProgress:
@@ -335,14 +338,11 @@ def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def replay_main(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         return _replay(args, err)
-    except UsageError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        return 1
-    except (JournalError, PolicyError) as exc:  # PolicyError says file:line already
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+    except (UsageError, JournalError, PolicyError) as exc:  # PolicyError says file:line already
+        print(f"monitor replay: {exc}", file=sys.stderr)
         return 1
 
 
@@ -758,12 +758,12 @@ def add_timeline_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def timeline_main(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         sessions = build_timeline(args.journal, getattr(args, "sandbox", None),
                                   on_warning=lambda w: err.print(f"[yellow]warning:[/] {escape(w)}"))
     except JournalError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        print(f"monitor timeline: {exc}", file=sys.stderr)
         return 1
     if getattr(args, "json", False):
         for session in sessions:
