@@ -30,6 +30,9 @@ def trace_points() -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = [
         {"name": "container/start", "context_fields": WITH_CWD},
         {"name": "sentry/clone", "context_fields": BASE_CONTEXT},
+        {"name": "syscall/execve/enter", "context_fields": ["thread_id", "group_id"]},
+        {"name": "syscall/execveat/enter", "optional_fields": ["fd_path"],
+         "context_fields": ["thread_id", "group_id"]},
         {"name": "sentry/execve", "context_fields": WITH_CWD},
         {"name": "sentry/task_exit", "context_fields": ["time", "thread_id", "group_id", "container_id"]},
         {"name": "syscall/open/exit", "context_fields": WITH_CWD},

@@ -81,10 +81,12 @@ class EventMapper:
         self._sandbox_for = sandbox_for  # called per event: the caller caches what is final
         self.procs: dict[int, Proc] = {}
         self.container_ids: list[str] = []  # in the order their container/start arrived
+        self._exec_paths: dict[int, str] = {}  # tid -> execve's path as the program passed it
         self._handlers: dict[int, Callable[[Any], list[Event]]] = {
             T.MESSAGE_CONTAINER_START: self._container_start,
             T.MESSAGE_SENTRY_CLONE: self._clone,
             T.MESSAGE_SENTRY_EXEC: self._exec,
+            T.MESSAGE_SYSCALL_EXECVE: self._execve_enter,
             T.MESSAGE_SENTRY_TASK_EXIT: self._task_exit,
             T.MESSAGE_SYSCALL_OPEN: self._open,
             T.MESSAGE_SYSCALL_CONNECT: self._connect,
@@ -201,13 +203,25 @@ class EventMapper:
         event.detail = {"child_pid": child_pid}
         return [event]
 
+    def _execve_enter(self, msg: pb.Execve) -> list[Event]:
+        """Remember the path as passed: sentry/execve reports the symlink-resolved binary, the
+        eBPF sensor (and rules written against it) the path the program named."""
+        ctx = msg.context_data
+        path = msg.pathname
+        if path and not path.startswith("/"):
+            base = msg.fd_path if msg.fd >= 0 and msg.fd_path else self._proc(ctx).cwd
+            path = posixpath.normpath(posixpath.join(base or "/", path))
+        if path:
+            self._exec_paths[ctx.thread_id] = path
+        return []
+
     def _exec(self, msg: pb.ExecveInfo) -> list[Event]:
         ctx = msg.context_data
         proc = self._proc(ctx)
-        proc.executable = msg.binary_path
+        proc.executable = self._exec_paths.pop(ctx.thread_id, "") or msg.binary_path
         proc.args = list(msg.argv)
         # The context is taken before the new image's name replaces the old one.
-        proc.comm = posixpath.basename(msg.binary_path)[:15]
+        proc.comm = posixpath.basename(proc.executable)[:15]
         return [self._event("exec", ctx, proc)]
 
     def _task_exit(self, msg: pb.TaskExit) -> list[Event]:
