@@ -333,11 +333,16 @@ class _CountingMetricExporter(MetricExporter):
 # --- metrics on an OpenTelemetry meter ------------------------------------------------------------
 
 class _OtelMetrics(m.MetricsRecorder):
+    """Counters are kept as plain totals and reported by observable counters at collection time:
+    an SDK `Counter.add` costs ~10 us, far too much per event."""
+
     def __init__(self, provider: MeterProvider, export_stats: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
         super().__init__()
         from opentelemetry.metrics import Observation
         meter = provider.get_meter("sandbox-monitor")
-        self._instruments: dict[m.MetricDef, Any] = {}
+        self._histograms: dict[m.MetricDef, Any] = {}
+        self._totals: dict[m.MetricDef, dict[tuple[str, ...], float]] = {}
+        self._totals_lock = threading.Lock()
         self.add_export_source(export_stats)
 
         def observe(read: Callable[[], Mapping[tuple[str, ...], float]], metric: m.MetricDef) -> Callable[[Any], list[Any]]:
@@ -345,31 +350,35 @@ class _OtelMetrics(m.MetricsRecorder):
                                      for labels, value in read().items()]
 
         for metric in m.METRICS:
-            if metric.kind == m.COUNTER:
-                self._instruments[metric] = meter.create_counter(metric.name, metric.unit, metric.description)
-            elif metric.kind == m.HISTOGRAM:
-                self._instruments[metric] = meter.create_histogram(
+            read: Callable[[], Mapping[tuple[str, ...], float]]
+            if metric.kind == m.HISTOGRAM:
+                self._histograms[metric] = meter.create_histogram(
                     metric.name, metric.unit, metric.description,
                     explicit_bucket_boundaries_advisory=metric.buckets)
+                continue
+            if metric.kind == m.COUNTER:
+                self._totals[metric] = {}
+                read = (lambda metric=metric: self._copy_totals(metric))  # noqa: E731
             elif metric is m.SANDBOXES_WATCHED:
                 read = lambda: {(k,): v for k, v in self.sandboxes_by_runtime().items()}  # noqa: E731
-                meter.create_observable_gauge(metric.name, [observe(read, metric)], metric.unit,
-                                              metric.description)
             elif metric is m.LOST_EVENTS:
                 read = lambda: {(k,): v for k, v in self.lost_totals().items()}  # noqa: E731
-                meter.create_observable_counter(metric.name, [observe(read, metric)], metric.unit,
-                                                metric.description)
             else:  # export metrics
                 read = (lambda metric=metric: self.export_readings()[metric])  # noqa: E731
-                create = (meter.create_observable_gauge if metric.kind == m.GAUGE
-                          else meter.create_observable_counter)
-                create(metric.name, [observe(read, metric)], metric.unit, metric.description)
+            create = meter.create_observable_gauge if metric.kind == m.GAUGE else meter.create_observable_counter
+            create(metric.name, [observe(read, metric)], metric.unit, metric.description)
+
+    def _copy_totals(self, metric: m.MetricDef) -> dict[tuple[str, ...], float]:
+        with self._totals_lock:
+            return dict(self._totals[metric])
 
     def _add(self, metric: m.MetricDef, labels: tuple[str, ...], amount: float = 1) -> None:
-        self._instruments[metric].add(amount, dict(zip(metric.labels, labels, strict=True)))
+        totals = self._totals[metric]
+        with self._totals_lock:
+            totals[labels] = totals.get(labels, 0) + amount
 
     def _observe(self, metric: m.MetricDef, labels: tuple[str, ...], value: float) -> None:
-        self._instruments[metric].record(value, dict(zip(metric.labels, labels, strict=True)))
+        self._histograms[metric].record(value, dict(zip(metric.labels, labels, strict=True)))
 
 
 # --- the trace builder --------------------------------------------------------------------------
