@@ -189,8 +189,25 @@ def run(options: RunOptions) -> int:
     registry.add(sandbox)
     sensor.add_cgroup(sandbox.cgroup_id)
     apply_denies(policy, sensor, sandbox)
-    session = Session(pipeline, [sensor])
+    session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
     return _run_child(options, sandbox, session, actions, pipeline, sensor)
+
+
+def start_llm(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> list[Any]:
+    """The TLS source (model calls, tool calls) and its caused_by linker, unless --llm-capture off."""
+    if options.llm_capture == "off":
+        return []
+    try:
+        from monitor.llm import LlmSource, ToolCallLinker
+
+        source = LlmSource(capture=options.llm_capture)
+    except Exception as exc:  # no uprobes / bcc here: the rest of the monitor still runs
+        print(f"monitor: llm capture unavailable: {exc}", file=sys.stderr)
+        return []
+    source.add_cgroup(sandbox.cgroup_id, sandbox.cgroup_path)
+    if isinstance(pipeline.enricher, Enricher):
+        pipeline.enricher.linker = ToolCallLinker(on_exec=source.notice_exec)
+    return [source]
 
 
 def _otlp_env(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> dict[str, str]:
@@ -262,5 +279,6 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
         if hasattr(source, "remove_cgroup"):
             source.remove_cgroup(sandbox.cgroup_id)
     cg.remove(sandbox)
-    sensor.close()
+    for source in session.sources:
+        source.close()
     return status

@@ -16,6 +16,7 @@ Call `observe(event)` on every enriched event, in pipeline order (after enrich, 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,11 @@ class _Window:
 
 
 class ToolCallLinker:
-    def __init__(self) -> None:
+    """`on_exec(pid)` is called for every exec (LlmSource.notice_exec: attach to a new binary's
+    TLS library at once)."""
+
+    def __init__(self, on_exec: Callable[[int], None] | None = None) -> None:
+        self.on_exec = on_exec
         # (sandbox key, agent pid) -> recent windows, oldest first
         self._windows: dict[tuple[Any, int], deque[_Window]] = {}
         self.linked = 0
@@ -50,6 +55,8 @@ class ToolCallLinker:
         elif event.kind == "llm_request":
             self._close(event)
         elif event.kind == "exec":
+            if self.on_exec is not None and event.process.get("pid"):
+                self.on_exec(int(event.process["pid"]))
             return self._link(event)
         return None
 
