@@ -1,0 +1,277 @@
+"""`monitor daemon`: config validation (file:line errors, exit 1), and the daemon's life cycle as
+a real process: /healthz and /metrics on loopback, SIGHUP and file-change rule reloads, a bad
+reload kept out, SIGTERM exits 0 with the sinks flushed. (Docker + probes: tests/e2e.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from monitor.daemon import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_RULE = """\
+- rule: Daemon test marker
+  when: [exec]
+  condition: event.process.executable == "/nonexistent/marker"
+"""
+TWO_RULES = ONE_RULE + """\
+- rule: Daemon test marker two
+  when: [open]
+  condition: event.file.path == "/nonexistent/marker"
+"""
+
+
+def parse(text: str, tmp_path: Path):
+    return parse_config(textwrap.dedent(text), str(tmp_path / "daemon.yaml"))
+
+
+def test_full_config(tmp_path):
+    config = parse("""\
+        rules: [rules, /etc/sm/rules.d]
+        audit: true
+        probes: false
+        docker:
+          host: unix:///run/docker.sock
+          watch: "agent.sandbox=true,team"
+          kill_timeout: 1.5
+        cgroups:
+          - {path: /sys/fs/cgroup/agents/a1, name: agent-1, labels: {team: ml}}
+          - path: /sys/fs/cgroup/agents/a2
+        sinks:
+          json: out/events.jsonl
+          journal: /var/lib/sm/journal
+          otlp: http://127.0.0.1:4317
+        metrics:
+          address: 127.0.0.1:9999
+        """, tmp_path)
+    assert config.rules == [str(tmp_path / "rules"), "/etc/sm/rules.d"]
+    assert config.audit is True and config.probes is False
+    assert config.docker_host == "unix:///run/docker.sock"
+    assert config.watch == {"agent.sandbox": "true", "team": None}
+    assert config.kill_timeout_s == 1.5
+    assert [(c.path, c.name, c.labels) for c in config.cgroups] == [
+        ("/sys/fs/cgroup/agents/a1", "agent-1", {"team": "ml"}), ("/sys/fs/cgroup/agents/a2", "a2", {})]
+    assert config.json == str(tmp_path / "out/events.jsonl")
+    assert config.journal == "/var/lib/sm/journal" and config.otlp == "http://127.0.0.1:4317"
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9999)
+
+
+def test_empty_config_is_defaults(tmp_path):
+    config = parse("", tmp_path)
+    assert config.rules == [] and config.watch == {} and config.docker_enabled
+    assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9464)
+    assert parse("docker: {watch: all}", tmp_path).watch == {}
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("audit: true\nsinkz: {}\n", 2, "unknown key 'sinkz'"),
+    ("docker:\n  watch: all\n  kill_timeout: -1\n", 3, "positive number of seconds"),
+    ("docker:\n  enabled: yes please\n", 2, "true or false"),
+    ("docker:\n  watch: '=x'\n", 2, "no key"),
+    ("docker:\n  hots: x\n", 2, "unknown key 'hots'"),
+    ("metrics:\n  address: 0.0.0.0:9464\n", 2, "loopback only"),
+    ("metrics:\n  address: localhost:http\n", 2, "HOST:PORT"),
+    ("sinks:\n  json: 42\n", 2, "non-empty string"),
+    ("cgroups:\n  - name: x\n", 2, "needs a path"),
+    ("rules: [a, b\naudit: true\n", 2, "YAML syntax"),
+    ("- just\n- a list\n", 1, "must be a mapping"),
+    ("audit: true\naudit: false\n", 2, "duplicate key 'audit'"),
+])
+def test_config_errors_name_file_and_line(tmp_path, text, line, message):
+    with pytest.raises(ConfigError) as info:
+        parse(text, tmp_path)
+    text_of_error = str(info.value)
+    assert text_of_error.startswith(f"{tmp_path / 'daemon.yaml'}:{line}: "), text_of_error
+    assert message in text_of_error
+
+
+# --- the daemon as a process ------------------------------------------------------------------
+
+def daemon_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "monitor.daemon", "--config", str(config), *extra]
+
+
+def run_cli(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(daemon_cmd(config, *extra), capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+
+
+def test_malformed_config_exits_1_with_file_line(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("docker:\n  watch: all\n  kill_timeout: soon\n")
+    result = run_cli(config)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{config}:3: docker.kill_timeout must be a positive number of seconds" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_and_bad_rules_exit_1(tmp_path):
+    result = run_cli(tmp_path / "absent.yaml")
+    assert result.returncode == 1 and "absent.yaml" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- rule: Broken\n  when: [exec]\n  condition: event.process.pid ==\n")
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"rules: [{rules}]\n")
+    result = run_cli(config, "--check")
+    assert result.returncode == 1
+    assert f"{rules}:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_accepts_good_config(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(TWO_RULES)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"rules: [{rules}]\ndocker: {{watch: all}}\n")
+    result = run_cli(config, "--check")
+    assert result.returncode == 0, result.stderr
+    assert "ok (2 rules)" in result.stdout
+
+
+class DaemonProcess:
+    """A `monitor daemon` subprocess whose stderr is read back as its log."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.log_file = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(daemon_cmd(config), stdout=subprocess.DEVNULL,
+                                     stderr=self.log_file, cwd=ROOT)
+        self.port = int(self.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", 60).group(1))
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_log(self, pattern: str, timeout_s: float = 15, start: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log()[start:])
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r} in {timeout_s}s:\n{self.log()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stop(self, timeout_s: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log_file.close()
+
+
+@pytest.fixture
+def daemon_files(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "site.yaml").write_text(ONE_RULE)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        rules: [{rules}]
+        probes: false
+        docker: {{enabled: false}}
+        sinks: {{json: {tmp_path / 'out.jsonl'}}}
+        metrics: {{address: "127.0.0.1:0"}}
+        """))
+    return config, rules / "site.yaml", tmp_path / "out.jsonl"
+
+
+def test_daemon_serves_health_and_metrics_reloads_and_stops(tmp_path, daemon_files):
+    config, rule_file, out = daemon_files
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        status, body = daemon.get("/healthz")
+        assert status == 200 and body.startswith("ok: 0 sandboxes watched"), body
+        assert "probes off" in body
+        status, body = daemon.get("/metrics")
+        assert status == 200 and "sandbox_monitor_events_total" in body
+        assert daemon.get("/nope")[0] == 404
+
+        # SIGHUP reloads even when nothing changed on disk
+        mark = len(daemon.log())
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log(r"rules reloaded: 1 rules", start=mark)
+
+        # a changed rule file is picked up without a signal
+        mark = len(daemon.log())
+        rule_file.write_text(TWO_RULES)
+        daemon.wait_log(r"rules reloaded: 2 rules", start=mark)
+
+        # a broken file is refused and the daemon keeps the rules in force
+        mark = len(daemon.log())
+        rule_file.write_text(TWO_RULES + "- rule: Broken\n  when: [exec]\n  condition: (\n")
+        daemon.wait_log(r"rules reload failed, keeping the previous 2 rules: .*site\.yaml:\d+", start=mark)
+        assert daemon.get("/healthz")[0] == 200
+        assert daemon.proc.poll() is None
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.log()
+    assert "Traceback" not in daemon.log()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and records[-1]["type"] == "summary"
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+def test_metrics_port_in_use_is_one_line_exit_1(tmp_path, daemon_files):
+    config, _, _ = daemon_files
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        config.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+        result = run_cli(config)
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_watched_cgroup_is_a_sandbox(tmp_path, daemon_files):
+    """A configured plain cgroup is registered (healthz counts it) and announced."""
+    from monitor.sandbox.docker import cgroup2_root
+    root = cgroup2_root()
+    if root is None or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup-v2 hierarchy")
+    cgroup = Path(root) / f"sm-test-daemon-{os.getpid()}"
+    cgroup.mkdir()
+    config, _, out = daemon_files
+    try:
+        config.write_text(config.read_text() + f"cgroups:\n  - {{path: {cgroup}, name: plain-one}}\n")
+        daemon = DaemonProcess(config, tmp_path / "daemon.log")
+        try:
+            status, body = daemon.get("/healthz")
+            assert status == 200 and body.startswith("ok: 1 sandboxes watched"), body
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        cgroup.rmdir()
+    starts = [json.loads(line) for line in out.read_text().splitlines()
+              if '"sandbox_start"' in line]
+    assert starts and starts[0]["sandbox"]["name"] == "plain-one"
+    assert starts[0]["sandbox"]["cgroup_id"] == starts[0]["sandbox"]["cgroup_id"] > 0
