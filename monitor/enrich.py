@@ -61,6 +61,38 @@ def proc_info_from_proc(pid: int) -> ProcInfo | None:
                     comm=fields.get("Name", "").strip(), cwd=_readlink(f"/proc/{pid}/cwd"))
 
 
+def socket_local_address(pid: int, fd: int) -> tuple[str, int] | None:
+    """The local (address, port) of a process's inet socket, from /proc (for listen, and for a
+    bind to port 0 whose port the kernel chose)."""
+    link = _readlink(f"/proc/{pid}/fd/{fd}")
+    if not link.startswith("socket:["):
+        return None
+    inode = link[8:-1]
+    for table, width in (("tcp", 8), ("udp", 8), ("tcp6", 32), ("udp6", 32)):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[9] == inode:
+                        hex_addr, hex_port = cols[1].split(":")
+                        return _proc_net_address(hex_addr, width), int(hex_port, 16)
+        except (OSError, StopIteration, ValueError):
+            continue
+    return None
+
+
+def _proc_net_address(hex_addr: str, width: int) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_addr)
+    # /proc/net prints each 32-bit word in host (little-endian) order
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words) if width == 8 else ipaddress.IPv6Address(words)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
 def resolve(path: str, base: str) -> str:
     if not path or path.startswith("/") or not base:
         return path
@@ -133,6 +165,8 @@ class Enricher:
         self._update(event, info)
         if event.file is not None:
             self._resolve_file(event, info)
+        elif event.kind in ("listen", "bind") and event.net is not None and not event.net.get("port"):
+            self._resolve_local(event)
         if self.linker is not None:
             event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
             self.linker.observe(event)  # may set event.process["caused_by"]
@@ -141,6 +175,13 @@ class Enricher:
             info.caused_by = caused_by  # inherited by the children it forks
             info.view = None
         event.process = self._process_view(event, info)
+
+    def _resolve_local(self, event: Event) -> None:
+        fd = (event.hints or {}).get("fd")
+        local = socket_local_address(event.process["pid"], fd) if fd is not None else None
+        if local is not None and event.net is not None:
+            event.net["address"], event.net["port"] = local
+            event.net.setdefault("family", "inet6" if ":" in local[0] else "inet")
 
     def _resolve_file(self, event: Event, info: ProcInfo) -> None:
         hints = event.hints or {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 
 from monitor.event import Event
@@ -13,14 +12,17 @@ _FILE_BODY = struct.Struct(f"<iiII{wire.PATH_LEN}s")
 _PATH2 = struct.Struct(f"<{wire.PATH_LEN}s")
 AT_FDCWD = -100
 
-_ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
-_OPEN_FLAGS = [(getattr(os, name), name) for name in (
-    "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DSYNC", "O_DIRECT",
-    "O_LARGEFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_PATH", "O_TMPFILE")
-    if hasattr(os, name)]
-# O_TMPFILE includes O_DIRECTORY's bit: test whole masks, longest first.
-_OPEN_FLAGS.sort(key=lambda pair: -bin(pair[0]).count("1"))
-WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# Kernel ABI values (asm-generic/fcntl.h, x86-64): Python's os module reports O_LARGEFILE as 0.
+_ACCESS = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
+O_CREAT, O_TRUNC, O_APPEND = 0o100, 0o1000, 0o2000
+_OPEN_FLAGS = [  # O_TMPFILE includes O_DIRECTORY's bit: whole masks, widest first
+    (0o20200000, "O_TMPFILE"), (0o4010000, "O_SYNC"), (O_CREAT, "O_CREAT"), (0o200, "O_EXCL"),
+    (0o400, "O_NOCTTY"), (O_TRUNC, "O_TRUNC"), (O_APPEND, "O_APPEND"), (0o4000, "O_NONBLOCK"),
+    (0o10000, "O_DSYNC"), (0o20000, "O_ASYNC"), (0o40000, "O_DIRECT"), (0o100000, "O_LARGEFILE"),
+    (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"),
+    (0o2000000, "O_CLOEXEC"), (0o10000000, "O_PATH"),
+]
+WRITE_INTENT = 1 | 2 | O_CREAT | O_TRUNC | O_APPEND
 _flag_cache: dict[int, tuple[list[str], bool]] = {}
 
 
@@ -28,8 +30,8 @@ def open_flags(flags: int) -> tuple[list[str], bool]:
     """Flag names and write intent for an open(2) flags word (cached: a build reuses few)."""
     cached = _flag_cache.get(flags)
     if cached is None:
-        names = [_ACCESS.get(flags & os.O_ACCMODE, "O_ACCMODE")]
-        rest = flags & ~os.O_ACCMODE
+        names = [_ACCESS.get(flags & 3, "O_ACCMODE")]
+        rest = flags & ~3
         for bit, name in _OPEN_FLAGS:
             if rest & bit == bit:
                 names.append(name)
@@ -47,7 +49,7 @@ def decode_file(event: Event, kind: int, buf: bytes) -> Event:
         names, write = open_flags(oflags)
         file["flags"] = names
         file["write"] = write
-        if oflags & os.O_CREAT:
+        if oflags & O_CREAT:
             file["mode"] = mode & 0o7777
     elif kind == wire.K_UNLINK:
         file["write"] = True

@@ -1,0 +1,259 @@
+"""Every event kind, produced by a real command in a real sandbox, asserted field by field.
+Real probes, real kernel: nothing on this path is mocked."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monitor_run import MONITOR, monitor_run, needs_root, read_jsonl  # noqa: E402
+
+pytestmark = [needs_root, pytest.mark.root]
+PY = "/usr/bin/python3"
+
+
+def one(events: list[dict], **where: object) -> dict:
+    found = [e for e in events if all(_get(e, k) == v for k, v in where.items())]
+    assert found, f"no event with {where} among {len(events)}"
+    return found[0]
+
+
+def _get(event: dict, dotted: str) -> object:
+    value: object = event
+    for part in dotted.split("__"):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def test_exec_args_exit_code_and_lineage(tmp_path: Path) -> None:
+    r = monitor_run("/bin/true a b; (sh -c '/bin/echo grandchild >/dev/null'); exit 3", "--no-rules")
+    assert r.returncode == 3
+    true = one(r.events("exec"), process__executable="/bin/true")
+    assert true["process"]["args"] == ["/bin/true", "a", "b"]
+    assert true["result"] == 0
+    assert true["sandbox"]["runtime"] == "cgroup"
+    assert true["sandbox"]["cgroup_id"] > 0
+    bash = one(r.events("exec"), process__comm="bash")
+    assert true["process"]["ppid"] == bash["process"]["pid"]
+    echo = one(r.events("exec"), process__executable="/bin/echo")
+    chain = [a["executable"] for a in echo["process"]["ancestors"]]
+    assert chain[0].endswith("/sh") and chain[-1].endswith("/bash"), chain
+    exits = {e["process"]["pid"]: e["detail"] for e in r.events("exit")}
+    assert exits[bash["process"]["pid"]] == {"code": 3}
+    assert r.events("fork"), "bash forks its children"
+    assert r.summary["exit_status"] == 3
+    assert r.summary["lost"] == {}
+
+
+def test_file_events_resolved_and_decoded(tmp_path: Path) -> None:
+    work = tmp_path / "ws"
+    work.mkdir()
+    script = (f"cd {work} && echo hi > rel.txt && cat rel.txt >/dev/null && mv rel.txt moved.txt"
+              f" && chmod 4755 moved.txt && rm moved.txt")
+    r = monitor_run(script, "--no-rules")
+    assert r.returncode == 0, r.stderr
+    write = one(r.events("open"), file__path=str(work / "rel.txt"), file__write=True)
+    assert "O_WRONLY" in write["file"]["flags"] and "O_CREAT" in write["file"]["flags"]
+    read = [e for e in r.events("open") if e["file"]["path"] == str(work / "rel.txt") and not e["file"]["write"]]
+    assert read and read[0]["file"]["flags"][0] == "O_RDONLY"
+    rename = one(r.events("rename"), file__path=str(work / "rel.txt"))
+    assert rename["file"]["new_path"] == str(work / "moved.txt")
+    chmod = one(r.events("chmod"), file__path=str(work / "moved.txt"))
+    assert chmod["file"]["mode"] == 0o4755
+    one(r.events("unlink"), file__path=str(work / "moved.txt"), result=0)
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that accepts and closes, for connect tests."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                conn.close()
+            except OSError:
+                return
+
+
+def test_tcp_connect_to_local_listener() -> None:
+    listener = Listener()
+    code = f"import socket; s=socket.create_connection(('127.0.0.1', {listener.port})); s.close()"
+    r = monitor_run([PY, "-c", code], "--no-rules")
+    assert r.returncode == 0, r.stderr
+    connect = one(r.events("connect"), net__port=listener.port)
+    assert connect["net"] == {"direction": "egress", "family": "inet", "address": "127.0.0.1",
+                              "port": listener.port, "transport": "tcp"}
+    assert connect["result"] == 0
+
+
+def test_unix_socket_connect(tmp_path: Path) -> None:
+    path = str(tmp_path / "agent.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    code = f"import socket; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); s.close()"
+    r = monitor_run([PY, "-c", code], "--no-rules")
+    server.close()
+    connect = one(r.events("connect"), net__address=path)
+    assert connect["net"]["family"] == "unix"
+
+
+def _dns_listener() -> tuple[socket.socket, list[bytes]]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 53))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                data, _ = sock.recvfrom(512)
+                got.append(data)
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, got
+
+
+def test_dns_query_names_sendto_and_connected() -> None:
+    sock, got = _dns_listener()
+    code = r"""
+import socket, struct
+def q(name):
+    body = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + body + struct.pack(">HH", 28, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(q("exfil.example.test"), ("127.0.0.1", 53))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(("127.0.0.1", 53)); c.send(q("connected.example.test"))
+"""
+    try:
+        r = monitor_run([PY, "-c", code], "--no-rules")
+    finally:
+        sock.close()
+    assert r.returncode == 0, r.stderr
+    first = one(r.events("dns"), net__query="exfil.example.test")
+    assert first["net"]["query_type"] == "AAAA" and first["net"]["port"] == 53
+    assert first["net"]["transport"] == "udp" and first["net"]["address"] == "127.0.0.1"
+    one(r.events("dns"), net__query="connected.example.test")
+
+
+def test_bind_listen_accept() -> None:
+    code = r"""
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.close()
+"""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"port-{os.getpid()}"
+    proc = subprocess.Popen([MONITOR, "run", "--json", str(out), "-q", "--no-rules", "--", PY, "-c", code],
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    socket.create_connection(("127.0.0.1", port)).close()
+    assert proc.wait(60) == 0
+    records = read_jsonl(out)
+    out.unlink()
+    events = [r for r in records if r["type"] == "event"]
+    bind = one([e for e in events if e["kind"] == "bind"], net__address="127.0.0.1")
+    assert bind["net"]["address"] == "127.0.0.1" and bind["net"]["transport"] == "tcp"
+    listen = one([e for e in events if e["kind"] == "listen"], result=0)
+    assert listen["net"]["port"] == port and listen["net"]["address"] == "127.0.0.1"
+    accept = one([e for e in events if e["kind"] == "accept"], net__address="127.0.0.1")
+    assert accept["net"]["direction"] == "ingress" and accept["result"] >= 0
+
+
+def test_privilege_namespace_memfd_ptrace_bpf_mount() -> None:
+    code = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+os.memfd_create("payload")
+os.setresuid(0, 0, 0)
+os.setgid(0)
+libc.ptrace(0, 0, 0, 0)                      # PTRACE_TRACEME
+libc.syscall(321, 0, None, 0)                # bpf(BPF_MAP_CREATE, NULL, 0): fails, still seen
+hdr = (ctypes.c_uint32 * 2)(0x20080522, 0); data = (ctypes.c_uint32 * 6)()
+libc.syscall(125, hdr, data)                 # capget
+libc.syscall(126, hdr, data)                 # capset (same caps)
+"""
+    r = monitor_run(f"{PY} -c '{code}' && unshare -U true && unshare -m sh -c 'mount -t tmpfs none /mnt'",
+                    "--no-rules")
+    assert r.returncode == 0, r.stderr
+    assert one(r.events("memfd"))["detail"]["name"] == "payload"
+    setuid = one(r.events("setuid"))
+    assert setuid["detail"] == {"call": "setresuid", "uid": 0, "euid": 0, "suid": 0}
+    assert one(r.events("setgid"))["detail"]["call"] == "setgid"
+    assert one(r.events("ptrace"))["detail"]["request"] == "PTRACE_TRACEME"
+    assert one(r.events("bpf"))["detail"]["cmd"] == 0
+    assert "effective" in one(r.events("capset"))["detail"]
+    unshare = [e for e in r.events("unshare") if "CLONE_NEWUSER" in e["detail"]["flags"]]
+    assert unshare, [e["detail"] for e in r.events("unshare")]
+    mount = one(r.events("mount"), detail__fstype="tmpfs")
+    assert mount["detail"]["target"] == "/mnt" and mount["result"] == 0
+
+
+def test_host_processes_and_other_sandboxes_stay_out(tmp_path: Path) -> None:
+    marker_host = tmp_path / "host-marker"
+    host = subprocess.Popen(["bash", "-c", f"for i in $(seq 50); do echo x > {marker_host}; /bin/true host; sleep 0.01; done"])
+    outs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    procs = [subprocess.Popen([MONITOR, "run", "--json", str(out), "-q", "--no-rules", "--name", name,
+                               "--", "bash", "-c", f"for i in 1 2 3; do /bin/echo {name} >/dev/null; sleep 0.05; done"])
+             for name, out in zip(("alpha", "beta"), outs, strict=True)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    host.wait(60)
+    for name, out in zip(("alpha", "beta"), outs, strict=True):
+        events = [r for r in read_jsonl(out) if r["type"] == "event"]
+        assert {e["sandbox"]["name"] for e in events} == {name}
+        echoes = [e for e in events if e["kind"] == "exec" and e["process"]["executable"] == "/bin/echo"]
+        assert [e["process"]["args"] for e in echoes] == [["/bin/echo", name]] * 3
+        assert not [e for e in events if e.get("file", {}).get("path") == str(marker_host)]
+        assert not [e for e in events if e.get("process", {}).get("args") == ["/bin/true", "host"]]
+
+
+def test_unknown_command_exits_127() -> None:
+    r = monitor_run(["/nonexistent/agent-binary"], "--no-rules")
+    assert r.returncode == 127
+    assert "agent-binary" in r.stderr and "Traceback" not in r.stderr
+    assert r.summary["exit_status"] == 127
+
+
+def test_not_root_is_one_line_error() -> None:
+    proc = subprocess.run([MONITOR, "run", "--", "true"], capture_output=True, text=True, user=65534,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "root" in proc.stderr, proc.stderr
+
+
+def test_stale_sandbox_from_crashed_run_is_cleaned_up() -> None:
+    from monitor.sandbox import cgroup as cg
+
+    sleeper_cmd = ["bash", "-c", "sleep 300"]
+    proc = subprocess.Popen([MONITOR, "run", "-q", "--no-rules", "--", *sleeper_cmd])
+    deadline = time.monotonic() + 30
+    leftover = None
+    while time.monotonic() < deadline and leftover is None:
+        states = [s for s in cg.read_states() if s.get("owner_pid") == proc.pid]
+        if states and cg.pids(str(states[0]["cgroup_path"])):
+            leftover = str(states[0]["cgroup_path"])
+        time.sleep(0.05)
+    assert leftover, "monitor run never created its sandbox"
+    proc.kill()  # the monitor crashes: its sandbox and the sleeper stay behind
+    proc.wait()
+    assert os.path.isdir(leftover) and cg.pids(leftover)
+    r = monitor_run("true", "--no-rules")
+    assert r.returncode == 0
+    assert not os.path.isdir(leftover), "the next run removes a dead monitor's sandbox"

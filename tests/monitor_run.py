@@ -1,0 +1,67 @@
+"""Drive the real `monitor run` (the CLI contract) and read back its JSON lines.
+
+    result = monitor_run(["bash", "-c", "..."], "--rules", "rules/")
+    result.events("exec"), result.alerts, result.actions, result.summary, result.returncode
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MONITOR = str(ROOT / ".venv" / "bin" / "monitor")
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for eBPF and cgroups (CI runs as root)")
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    records: list[dict[str, Any]]
+    stderr: str
+    stdout: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == "event" and (kind is None or r["kind"] == kind)]
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == "alert"]
+
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["type"] == "action"]
+
+    def alert_rules(self) -> set[str]:
+        return {a["rule"] for a in self.alerts}
+
+    def execs(self, executable_suffix: str) -> list[dict[str, Any]]:
+        return [e for e in self.events("exec") if e["process"]["executable"].endswith(executable_suffix)]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
+                env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult:
+    """Run CMD (a list, or a string for bash -c) under `monitor run --json FILE -q [options]`."""
+    argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    with tempfile.TemporaryDirectory(prefix="smtest-") as tmp:
+        out = Path(tmp) / "out.jsonl"
+        proc = subprocess.run([MONITOR, "run", "--json", str(out), "-q", *options, "--", *argv],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})}, cwd=cwd)
+        records = read_jsonl(out) if out.exists() else []
+    summary = next((r for r in records if r["type"] == "summary"), {})
+    return RunResult(proc.returncode, records, proc.stderr, proc.stdout, summary)
