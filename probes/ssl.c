@@ -39,6 +39,8 @@ struct tls_hdr {
     u32 offset;      /* of this chunk within the call */
     u32 len;         /* bytes of data in this record */
     u32 flags;       /* F_* */
+    u32 gid;
+    u32 pad;
     char comm[16];
 };
 
@@ -80,7 +82,9 @@ static __always_inline void fill_hdr(struct tls_hdr *h, u32 dir, u64 ssl, u32 to
     h->ssl = ssl;
     h->pid = pid_tgid >> 32;
     h->tid = (u32)pid_tgid;
-    h->uid = (u32)bpf_get_current_uid_gid();
+    u64 uid_gid = bpf_get_current_uid_gid();
+    h->uid = (u32)uid_gid;
+    h->gid = uid_gid >> 32;
     h->dir = dir;
     h->total = total;
     h->offset = 0;
@@ -134,9 +138,10 @@ static __always_inline struct call_args args_of(struct pt_regs *ctx, u32 dir, in
 }
 
 /* Bytes the call moved: SSL_read/SSL_write return them; the _ex variants return 1 and store
- * them through their size_t * argument. */
+ * them through their size_t * argument. All four return int: the upper half of the return
+ * register is undefined (a -1 can read as 4294967295), hence the cast. */
 static __always_inline u64 moved_bytes(struct pt_regs *ctx, struct call_args *a, int ex) {
-    long ret = PT_REGS_RC(ctx);
+    int ret = (int)PT_REGS_RC(ctx);
     u64 moved = 0;
     if (ex) {
         if (ret != 1 || !a->outlen)

@@ -245,9 +245,12 @@ class LlmSource:
         return events
 
     def lost(self) -> dict[str, int]:
+        """Non-zero counts only: records the kernel dropped or truncated, and streams or responses
+        the decoder could not parse (skipped, never an error)."""
         lost = self.probe.lost()
-        lost["tls_streams_unparsed"] = self.decoder.counters["tls_streams_unparsed"]
-        return lost
+        for key in ("tls_streams_unparsed", "llm_responses_unparsed", "http_incomplete"):
+            lost[key] = self.decoder.counters[key]
+        return {k: v for k, v in lost.items() if v}
 
     def stats(self) -> dict[str, Any]:
         return {**dict(self.decoder.counters), "attached": list(self.probe.attached_paths),
