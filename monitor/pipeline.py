@@ -6,6 +6,9 @@ hand them to `Pipeline.process`. A source implements `Source`.
 
 from __future__ import annotations
 
+import queue
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -40,7 +43,7 @@ class Actor(Protocol):
 
 class Pipeline:
     def __init__(self, enricher: Enricher | None, policy: Policy | None, actor: Actor | None,
-                 sinks: list[Sink]) -> None:
+                 sinks: list[Sink], threaded_sinks: bool = False) -> None:
         self.enricher = enricher
         self.policy = policy
         self.actor = actor
@@ -49,29 +52,73 @@ class Pipeline:
         self.alerts_by_rule: Counter[str] = Counter()
         self.alerts_by_severity: Counter[str] = Counter()
         self.actions: list[ActionRecord] = []
+        # Sinks on their own thread: a slow terminal or exporter never delays a kill. The queue
+        # is bounded and put() blocks when full (backpressure), so no record is ever dropped.
+        self._queue: queue.Queue[list[tuple[Event, list[Alert], list[ActionRecord]]] | None] | None = None
+        self._worker: threading.Thread | None = None
+        if threaded_sinks:
+            sys.setswitchinterval(0.001)  # the judging thread gets the GIL back quickly
+            self._queue = queue.Queue(maxsize=4096)
+            self._worker = threading.Thread(target=self._sink_loop, name="sinks", daemon=True)
+            self._worker.start()
 
-    def process(self, event: Event) -> list[Alert]:
+    def _sink_loop(self) -> None:
+        assert self._queue is not None
+        while (batch := self._queue.get()) is not None:
+            for event, alerts, records in batch:
+                self.emit(event, alerts, records)
+
+    def judge(self, event: Event) -> tuple[list[Alert], list[ActionRecord]]:
+        """enrich -> policy -> actions: the latency-critical half (no sink runs here)."""
         if self.enricher is not None:
             self.enricher.enrich(event)
         self.events_by_kind[event.kind] += 1
-        for sink in self.sinks:
-            sink.on_event(event)
         alerts = self.policy.evaluate(event) if self.policy is not None else []
+        records: list[ActionRecord] = []
         for alert in alerts:
             self.alerts_by_rule[alert.rule] += 1
             self.alerts_by_severity[alert.severity] += 1
-            for sink in self.sinks:
-                sink.on_alert(alert)
             record = self.actor.take(alert) if self.actor is not None else None
             if record is not None:
+                records.append(record)
                 self.actions.append(record)
-                for sink in self.sinks:
-                    sink.on_action(record)
+        return alerts, records
+
+    def emit(self, event: Event, alerts: list[Alert], records: list[ActionRecord]) -> None:
+        for sink in self.sinks:
+            sink.on_event(event)
+            for alert in alerts:
+                sink.on_alert(alert)
+            for record in records:
+                sink.on_action(record)
+
+    def process(self, event: Event) -> list[Alert]:
+        alerts, records = self.judge(event)
+        if self._queue is not None:
+            self._queue.put([(event, alerts, records)])
+        else:
+            self.emit(event, alerts, records)
         return alerts
 
     def process_all(self, events: Iterable[Event]) -> None:
-        for event in events:
-            self.process(event)
+        """A batch: every event is judged (and acted on) before any sink sees the batch, so a
+        kill never waits behind a terminal or an exporter."""
+        judged = [(event, *self.judge(event)) for event in events]
+        if not judged:
+            return
+        if self._queue is not None:
+            self._queue.put(judged)
+            return
+        for event, alerts, records in judged:
+            self.emit(event, alerts, records)
+
+    def flush(self) -> None:
+        """Wait until the sink thread has written everything queued so far."""
+        if self._queue is not None and self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = threading.Thread(target=self._sink_loop, name="sinks", daemon=True)
+            self._worker.start()
 
     def summary(self) -> dict[str, Any]:
         return {"events": sum(self.events_by_kind.values()),
@@ -82,6 +129,10 @@ class Pipeline:
                 "actions": [r.to_dict() for r in self.actions]}
 
     def close(self, summary: dict[str, Any]) -> None:
+        if self._queue is not None and self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._queue = self._worker = None
         for sink in self.sinks:
             try:
                 sink.close(summary)

@@ -131,8 +131,7 @@ class Session:
         for source in self.sources:
             events = source.poll(timeout_ms if n == 0 else 0)
             n += len(events)
-            for event in events:
-                self.pipeline.process(event)
+            self.pipeline.process_all(events)
         return n
 
     def run_until(self, done: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
@@ -184,7 +183,7 @@ def run(options: RunOptions) -> int:
     sinks = build_sinks(options)
     registry = SandboxRegistry()
     actions = Actions(registry, audit=options.audit)
-    pipeline = Pipeline(Enricher(registry), policy, actions, sinks)
+    pipeline = Pipeline(Enricher(registry), policy, actions, sinks, threaded_sinks=True)
     sandbox = cg.create(options.name)
     registry.add(sandbox)
     sensor.add_cgroup(sandbox.cgroup_id)

@@ -55,6 +55,11 @@ def describe(event: Event) -> str:
     return f"{who} [bold]{kind}[/bold] {Text(what).markup}{failed}{verdict}"
 
 
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ConsoleSink(Sink):
     name = "console"
 
@@ -79,7 +84,7 @@ class ConsoleSink(Sink):
     def on_alert(self, alert: Alert) -> None:
         style = SEVERITY_STYLE.get(alert.severity, "red")
         sandbox = (alert.event.sandbox or {}).get("name", "?")
-        matched = ", ".join(f"{k}={v}" for k, v in alert.matched.items())
+        matched = ", ".join(f"{k}={_short(v)}" for k, v in alert.matched.items() if k != "process.ancestors")
         mode = " (audit)" if alert.mode == "audit" else ""
         self.console.print(f"[{style}]ALERT {alert.severity.upper()}[/{style}] [bold]{alert.rule}[/bold]"
                            f" sandbox={sandbox} {describe(alert.event)}"
@@ -95,7 +100,10 @@ class ConsoleSink(Sink):
         table = Table(title="sandbox-monitor summary", show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
-        for key in ("sandbox", "exit_status", "duration_s", "events"):
+        sandbox = summary.get("sandbox") or {}
+        if sandbox:
+            table.add_row("sandbox", f"{sandbox.get('name')} ({sandbox.get('id')}, {sandbox.get('runtime')})")
+        for key in ("exit_status", "duration_s", "events"):
             if key in summary:
                 table.add_row(key, str(summary[key]))
         kinds = summary.get("events_by_kind") or {}
