@@ -200,12 +200,22 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         sinks = reader.mapping(top["sinks"][1], "sinks", _SCHEMA["sinks"])
         for key, (_, node) in sinks.items():
             setattr(config, key, reader.scalar(node, f"sinks.{key}", _SCHEMA["sinks"][key]))
+        if config.otlp:
+            _check_otlp(reader, sinks["otlp"][1], config.otlp)
     if "metrics" in top:
         metrics = reader.mapping(top["metrics"][1], "metrics", _SCHEMA["metrics"])
         if "address" in metrics:
             node = metrics["address"][1]
             config.metrics_host, config.metrics_port = _address(reader, node)
     return config
+
+
+def _check_otlp(reader: _Reader, node: yaml.Node, url: str) -> None:
+    from monitor.sinks.otlp import resolve_endpoint
+    try:
+        resolve_endpoint(url)
+    except ValueError as exc:
+        raise reader.fail(node, f"sinks.otlp: {exc}") from None
 
 
 def _docker_section(reader: _Reader, node: yaml.Node, config: DaemonConfig) -> None:
@@ -334,10 +344,12 @@ class Daemon:
                 from monitor.sinks.journal import JournalSink
                 sinks.append(JournalSink(cfg.journal))
             if cfg.otlp:
-                from monitor.sinks.otlp import OtlpSink  # type: ignore[import-not-found]
+                from monitor.sinks.otlp import OtlpSink
                 sinks.append(OtlpSink(cfg.otlp))
         except ImportError as exc:
             raise DaemonError(f"{cfg.source}: sink not available in this build: {exc.name}") from None
+        except ValueError as exc:  # OtlpConfigError
+            raise DaemonError(f"{cfg.source}: sinks.otlp: {exc}") from None
         except OSError as exc:
             raise DaemonError(f"{cfg.source}: cannot open sink: {exc.filename}: {exc.strerror}") from None
         return sinks
@@ -475,16 +487,13 @@ def _install_signals(daemon: Daemon) -> Callable[[], None]:
     return restore
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="monitor daemon", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", metavar="FILE", help="daemon config (YAML); default: built-in defaults")
-    parser.add_argument("--check", action="store_true", help="validate the config and rules, then exit")
-    args = parser.parse_args(argv)
+def daemon_command(config_path: str | None, check: bool = False) -> int:
+    """`monitor daemon`: run until SIGTERM (exit 0); any start-up error is one line, exit 1."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s monitor daemon: %(levelname)s %(message)s")
     try:
-        config = load_config(args.config)
-        if args.check:
+        config = load_config(config_path)
+        if check:
             from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
             try:
                 rules = load_rules(config.rules or [DEFAULT_RULES_DIR])
@@ -505,6 +514,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DaemonError) as exc:
         print(f"monitor daemon: {exc}", file=sys.stderr)
         return 1
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="daemon config (YAML); default: built-in defaults")
+    parser.add_argument("--check", action="store_true", help="validate the config and its rules, then exit")
+
+
+def add_daemon_parser(sub: argparse._SubParsersAction) -> None:
+    """`monitor daemon` in monitor/cli.py."""
+    parser = sub.add_parser("daemon", help="watch Docker containers and sandboxes; serve /metrics, /healthz")
+    _add_arguments(parser)
+    parser.set_defaults(handler=lambda args: daemon_command(args.config, args.check))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="monitor daemon", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    return daemon_command(args.config, args.check)
 
 
 if __name__ == "__main__":

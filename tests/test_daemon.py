@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_empty_config_is_defaults(tmp_path):
     ("rules: [a, b\naudit: true\n", 2, "YAML syntax"),
     ("- just\n- a list\n", 1, "must be a mapping"),
     ("audit: true\naudit: false\n", 2, "duplicate key 'audit'"),
+    ("sinks:\n  json: out.jsonl\n  otlp: ftp://collector\n", 3, "sinks.otlp: OTLP endpoint"),
 ])
 def test_config_errors_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(ConfigError) as info:
@@ -109,6 +111,16 @@ def test_malformed_config_exits_1_with_file_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert f"{config}:3: docker.kill_timeout must be a positive number of seconds" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_monitor_cli_runs_the_daemon_subcommand(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("metrics:\n  address: 0.0.0.0:9464\n")
+    result = subprocess.run([sys.executable, "-m", "monitor.cli", "daemon", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"monitor daemon: {config}:2: metrics.address '0.0.0.0:9464': "
+                                     "the monitor listens on loopback only (127.0.0.1 or ::1)")
 
 
 def test_missing_config_and_bad_rules_exit_1(tmp_path):
