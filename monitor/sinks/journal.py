@@ -124,6 +124,9 @@ class _BlockEncoder:
         self.sb_by_obj: dict[int, int] = {}
         self.sb_by_bytes: dict[bytes, int] = {}
         self.sandboxes: list[bytes] = []
+        self.times: list[int] = []  # of the events, in order
+        self.event_sandboxes: list[int | None] = []  # their sandbox index
+        self.alerts = 0
 
     def _intern(self, obj: dict[str, Any], by_obj: dict[int, int], by_bytes: dict[bytes, int],
                 table: list[bytes]) -> int:
@@ -140,21 +143,41 @@ class _BlockEncoder:
         return idx
 
     def event_row(self, ev: Event) -> list[Any]:
+        # The hot path: identity hits are inlined; the index columns (times, sandboxes) are kept.
         proc = ev.process
-        pidx = self._intern(proc, self.proc_by_obj, self.proc_by_bytes, self.procs) if proc else None
+        if proc:
+            pidx = self.proc_by_obj.get(id(proc))
+            if pidx is None:
+                pidx = self._intern(proc, self.proc_by_obj, self.proc_by_bytes, self.procs)
+        else:
+            pidx = None
         sb = ev.sandbox
-        sidx = None
         if sb is not None:
-            sidx = self._intern(sb, self.sb_by_obj, self.sb_by_bytes, self.sandboxes)
-        return [REC_EVENT, ev.kind, ev.time_ns, ev.id, pidx, sidx, ev.file, ev.net, ev.container,
+            sidx = self.sb_by_obj.get(id(sb))
+            if sidx is None:
+                sidx = self._intern(sb, self.sb_by_obj, self.sb_by_bytes, self.sandboxes)
+        else:
+            sidx = None
+        time_ns = ev.time_ns
+        self.times.append(time_ns)
+        self.event_sandboxes.append(sidx)
+        return [REC_EVENT, ev.kind, time_ns, ev.id, pidx, sidx, ev.file, ev.net, ev.container,
                 ev.llm, ev.detail, ev.result, ev.verdict, ev.source, ev.cgroup_id]
+
+    def _alert_event_row(self, ev: Event) -> list[Any]:
+        """The alert's copy of its event: not an event of the block, so not in its index columns."""
+        n = len(self.times)
+        row = self.event_row(ev)
+        del self.times[n:], self.event_sandboxes[n:]
+        return row
 
     def row(self, item: Any) -> list[Any]:
         if type(item) is Event:
             return self.event_row(item)
         if isinstance(item, Alert):
+            self.alerts += 1
             return [REC_ALERT, item.time_ns, {f: getattr(item, f) for f in _ALERT_FIELDS},
-                    self.event_row(item.event)]
+                    self._alert_event_row(item.event)]
         if isinstance(item, ActionRecord):
             return [REC_ACTION, item.time_ns, {f: getattr(item, f) for f in _ACTION_FIELDS}]
         if isinstance(item, Event):  # a subclass
@@ -163,7 +186,8 @@ class _BlockEncoder:
         return [REC_SUMMARY, time_ns, summary]
 
     def encode(self, items: list[Any]) -> tuple[bytes, list[list[Any]]]:
-        rows = [self.row(item) for item in items]
+        event_row, row = self.event_row, self.row
+        rows = [event_row(item) if type(item) is Event else row(item) for item in items]
         body = [BLOCK_FORMAT, self.procs, self.sandboxes, rows]
         try:
             return self.packer.pack(body), rows
@@ -210,6 +234,47 @@ class SegmentIndex:
         if time_ns:
             entry["first_ns"] = min(entry["first_ns"] or time_ns, time_ns)
             entry["last_ns"] = max(entry["last_ns"], time_ns)
+
+    def add_block(self, encoder: _BlockEncoder, records: int) -> None:
+        """What one written block adds: counts, the events' time range, per-sandbox ranges."""
+        self.records += records
+        self.alerts += encoder.alerts
+        times = encoder.times
+        if not times:
+            return
+        self.events += len(times)
+        first, last = min(times), max(times)
+        self.first_ns = first if not self.first_ns else min(self.first_ns, first)
+        self.last_ns = max(self.last_ns, last)
+        counts = collections.Counter(encoder.event_sandboxes)
+        ranges: dict[int | None, list[int]] = {}
+        if len(counts) == 1:
+            ranges[next(iter(counts))] = [first, last]
+        else:
+            for sidx, t in zip(encoder.event_sandboxes, times, strict=True):
+                span = ranges.get(sidx)
+                if span is None:
+                    ranges[sidx] = [t, t]
+                elif t < span[0]:
+                    span[0] = t
+                elif t > span[1]:
+                    span[1] = t
+        for sidx, count in counts.items():
+            if sidx is None:
+                continue
+            sandbox = _unpack(encoder.sandboxes[sidx])
+            if not isinstance(sandbox, dict) or sandbox.get("id") is None:
+                continue
+            sid = str(sandbox["id"])
+            lo, hi = ranges[sidx]
+            entry = self.sandboxes.get(sid)
+            if entry is None:
+                self.sandboxes[sid] = {"name": sandbox.get("name"), "runtime": sandbox.get("runtime"),
+                                       "first_ns": lo, "last_ns": hi, "events": count}
+                continue
+            entry["events"] += count
+            entry["first_ns"] = min(entry["first_ns"] or lo, lo)
+            entry["last_ns"] = max(entry["last_ns"], hi)
 
     def to_json(self) -> dict[str, Any]:
         return {"segment": os.path.basename(self.path), "bytes": self.bytes, "records": self.records,
@@ -359,22 +424,9 @@ class JournalSink(Sink):
         self._write_all(data)
         index = self._segment_index
         assert index is not None
-        sandboxes = encoder.sandboxes
-        decoded_sb: dict[int, dict[str, Any]] = {}
-        for row in rows:
-            tag = row[0]
-            if tag == REC_EVENT:
-                sidx = row[5]
-                sb = None
-                if sidx is not None:
-                    sb = decoded_sb.get(sidx)
-                    if sb is None:
-                        sb = decoded_sb[sidx] = _unpack(sandboxes[sidx])
-                index.note(REC_EVENT, row[2], sb)
-            else:
-                index.note(tag, row[1], None)
+        index.add_block(encoder, len(rows))
         self.counters["records"] += len(rows)
-        self.counters["events"] += sum(1 for row in rows if row[0] == REC_EVENT)
+        self.counters["events"] += len(encoder.times)
         self.counters["blocks"] += 1
         self.counters["bytes_written"] += len(data)
         index.bytes += len(data)
