@@ -382,3 +382,16 @@ def test_two_writers_share_a_directory(tmp_path: Path) -> None:
     reader = JournalReader(tmp_path / "j")
     assert len(reader.segments) == 2
     assert sorted(e.id for e in reader.events()) == sorted(e.id for e in ea + eb)
+
+
+def test_huge_records_split_blocks_and_an_oversized_one_is_counted(tmp_path: Path) -> None:
+    big = os.urandom(3 << 20).hex()  # 6 MiB of incompressible text each
+    events = [Event("llm_response", NOW + i, process=PROC, sandbox=SANDBOX, llm={"text": big}) for i in range(4)]
+    sink = write_journal(tmp_path / "j", events)
+    assert sink.stats()["blocks"] >= 4 and sink.stats().get("records_lost", 0) == 0
+    got = list(JournalReader(tmp_path / "j").events())
+    assert [e.id for e in got] == [e.id for e in events] and got[3].llm["text"] == big
+    monster = Event("llm_response", NOW, process=PROC, sandbox=SANDBOX, llm={"text": os.urandom(70 << 20)})
+    sink = write_journal(tmp_path / "k", [monster, events[0]])
+    assert sink.stats()["records_too_large"] == 1
+    assert [e.id for e in JournalReader(tmp_path / "k").events()] == [events[0].id]

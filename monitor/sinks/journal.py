@@ -54,6 +54,7 @@ FRAME_HEADER = struct.Struct("<4sBBHII")  # magic, type, codec, reserved, payloa
 FRAME_META = 1  # JSON, uncompressed: segment metadata
 FRAME_BLOCK = 2  # zstd(msgpack(block))
 MAX_FRAME_BYTES = 64 << 20
+MAX_BLOCK_RAW_BYTES = 8 << 20  # a block over this (before compression) is split in two
 BLOCK_FORMAT = 1
 
 # Record tags (first element of each row in a block).
@@ -346,6 +347,7 @@ class JournalSink(Sink):
         self._pending: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()  # serialises block writes, rolls and retention
         self._closed = False
+        self._dirty = False  # written since the last fsync
         self._fd = -1
         self._segment = ""
         self._segment_index: SegmentIndex | None = None
@@ -408,7 +410,8 @@ class JournalSink(Sink):
                 self.counters["errors"] += 1
                 self.counters["records_lost"] += len(items)
                 self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.fsync and self._fd >= 0:
+        if self.fsync and self._dirty and self._fd >= 0:
+            self._dirty = False
             try:
                 os.fsync(self._fd)
             except OSError as exc:
@@ -420,8 +423,20 @@ class JournalSink(Sink):
             self._open_segment()
         encoder = _BlockEncoder()
         raw, rows = encoder.encode(items)
-        data = frame(FRAME_BLOCK, self._compressor.compress(raw))
+        if len(raw) > MAX_BLOCK_RAW_BYTES and len(items) > 1:  # huge records (LLM text): smaller blocks
+            half = len(items) // 2
+            self._write_block(items[:half])
+            self._write_block(items[half:])
+            return
+        payload = self._compressor.compress(raw)
+        if len(payload) > MAX_FRAME_BYTES:
+            self.counters["records_too_large"] += 1
+            self.counters["records_lost"] += 1
+            self.last_error = f"a record of {len(raw)} bytes is over the {MAX_FRAME_BYTES}-byte frame limit"
+            return
+        data = frame(FRAME_BLOCK, payload)
         self._write_all(data)
+        self._dirty = True
         index = self._segment_index
         assert index is not None
         index.add_block(encoder, len(rows))
@@ -607,7 +622,7 @@ def _load_index(segment: str) -> SegmentIndex | None:
 class Record:
     """One journaled record. value: Event | Alert | ActionRecord | dict (summary)."""
     type: str  # event | alert | action | summary
-    time_ns: int
+    time_ns: int  # of the event (for an alert: of its event), else when it was written
     value: Any
     sandbox_id: str | None = None
     kind: str = ""  # the event kind (for alerts: their event's kind)
@@ -793,7 +808,7 @@ class JournalReader:
                           mode=fields.get("mode", "enforce"), time_ns=fields.get("time_ns", row[1]),
                           id=fields.get("id", ""))
             sid = sb_ids[ev_row[5]] if ev_row[5] is not None else None
-            return Record("alert", row[1], alert, sid, event.kind)
+            return Record("alert", event.time_ns, alert, sid, event.kind)  # filtered as its event is
         if tag == REC_ACTION:
             fields = row[2]
             record = ActionRecord(**{k: fields[k] for k in _ACTION_FIELDS if k in fields})
