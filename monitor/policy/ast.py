@@ -220,3 +220,25 @@ def literal_list(node: Node) -> list[Any] | None:
     if isinstance(node, ListLit) and all(isinstance(item, Lit) for item in node.items):
         return [item.value for item in node.items]  # type: ignore[union-attr]
     return None
+
+
+def activation_paths(root: Node) -> set[tuple[str, ...]] | None:
+    """Every event field path the condition can read (has() included); None if it reads `event`
+    whole (then the activation must carry the whole event)."""
+    paths: set[tuple[str, ...]] = set()
+    whole = False
+
+    def walk(node: Node) -> None:
+        nonlocal whole
+        path = field_path(node)
+        if path is not None:
+            paths.add(path)
+            return
+        if isinstance(node, Ident) and node.name == "event":
+            whole = True
+            return
+        for child in children(node):
+            walk(child)
+
+    walk(root)
+    return None if whole else paths

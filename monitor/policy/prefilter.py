@@ -9,12 +9,13 @@ of these. Anything else (negation, comprehensions, arithmetic) gives no filter f
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.policy.ast import Call, ListLit, Lit, Node, field_path, literal_list
+from monitor.policy.ast import Call, Ident, ListLit, Lit, Node, Select, field_path, literal_list
 
 Predicate = Callable[[dict[str, Any]], bool]
 MISSING = object()
@@ -25,11 +26,12 @@ except ImportError:  # pragma: no cover - installed with cel-python
     _re2 = None
 
 
-def getter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
-    if len(path) == 1:
+def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
+    indexed = any(type(key) is int for key in path)
+    if len(path) == 1 and not indexed:
         (key,) = path
         return lambda data: data.get(key, MISSING)
-    if len(path) == 2:
+    if len(path) == 2 and not indexed:
         outer, inner = path
 
         def get2(data: dict[str, Any]) -> Any:
@@ -40,9 +42,14 @@ def getter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
     def get_deep(data: dict[str, Any]) -> Any:
         value: Any = data
         for key in path:
-            if type(value) is not dict:
+            if type(key) is int:
+                if type(value) is not list or key >= len(value):
+                    return MISSING
+                value = value[key]
+            elif type(value) is not dict:
                 return MISSING
-            value = value.get(key, MISSING)
+            else:
+                value = value.get(key, MISSING)
         return value
     return get_deep
 
@@ -94,7 +101,47 @@ def _compare_predicate(get: Callable[[dict[str, Any]], Any], compare: Callable[[
     return lambda data: type(v := get(data)) in (int, float) and compare(v, bound)
 
 
-def _leaf(node: Node) -> Need | None:
+ELEMENT = "__element__"  # comprehension bodies are tested against {ELEMENT: item}
+
+
+def _path(node: Node, scope: str) -> tuple[Any, ...] | None:
+    """Field path of `node` rooted at the scope's variable (`event`, or a comprehension's item);
+    a literal list index is a path element too (`event.process.ancestors[0].executable`)."""
+    parts: list[Any] = []
+    while True:
+        if isinstance(node, Select):
+            parts.append(node.field)
+            node = node.operand
+        elif (isinstance(node, Call) and node.function == "_[_]" and isinstance(node.args[1], Lit)
+              and type(node.args[1].value) is int and node.args[1].value >= 0):
+            parts.append(node.args[1].value)
+            node = node.args[0]
+        else:
+            break
+    if isinstance(node, Ident) and node.name == scope and (parts or scope != "event"):
+        return ((ELEMENT,) if scope != "event" else ()) + tuple(reversed(parts))
+    return None
+
+
+def _exists(node: Call, scope: str) -> Need | None:
+    """`list.exists(x, body)`: true only for a non-empty list with an item passing body's need."""
+    if scope != "event" or node.target is None or len(node.args) != 2 or not isinstance(node.args[0], Ident):
+        return None
+    path = field_path(node.target)
+    if path is None:
+        return None
+    get = getter(path)
+    body = _need(node.args[1], node.args[0].name)
+    if body is None:
+        return Opaque(lambda data: type(items := get(data)) is list and len(items) > 0)
+    test = compile_need(body)
+    return Opaque(lambda data: type(items := get(data)) is list and any(test({ELEMENT: i}) for i in items))
+
+
+def _leaf(node: Node, scope: str = "event") -> Need | None:
+    field_path = functools.partial(_path, scope=scope)  # noqa: F811 - shadows the module function
+    if isinstance(node, Call) and node.function in ("exists", "exists_one"):
+        return _exists(node, scope)
     if not isinstance(node, Call):
         path = field_path(node)
         if path is not None:  # a bare field used as a condition must be the bool true
@@ -154,27 +201,50 @@ def _leaf(node: Node) -> Need | None:
     return None
 
 
-def _need(node: Node) -> Need | None:
+def _need(node: Node, scope: str = "event") -> Need | None:
     if isinstance(node, Call) and node.function == "_&&_":
-        parts = [p for p in (_need(node.args[0]), _need(node.args[1])) if p is not None]
+        parts = [p for p in (_need(node.args[0], scope), _need(node.args[1], scope)) if p is not None]
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else AllOf(parts)
     if isinstance(node, Call) and node.function == "_||_":
-        left, right = _need(node.args[0]), _need(node.args[1])
+        left, right = _need(node.args[0], scope), _need(node.args[1], scope)
         if left is None or right is None:
             return None
         if isinstance(left, FieldTest) and isinstance(right, FieldTest) and left.path == right.path:
             return left.merge(right)
         return AnyOf([left, right])
-    return _leaf(node)
+    return _leaf(node, scope)
+
+
+def _regex_searches(patterns: list[str]) -> tuple[Callable[[str], Any], ...]:
+    """One RE2 alternation for all patterns (a call into RE2 costs ~1 us, whatever the pattern)."""
+    if not patterns or _re2 is None:
+        return ()
+    try:
+        return (_raw_search(_re2.compile("|".join(f"(?:{p})" for p in patterns))),)
+    except Exception:
+        return tuple(_raw_search(_re2.compile(p)) for p in patterns)
+
+
+def _raw_search(compiled: Any) -> Callable[[str], bool]:
+    """RE2 search without the wrapper's Match objects (half the cost of .search)."""
+    try:
+        match, unanchored = compiled._regexp.Match, _re2._re2.RE2.Anchor.UNANCHORED
+    except AttributeError:  # pragma: no cover - another google-re2 layout
+        return lambda text: compiled.search(text) is not None
+
+    def search(text: str) -> bool:
+        encoded = text.encode("utf-8", "surrogatepass")
+        return match(unanchored, encoded, 0, len(encoded))[0][0] != -1
+    return search
 
 
 def _field_predicate(test: FieldTest) -> Predicate:
     get = getter(test.path)
     starts, ends = tuple(test.starts), tuple(test.ends)
     contains, equals = tuple(test.contains), frozenset(test.equals)
-    regexes = tuple(_re2.compile(r).search for r in test.regexes) if test.regexes else ()
+    regexes = _regex_searches(sorted(test.regexes))
     items = frozenset(test.has_item)
     string_checks: list[Predicate] = []
     if starts:
@@ -222,10 +292,12 @@ def compile_need(need: Need) -> Predicate:
     if isinstance(need, Opaque):
         return need.predicate
     parts = tuple(compile_need(p) for p in need.parts)
-    if isinstance(need, AllOf):
-        if len(parts) == 2:
-            first, second = parts
+    if len(parts) == 2:
+        first, second = parts
+        if isinstance(need, AllOf):
             return lambda data: first(data) and second(data)
+        return lambda data: first(data) or second(data)
+    if isinstance(need, AllOf):
         return lambda data: all(p(data) for p in parts)
     return lambda data: any(p(data) for p in parts)
 
@@ -243,12 +315,61 @@ def _drop_kind_tests(need: Need, kinds: set[str]) -> Need | None:
     return need
 
 
-def necessary(root: Node, kinds: set[str]) -> Predicate | None:
+Guard = dict[tuple[str, ...], FieldTest]
+
+
+def _guard(need: Need | None) -> Guard | None:
+    """Field tests of which at least one must pass for the rule to match. Rules of one kind share
+    one merged test per field (see RuleSet), so an ordinary event is rejected by all of them with
+    one check per field instead of one per rule."""
+    if isinstance(need, FieldTest):
+        return {need.path: need}
+    if isinstance(need, AllOf):
+        guards = [g for g in map(_guard, need.parts) if g is not None]
+        return max(guards, key=_selectivity) if guards else None
+    if isinstance(need, AnyOf):
+        merged: Guard = {}
+        for part in need.parts:
+            guard = _guard(part)
+            if guard is None:
+                return None
+            for path, test in guard.items():
+                merged[path] = merged[path].merge(test) if path in merged else test
+        return merged
+    return None
+
+
+def _selectivity(guard: Guard) -> int:
+    """Rank a guard: string tests reject most events; a bool or a kind test rejects few."""
+    weakest = 3
+    for path, test in guard.items():
+        if test.starts or test.ends or test.contains or test.regexes or any(
+                isinstance(v, str) for v in test.equals):
+            score = 1 if path == ("kind",) else 3
+        elif test.equals and all(isinstance(v, bool) for v in test.equals):
+            score = 0
+        else:
+            score = 2
+        weakest = min(weakest, score)
+    return weakest
+
+
+def necessary(root: Node, kinds: set[str]) -> tuple[Predicate | None, Guard | None]:
+    """(pre-filter, guard) of a condition; either may be None (no cheap test derivable)."""
     need = _need(root)
     if need is None:
-        return None
+        return None, None
     need = _drop_kind_tests(need, kinds)
-    return compile_need(need) if need is not None else None
+    if need is None:
+        return None, None
+    return compile_need(need), _guard(need)
+
+
+def merge_guards(tests: list[FieldTest]) -> Predicate:
+    merged = tests[0]
+    for test in tests[1:]:
+        merged = merged.merge(test)
+    return _field_predicate(merged)
 
 
 def kinds_of(root: Node) -> set[str] | None:
