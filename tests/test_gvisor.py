@@ -155,6 +155,24 @@ def test_open_paths_flags_and_result() -> None:
     assert at.result == -2
 
 
+def test_repeated_opens_are_folded_and_counted() -> None:
+    m = mapper()
+    started(m)
+
+    def open_at(time_ns: int, flags: int = os.O_RDONLY) -> list:
+        context = ctx(2)
+        context.time_ns = time_ns
+        return m.map(T.MESSAGE_SYSCALL_OPEN, pb.Open(context_data=context, pathname="/etc/hosts", flags=flags,
+                                                     exit=pb.Exit(result=3)))
+
+    base = 1_700_000_000_000_000_000
+    assert len(open_at(base)) == 1
+    assert open_at(base + 1000) == [] and open_at(base + 500_000_000) == []
+    assert len(open_at(base + 2000, os.O_RDWR)) == 1      # another way of opening it
+    assert len(open_at(base + 1_000_000_001)) == 1         # the window passed
+    assert m.folded == 2
+
+
 def test_connect_transport_from_socket_and_dns() -> None:
     m = mapper()
     started(m)
@@ -349,7 +367,7 @@ def test_pod_init_config(tmp_path: Path) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     session = json.loads(path.read_text())["trace_session"]
     assert session["sinks"] == [{"name": "remote", "config": {"endpoint": "/run/x.sock", "retries": 3,
-                                                              "backoff": "25us", "backoff_max": "2ms"}}]
+                                                              "backoff": "25us", "backoff_max": "5ms"}}]
     names = {p["name"] for p in session["points"]}
     assert {"sentry/execve", "sentry/clone", "syscall/openat/exit", "syscall/connect/exit",
             "syscall/sysno/101/enter"} <= names

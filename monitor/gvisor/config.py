@@ -15,14 +15,15 @@ from monitor.gvisor.mapping import RAW_SYSCALLS
 
 SESSION_NAME = "Default"
 # What every point carries. `cwd` costs gVisor a path walk per point, so it is asked only where a
-# relative path must be made absolute (opens) or a process starts (exec, container start).
+# process starts (exec, container start); the mapper follows chdir/fchdir from there.
 BASE_CONTEXT = ["time", "thread_id", "group_id", "container_id", "credentials", "process_name"]
 WITH_CWD = BASE_CONTEXT + ["cwd"]
 # Retries with backoff when the socket is full: back-pressure on the sandbox rather than a dropped
-# point (gVisor's default is 0 retries). Worst case ~6 ms of waiting per point.
-DEFAULT_RETRIES = 8
+# point (gVisor's default is 0 retries). A monitor that stops reading slows the sandbox to at
+# most ~0.1 s per traced syscall before points are dropped (and counted).
+DEFAULT_RETRIES = 24
 DEFAULT_BACKOFF = "25us"
-DEFAULT_BACKOFF_MAX = "2ms"
+DEFAULT_BACKOFF_MAX = "5ms"
 
 
 def trace_points() -> list[dict[str, Any]]:
@@ -35,9 +36,11 @@ def trace_points() -> list[dict[str, Any]]:
          "context_fields": ["thread_id", "group_id"]},
         {"name": "sentry/execve", "context_fields": WITH_CWD},
         {"name": "sentry/task_exit", "context_fields": ["time", "thread_id", "group_id", "container_id"]},
-        {"name": "syscall/open/exit", "context_fields": WITH_CWD},
-        {"name": "syscall/openat/exit", "optional_fields": ["fd_path"], "context_fields": WITH_CWD},
-        {"name": "syscall/creat/exit", "context_fields": WITH_CWD},
+        {"name": "syscall/open/exit", "context_fields": BASE_CONTEXT},
+        {"name": "syscall/openat/exit", "optional_fields": ["fd_path"], "context_fields": BASE_CONTEXT},
+        {"name": "syscall/creat/exit", "context_fields": BASE_CONTEXT},
+        {"name": "syscall/chdir/exit", "context_fields": ["thread_id", "group_id"]},
+        {"name": "syscall/fchdir/exit", "optional_fields": ["fd_path"], "context_fields": ["thread_id", "group_id"]},
     ]
     for call in ("socket", "connect", "bind", "accept", "accept4", "setuid", "setgid",
                  "setresuid", "setresgid"):

@@ -29,6 +29,8 @@ AT_FDCWD = -100
 CLONE_THREAD = 0x10000
 MAX_ANCESTORS = 8
 MAX_PROCESSES = 4096  # exited entries are pruned past this (children keep their own ppid)
+FOLD_WINDOW_NS = 1_000_000_000
+FOLD_KEYS = 8192
 NO_ID = 0xFFFFFFFF
 _TRANSPORT = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 
@@ -82,6 +84,8 @@ class EventMapper:
         self.procs: dict[int, Proc] = {}
         self.container_ids: list[str] = []  # in the order their container/start arrived
         self._exec_paths: dict[int, str] = {}  # tid -> execve's path as the program passed it
+        self._recent_opens: dict[tuple[Any, ...], int] = {}
+        self.folded = 0  # repeated opens not emitted (see _repeated)
         self._handlers: dict[int, Callable[[Any], list[Event]]] = {
             T.MESSAGE_CONTAINER_START: self._container_start,
             T.MESSAGE_SENTRY_CLONE: self._clone,
@@ -95,6 +99,7 @@ class EventMapper:
             T.MESSAGE_SYSCALL_ACCEPT: self._accept,
             T.MESSAGE_SYSCALL_SETID: self._setid,
             T.MESSAGE_SYSCALL_SETRESID: self._setresid,
+            T.MESSAGE_SYSCALL_CHDIR: self._chdir,
             T.MESSAGE_SYSCALL_RAW: self._raw,
         }
 
@@ -248,16 +253,41 @@ class EventMapper:
         if not path.startswith("/"):
             base = proc.cwd if msg.fd == AT_FDCWD else msg.fd_path
             path = posixpath.join(base or "/", path)
+        path = posixpath.normpath(path) if path else path
+        result = _result(msg.exit) if msg.HasField("exit") else None
+        if self._repeated((proc.pid, path, msg.flags, result), ctx.time_ns):
+            return []
         event = self._event("open", ctx, proc)
         names, write = open_flags(msg.flags)
-        file: dict[str, Any] = {"path": posixpath.normpath(path) if path else path,
-                                "flags": names, "write": write}
+        file: dict[str, Any] = {"path": path, "flags": names, "write": write}
         if msg.flags & os.O_CREAT:
             file["mode"] = msg.mode & 0o7777
         event.file = file
-        if msg.HasField("exit"):
-            event.result = _result(msg.exit)
+        event.result = result
         return [event]
+
+    def _repeated(self, key: tuple[Any, ...], time_ns: int) -> bool:
+        """The same process opening the same path the same way again within FOLD_WINDOW_NS:
+        counted in `folded`, not emitted (what the eBPF probes aggregate in the kernel)."""
+        last = self._recent_opens.get(key)
+        if last is not None and 0 <= time_ns - last < FOLD_WINDOW_NS:
+            self.folded += 1
+            return True
+        if len(self._recent_opens) >= FOLD_KEYS:
+            self._recent_opens.clear()
+        self._recent_opens[key] = time_ns
+        return False
+
+    def _chdir(self, msg: pb.Chdir) -> list[Event]:
+        """Track cwd (opens carry no cwd context: asking gVisor for it costs a path walk each)."""
+        if msg.HasField("exit") and _result(msg.exit) != 0:
+            return []
+        proc = self._proc(msg.context_data)
+        if msg.pathname:
+            proc.cwd = posixpath.normpath(posixpath.join(proc.cwd or "/", msg.pathname))
+        elif msg.fd_path:
+            proc.cwd = msg.fd_path
+        return []
 
     def _socket(self, msg: pb.Socket) -> list[Event]:
         ctx = msg.context_data

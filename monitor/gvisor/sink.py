@@ -169,7 +169,8 @@ class TraceSink:
 
     def stats(self) -> dict[str, Any]:
         return {"points": self.points, "sessions": len(self.sessions),
-                "open_sessions": self.open_sessions, "errors": dict(self.errors), **self.lost()}
+                "open_sessions": self.open_sessions, "errors": dict(self.errors),
+                "repeats_folded": sum(s.mapper.folded for s in self.sessions), **self.lost()}
 
     def close(self) -> None:
         if self._closed:
