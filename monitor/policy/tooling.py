@@ -85,7 +85,8 @@ def field_problems(rule: Rule) -> list[str]:
     return problems
 
 
-def lint(paths: list[str], out: TextIO = sys.stdout) -> int:
+def lint(paths: list[str], out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     try:
         errors, rules = lint_paths(list(paths))
     except PolicyError as exc:
@@ -151,9 +152,19 @@ def load_fixtures(path: Path) -> list[dict[str, Any]]:
     return cases
 
 
-def test(paths: list[str], out: TextIO = sys.stdout) -> int:
+def test(paths: list[str], out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     # fixture events are partial on purpose: evaluation errors are expected, shown per case instead
-    logging.getLogger("monitor.policy").setLevel(logging.ERROR)
+    policy_log = logging.getLogger("monitor.policy")
+    level = policy_log.level
+    policy_log.setLevel(logging.ERROR)
+    try:
+        return _test(paths, out)
+    finally:
+        policy_log.setLevel(level)
+
+
+def _test(paths: list[str], out: TextIO) -> int:
     try:
         compiled, _ = compile_paths(list(paths))
         ruleset = RuleSet(compiled, list(paths))
