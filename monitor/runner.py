@@ -111,10 +111,9 @@ def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
         for prefix in spec.exec_prefixes:
             sensor.deny_exec(sandbox.cgroup_id, prefix, prefix=True)
             count += 1
-        if spec.net and hasattr(sensor, "deny_net"):
-            for cidr, port in spec.net:
-                sensor.deny_net(sandbox, cidr, port)
-                count += 1
+        for cidr, port in spec.net:
+            sensor.deny_net(sandbox.cgroup_path, sandbox.cgroup_id, cidr, port)
+            count += 1
     return count
 
 

@@ -24,7 +24,9 @@ from monitor.sensor.net import decode_net
 from monitor.sensor.process import decode_exec, decode_sys
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
-PROBE_FILES = ("events.h", "process.c", "file.c", "net.c")
+PROBE_FILES = ("events.h", "process.c", "file.c", "net.c", "netdeny.c")
+# (program, attach type) for the in-kernel network deny, attached per sandbox cgroup
+NET_DENY_HOOKS = (("deny_connect4", 10), ("deny_connect6", 11), ("deny_sendmsg4", 14), ("deny_sendmsg6", 15))
 _HDR = struct.Struct("<QQIIIIIiII16s")
 _EXEC_JOIN_WAIT_NS = 200_000_000  # an exec whose result record never came is emitted anyway
 
@@ -60,6 +62,7 @@ class Sensor:
         self.bpf["events"].open_ring_buffer(self._on_record)
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         self._exec_pending: dict[int, Event] = {}
+        self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
         self.decode_errors = 0
         self.counts: Counter[str] = Counter()  # records seen, by wire kind name (+ exec_enoent)
 
@@ -78,8 +81,57 @@ class Sensor:
         raw = path.encode()[: wire.DENY_PATH_LEN - 1]
         key.prefixlen = 64 + 8 * (len(raw) + (0 if prefix else 1))
         ct.memmove(key.cgroup, struct.pack("<Q", cgroup_id), 8)
-        ct.memmove(key.path, raw, len(raw))
+        # key.path reads back as a bytes copy (c_char array): write through the address
+        ct.memmove(ct.addressof(key) + type(key).path.offset, raw, len(raw))
         table[key] = ct.c_uint32(1)
+
+    def deny_net(self, cgroup_path: str, cgroup_id: int, cidr: str, port: int | None) -> None:
+        """Refuse connects (and UDP sends) from one sandbox to a CIDR, on one port or all."""
+        import ipaddress
+
+        from bcc import BPF
+
+        network = ipaddress.ip_network(cidr, strict=False)
+        table = self.bpf["deny4" if network.version == 4 else "deny6"]
+        key = table.Key()
+        key.prefixlen = 64 + network.prefixlen
+        ct.memmove(key.cgroup, struct.pack("<Q", cgroup_id), 8)
+        ct.memmove(key.addr, network.network_address.packed, len(network.network_address.packed))
+        rule = table.get(key) or table.Leaf()
+        if port is None:
+            rule.any_port = 1
+        elif port not in list(rule.ports):
+            free = [i for i, p in enumerate(rule.ports) if p == 0]
+            if not free:
+                rule.any_port = 1  # more ports than slots: deny the whole address (safer)
+            else:
+                rule.ports[free[0]] = port
+        table[key] = rule
+        self._attach_net_deny(cgroup_path, BPF)
+
+    def _attach_net_deny(self, cgroup_path: str, bpf_cls: type) -> None:
+        if cgroup_path in self._net_attached:
+            return
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        attached = []
+        for name, attach_type in NET_DENY_HOOKS:
+            fn = self.bpf.load_func(name, bpf_cls.CGROUP_SOCK_ADDR, attach_type=attach_type)
+            bpf_cls.attach_func(fn, fd, attach_type)
+            attached.append((fn, attach_type))
+        self._net_attached[cgroup_path] = (fd, attached)
+
+    def detach_net_deny(self, cgroup_path: str) -> None:
+        from bcc import BPF
+
+        fd, attached = self._net_attached.pop(cgroup_path, (None, []))
+        if fd is None:
+            return
+        for fn, attach_type in attached:
+            try:
+                BPF.detach_func(fn, fd, attach_type)
+            except Exception:
+                pass  # the cgroup is already gone: so is the attachment
+        os.close(fd)
 
     def clear_denies(self, cgroup_id: int) -> None:
         table = self.bpf["exec_deny"]
@@ -170,6 +222,8 @@ class Sensor:
         return dict(lost)
 
     def close(self) -> None:
+        for path in list(self._net_attached):
+            self.detach_net_deny(path)
         self.bpf.cleanup()
 
 

@@ -12,6 +12,7 @@ ARG_LEN = 128
 SOCKADDR_LEN = 128
 DNS_LEN = 256
 DENY_PATH_LEN = 248
+NET_DENY_PORTS = 8  # ports per (sandbox, address) deny entry
 RINGBUF_PAGES = 4096  # 16 MiB: an exec storm or open storm never waits for user space
 
 # Record kinds on the wire. Several map to one event kind (K_OPEN2 -> open).

@@ -1,0 +1,150 @@
+"""Actions for real: kill, kill_process, freeze/thaw, in-kernel exec and connect deny, audit,
+and never outside a sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monitor_run import MONITOR, monitor_run, needs_root, read_jsonl  # noqa: E402
+
+pytestmark = [needs_root, pytest.mark.root]
+
+
+def rule_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def rule(name: str, when: str, condition: str, action: str) -> str:
+    return (f"- rule: {name}\n  description: test rule\n  when: [{when}]\n"
+            f"  condition: {condition}\n  severity: high\n  action: {action}\n  tags: [T0000]\n")
+
+
+def test_kill_ends_the_sandbox_with_137(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s")
+    after = tmp_path / "after"
+    rules = rule_file(tmp_path, rule("Kill on secret", "open", f'event.file.path == "{secret}"', "kill"))
+    r = monitor_run(f"cat {secret} >/dev/null; sleep 1; touch {after}", "--rules", rules)
+    assert r.returncode == 137
+    assert not after.exists(), "the sandbox died before its next step"
+    assert r.summary["killed_by"] == "Kill on secret"
+    action = r.actions[0]
+    assert action["action"] == "kill" and action["outcome"] == "done" and action["latency_ms"] < 1000
+
+
+def test_kill_process_kills_only_that_process(tmp_path: Path) -> None:
+    rules = rule_file(tmp_path, rule("Kill sleepers", "exec", 'event.process.executable == "/usr/bin/sleep"',
+                                     "kill_process"))
+    r = monitor_run("sleep 30; echo survived-$?", "--rules", rules, timeout=60)
+    assert r.returncode == 0
+    assert "survived-137" in r.stdout
+    assert r.actions[0]["outcome"] == "done"
+
+
+def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    script = tmp_path / "bin" / "evil.sh"
+    script.parent.mkdir()
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    rules = rule_file(tmp_path, rule("Deny evil", "exec",
+                                     f'event.process.executable.startsWith("{script.parent}/")', "deny"))
+    r = monitor_run([str(script)], "--rules", rules)
+    assert not marker.exists(), "a denied program ran an instruction"
+    assert r.returncode == 137
+    denied = [e for e in r.events("exec") if e.get("verdict") == "denied"]
+    assert denied and denied[0]["process"]["executable"] == str(script)
+    assert r.actions[0]["message"] == "denied in kernel"
+
+
+def test_connect_deny_fails_with_eperm_and_is_reported(tmp_path: Path) -> None:
+    rules = rule_file(tmp_path, rule("Deny 127.0.0.2", "connect", 'event.net.address in ["127.0.0.2"]', "deny"))
+    code = ("import socket,errno\ns=socket.socket()\ntry:\n    s.connect(('127.0.0.2', 9))\n"
+            "except OSError as e:\n    print('errno', e.errno)\n")
+    r = monitor_run(["/usr/bin/python3", "-c", code], "--rules", rules)
+    assert "errno 1" in r.stdout  # EPERM from the cgroup connect program
+    connect = [e for e in r.events("connect") if e["net"].get("address") == "127.0.0.2"][0]
+    assert connect["verdict"] == "denied" and connect["result"] == -1
+    assert r.actions[0]["outcome"] == "done"
+
+
+def test_audit_mode_enforces_nothing(tmp_path: Path) -> None:
+    after = tmp_path / "after"
+    rules = rule_file(tmp_path, rule("Kill on true", "exec", 'event.process.executable == "/bin/true"', "kill"))
+    r = monitor_run(f"/bin/true; touch {after}", "--rules", rules, "--audit")
+    assert r.returncode == 0 and after.exists()
+    assert r.actions[0]["outcome"] == "audit" and r.actions[0]["message"] == "would kill"
+
+
+def test_process_already_gone_is_recorded_not_an_error(tmp_path: Path) -> None:
+    rules = rule_file(tmp_path, rule("Kill exited", "exit", 'event.process.executable == "/bin/true"',
+                                     "kill_process"))
+    r = monitor_run("/bin/true; sleep 0.2", "--rules", rules)
+    assert r.returncode == 0
+    assert r.actions[0]["outcome"] == "already_gone"
+
+
+def test_freeze_quarantines_then_thaw_and_kill(tmp_path: Path) -> None:
+    after = tmp_path / "after"
+    rules = rule_file(tmp_path, rule("Freeze on id", "exec", 'event.process.executable == "/usr/bin/id"', "freeze"))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([MONITOR, "run", "-q", "--json", str(out), "--rules", rules, "--",
+                             "bash", "-c", f"id >/dev/null; touch {after}"],
+                            stderr=subprocess.PIPE, text=True)
+    sandbox_id = _wait_frozen()
+    time.sleep(0.3)
+    assert not after.exists() and proc.poll() is None, "frozen: nothing runs, monitor run waits"
+    thaw = subprocess.run([MONITOR, "sandbox", "thaw", sandbox_id], capture_output=True, text=True)
+    assert thaw.returncode == 0 and "thawed" in thaw.stdout
+    assert proc.wait(60) == 0
+    assert after.exists()
+    assert "FROZEN" in proc.stderr.read()
+    records = read_jsonl(out)
+    assert [r["outcome"] for r in records if r["type"] == "action"] == ["done"]
+    again = subprocess.run([MONITOR, "sandbox", "thaw", sandbox_id], capture_output=True, text=True)
+    assert again.returncode == 1 or "nothing" in again.stdout  # idempotent: gone or not frozen
+
+    proc = subprocess.Popen([MONITOR, "run", "-q", "--rules", rules, "--", "bash", "-c", "id; sleep 30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sandbox_id = _wait_frozen()
+    kill = subprocess.run([MONITOR, "sandbox", "kill", sandbox_id], capture_output=True, text=True)
+    assert kill.returncode == 0 and "killed" in kill.stdout
+    assert proc.wait(60) == 137
+
+
+def _wait_frozen(timeout: float = 30) -> str:
+    from monitor.sandbox import cgroup as cg
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in cg.read_states():
+            if cg.frozen(str(state["cgroup_path"])):
+                return str(state["id"])
+        time.sleep(0.05)
+    raise AssertionError("no sandbox froze")
+
+
+def test_never_acts_outside_the_sandbox(tmp_path: Path) -> None:
+    """A rule that matches what the monitor itself and a host process do at the same time."""
+    rules = rule_file(tmp_path, rule("Kill any reader of hostname", "open",
+                                     'event.file.path == "/etc/hostname"', "kill"))
+    host = subprocess.Popen(["bash", "-c", "for i in $(seq 100); do cat /etc/hostname >/dev/null; sleep 0.02; done; exit 7"])
+    r = monitor_run("cat /etc/hostname >/dev/null; sleep 5", "--rules", rules)
+    assert r.returncode == 137
+    assert host.wait(60) == 7, "the host process was not touched"
+    assert {a["target"]["sandbox"] for a in r.actions} == {r.summary["sandbox"]["id"]}
+
+
+def test_sandbox_commands_are_idempotent_with_clear_messages() -> None:
+    missing = subprocess.run([MONITOR, "sandbox", "kill", "sb-doesnotexist"], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no such sandbox" in missing.stderr
+    listing = subprocess.run([MONITOR, "sandbox", "list"], capture_output=True, text=True)
+    assert listing.returncode == 0 and "state" in listing.stdout
