@@ -58,6 +58,7 @@ DEFAULT_EXPORT_QUEUE = 16384    # finished spans / log records waiting for expor
 DEFAULT_MAX_SPAN_EVENTS = 128   # span events recorded one by one per span; the rest are counted
 _UNIQUE_CAP = 64                # files written / destinations kept per span
 _LRU_CAP = 4096
+_FAILING_DRAIN_S = 1.0          # close() waits no longer than this for a receiver already failing
 _ALERT_GRACE_S = 0.2            # an exited process's span waits this long for the exit's alerts
 SIGNALS = ("traces", "metrics", "logs")
 
@@ -195,6 +196,8 @@ class ExportQueue:
         self._wake = threading.Event()
         self._draining = threading.Event()
         self._abort = threading.Event()
+        self._retry_now = threading.Event()
+        self._failing = False
         self.exported = 0
         self.failures = 0
         self.dropped_queue_full = 0
@@ -233,12 +236,15 @@ class ExportQueue:
                 if not self._abort.is_set():
                     self.exported += len(self._batch)
                 self._batch = []
+                self._failing = False
                 backoff = self._backoff_s
                 continue
             self.failures += 1
+            self._failing = True
             if self.failures == 1:
                 log.warning("OTLP %s export failed (%s); retrying with backoff", self.signal, self.last_error)
-            self._abort.wait(backoff)
+            self._retry_now.wait(backoff)
+            self._retry_now.clear()
             backoff = min(backoff * 2, self._backoff_max_s)
 
     def _send(self, batch: Sequence[Any]) -> bool:
@@ -253,14 +259,20 @@ class ExportQueue:
         return ok
 
     def drain(self, deadline: float) -> None:
-        """Export what is queued until `deadline` (time.monotonic()), then give up and count it."""
+        """Export what is queued until `deadline` (time.monotonic()), then give up and count it.
+        A receiver that is failing gets one more prompt try and at most _FAILING_DRAIN_S."""
+        if self._failing:
+            deadline = min(deadline, time.monotonic() + _FAILING_DRAIN_S)
         self._draining.set()
         self._wake.set()
+        self._retry_now.set()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             self._abort.set()
+            self._retry_now.set()
             self.dropped_shutdown += len(self._items) + len(self._batch)
             self._items.clear()
+            self._batch = []
         _shutdown_quietly(self._exporter)
 
     def stats(self) -> dict[str, Any]:
