@@ -20,6 +20,9 @@ start `--privileged` containers with plain runc ("unable to apply caps"); there 
 default runtime is a small runc wrapper that drops the capabilities the host cannot grant from
 the OCI spec. The container's inspect document (Privileged: true) is unchanged.
 
+Another runtime (e.g. gVisor's runsc): write it under "runtimes" in `engine.config_path` (dockerd's
+daemon.json) and call `engine.reload()` (SIGHUP; returns once the engine lists it).
+
 Run `python tests/docker_engine.py` to start one by hand (prints DOCKER_HOST; Ctrl-C stops it).
 """
 
@@ -139,7 +142,7 @@ class DockerEngine:
     socket: Path
     image: str = TEST_IMAGE
     proc: subprocess.Popen[bytes] | None = None
-    runtime_args: list[str] = field(default_factory=list)
+    initial_config: dict = field(default_factory=dict)  # daemon.json written at first start
     _client: object | None = None
 
     @property
@@ -163,13 +166,41 @@ class DockerEngine:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     # daemon lifecycle ------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        """dockerd's --config-file (daemon.json): e.g. add "runtimes", then `reload()`."""
+        return self.root / "config.json"
+
+    def reload(self, timeout_s: float = 15.0) -> None:
+        """SIGHUP dockerd so it re-reads config_path (runtimes are reloadable); returns once the
+        engine lists every runtime the file names."""
+        import json
+        wanted = set((json.loads(self.config_path.read_text()) or {}).get("runtimes") or {})
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: wanted <= self.runtimes(), timeout_s, f"dockerd to list runtimes {sorted(wanted)}")
+
+    def runtimes(self) -> set[str]:
+        """Runtimes the engine lists now (empty while it does not answer)."""
+        import docker
+        try:
+            client = docker.APIClient(base_url=self.host, timeout=5)
+            try:
+                return set(client.info().get("Runtimes") or {})
+            finally:
+                client.close()
+        except Exception:
+            return set()
+
     def start_daemon(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        (self.root / "config.json").write_text("{}\n")
+        if not self.config_path.exists():
+            import json
+            self.config_path.write_text(json.dumps(self.initial_config, indent=1) + "\n")
         cmd = [DOCKERD, "--iptables=false", "--ip-masq=false", "--bridge=none",
                "--storage-driver=vfs", f"--data-root={self.root / 'data'}",
                f"--exec-root={self.root / 'exec'}", f"--pidfile={self.root / 'dockerd.pid'}",
-               f"--config-file={self.root / 'config.json'}", f"--host={self.host}",
-               "--shutdown-timeout=2", *self.runtime_args]
+               f"--config-file={self.config_path}", f"--host={self.host}",
+               "--shutdown-timeout=2"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -273,7 +304,9 @@ def start_engine(root: str | None = None) -> DockerEngine:
         wrapper.write_text(_WRAPPER.format(python=sys.executable, missing=missing,
                                            runc=shutil.which("runc")))
         wrapper.chmod(0o700)
-        engine.runtime_args = [f"--add-runtime=sm-runc={wrapper}", "--default-runtime=sm-runc"]
+        # In daemon.json, not flags: dockerd refuses a reload that finds "runtimes" in both.
+        engine.initial_config = {"runtimes": {"sm-runc": {"path": str(wrapper)}},
+                                 "default-runtime": "sm-runc"}
     try:
         engine.start_daemon()
         engine.build_test_image()

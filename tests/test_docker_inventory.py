@@ -152,3 +152,18 @@ def test_engine_stop_and_restart(docker_engine, inventory):
 def _procs(cgroup_path: str) -> list[int]:
     with open(os.path.join(cgroup_path, "cgroup.procs")) as f:
         return [int(line) for line in f if line.strip()]
+
+
+def test_engine_reload_adds_a_runtime(docker_engine):
+    """The fixture's hook for other runtimes (the gVisor tests add runsc the same way)."""
+    import json
+    import shutil
+    config = json.loads(docker_engine.config_path.read_text())
+    config.setdefault("runtimes", {})["runc-alias"] = {"path": shutil.which("runc")}
+    docker_engine.config_path.write_text(json.dumps(config))
+    docker_engine.reload()
+    assert "runc-alias" in docker_engine.runtimes()
+    out = docker_engine.client.containers.run(docker_engine.image, ["echo", "via alias"],
+                                              runtime="runc-alias", network_mode="none", remove=True)
+    assert out == b"via alias\n"
+
