@@ -127,10 +127,8 @@ class Sensor:
         if fd is None:
             return
         for fn, attach_type in attached:
-            try:
+            with contextlib.suppress(Exception):  # the cgroup is gone: so is the attachment
                 BPF.detach_func(fn, fd, attach_type)
-            except Exception:
-                pass  # the cgroup is already gone: so is the attachment
         os.close(fd)
 
     def clear_denies(self, cgroup_id: int) -> None:
