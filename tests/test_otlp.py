@@ -189,14 +189,22 @@ def test_model_call_span_and_caused_by_link(receiver: OtlpReceiver) -> None:
                           "tool_calls": [{"id": "toolu_1", "name": "bash",
                                           "arguments": {"command": "cat /etc/shadow"}}]})
     tool = {**proc(31, 30, "/usr/bin/cat", "/etc/shadow"), "caused_by": "resp-1"}
+    # as the libssl source emits them: no event id in common, request_id is the server's header
+    request2 = Event("llm_request", t0 + 1_200_000, process=agent, sandbox=SANDBOX, source="llm",
+                     llm={"provider": "openai", "model": "gpt-y", "host": "api.openai.com"})
+    response2 = Event("llm_response", t0 + 1_500_000, process=agent, sandbox=SANDBOX, source="llm",
+                      llm={"provider": "openai", "model": "gpt-y-2", "request_id": "req_hdr_77", "stop_reason": "stop"})
     feed(sink, [Event("sandbox_start", t0, sandbox=SANDBOX),
-                Event("exec", t0 + 10, process=agent, sandbox=SANDBOX), request, response,
+                Event("exec", t0 + 10, process=agent, sandbox=SANDBOX), request, response, request2, response2,
                 Event("exec", t0 + 1_000_000, process=tool, sandbox=SANDBOX),
                 Event("exit", t0 + 1_100_000, process=tool, detail={"code": 0}, sandbox=SANDBOX),
                 Event("sandbox_end", t0 + 2_000_000, sandbox=SANDBOX)], alert_on="-")
     sink.close({})
-    assert receiver.store.wait_for(lambda s: len(s.spans()) >= 4, 10)
+    assert receiver.store.wait_for(lambda s: len(s.spans()) >= 5, 10)
     spans = by_name(receiver.store.spans())
+    second = spans["chat gpt-y"]
+    assert (second.start_ns, second.end_ns) == (t0 + 1_200_000, t0 + 1_500_000)
+    assert second.attributes[m.GEN_AI_RESPONSE_MODEL] == "gpt-y-2"
     chat, cat, python = spans["chat claude-x"], spans["cat"], spans["python3"]
     assert chat.kind == 3  # CLIENT
     assert (chat.start_ns, chat.end_ns) == (t0 + 1_000, t0 + 900_000)

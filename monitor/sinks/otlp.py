@@ -425,6 +425,7 @@ class _Session:
     ended: _Lru = field(default_factory=_Lru)          # pid -> SpanContext, to parent late children
     fork_parent: dict[int, int] = field(default_factory=dict)
     llm_requests: _Lru = field(default_factory=_Lru)   # request id -> Event
+    llm_unanswered: dict[Any, deque[Event]] = field(default_factory=dict)  # pid -> requests, oldest first
     llm_spans: _Lru = field(default_factory=_Lru)      # response id -> SpanContext
     alert_spans: _Lru = field(default_factory=_Lru)    # alert id -> _ProcSpan
     pending_end: list[_ProcSpan] = field(default_factory=list)
@@ -630,6 +631,7 @@ class TraceBuilder:
             for key in (event.id, (event.llm or {}).get("id")):
                 if key:
                     session.llm_requests.put(str(key), event)
+            session.llm_unanswered.setdefault(pid, deque(maxlen=64)).append(event)
         elif kind == "llm_response":
             self._llm_span(session, event)
         else:
@@ -741,7 +743,7 @@ class TraceBuilder:
     # model calls
     def _llm_span(self, session: _Session, event: Event) -> None:
         llm = event.llm or {}
-        request = session.llm_requests.pop(str(llm.get("request_id") or ""), None)
+        request = self._request_of(session, event)
         request_llm = (request.llm or {}) if request is not None else {}
         start_ns = min(request.time_ns, event.time_ns) if request is not None else event.time_ns
         provider = str(llm.get("provider") or request_llm.get("provider") or "")
@@ -780,6 +782,25 @@ class TraceBuilder:
         for key in (event.id, llm.get("id")):
             if key:
                 session.llm_spans.put(str(key), span.get_span_context())
+
+    @staticmethod
+    def _request_of(session: _Session, response: Event) -> Event | None:
+        """The llm_request a response answers: by id when the source names it, else the oldest
+        unanswered request of the same process (HTTP/1.1 answers in order)."""
+        llm = response.llm or {}
+        for key in (llm.get("request_event_id"), llm.get("request_id")):
+            request = session.llm_requests.get(str(key)) if key else None
+            if request is not None:
+                pending = session.llm_unanswered.get(request.process.get("pid"))
+                if pending and request in pending:
+                    pending.remove(request)
+                return request
+        pending = session.llm_unanswered.get(response.process.get("pid"))
+        while pending:
+            request = pending.popleft()
+            if request.time_ns <= response.time_ns:
+                return request
+        return None
 
     # alerts and actions
     def on_alert(self, alert: Alert) -> Any:
