@@ -123,14 +123,17 @@ def load_file(path: Path) -> RuleFile:
 
 
 def _yaml_nodes(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
-    loader = yaml.SafeLoader(text)
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise PolicyError(f"YAML error: {exc.problem or exc.context or 'invalid YAML'}", file,
                           line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise PolicyError(f"YAML error: character {exc.character!r} is not allowed", file, line) from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"YAML error: {str(exc).splitlines()[0] if str(exc) else 'invalid'}",
                           file, 1) from None
