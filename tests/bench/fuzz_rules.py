@@ -7,6 +7,7 @@ one-line PolicyError carrying file:line, never anything else (no traceback, no h
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -76,7 +77,8 @@ def run(seconds: float) -> None:
             fuzz()  # a batch of examples; a crash raises here with the failing file
         # lint goes through the same loader plus field analysis: one last pass on a mutated seed
         (folder / "fuzz.yaml").write_bytes(SEEDS[0][: len(SEEDS[0]) // 2])
-        lint([str(folder / "fuzz.yaml")], out=open("/dev/null", "w"))
+        with open(os.devnull, "w") as sink:
+            lint([str(folder / "fuzz.yaml")], out=sink)
 
 
 def main(argv: list[str] | None = None) -> int:
