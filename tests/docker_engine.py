@@ -343,8 +343,15 @@ def engine_session() -> Iterator[DockerEngine]:
         stop_engine(engine)
 
 
-if __name__ == "__main__":
+def _serve_until_signalled() -> None:
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):  # set both: a background job starts with SIGINT ignored
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     with engine_session() as eng:
-        print(f"DOCKER_HOST={eng.host}  image={eng.image}  (Ctrl-C stops it)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+        print(f"DOCKER_HOST={eng.host}  image={eng.image}  (Ctrl-C or SIGTERM stops it)", flush=True)
+        while not stop:
             signal.pause()
+
+
+if __name__ == "__main__":
+    _serve_until_signalled()
