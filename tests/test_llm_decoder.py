@@ -58,8 +58,8 @@ def test_exchange_becomes_request_and_response_events() -> None:
     events = dec.feed(rec(DIR_READ, http_response(RESP), 200))
     assert [e.kind for e in events] == ["llm_response"]
     llm = events[0].llm
-    assert (llm["provider"], llm["id"], llm["stop_reason"], llm["request_id"]) == \
-        ("anthropic", "msg_1", "tool_use", "req_9")
+    assert (llm["provider"], llm["id"], llm["stop_reason"], llm["request_id"], llm["request_event_id"]) == \
+        ("anthropic", "msg_1", "tool_use", "req_9", req.id)
     assert llm["tool_calls"][0]["arguments"] == {"command": "cat /etc/shadow"}
     assert "text" not in llm
     assert "TOPSECRET" not in json.dumps([e.to_dict() for e in events] + [req.to_dict()])

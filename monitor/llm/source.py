@@ -24,6 +24,7 @@ from monitor.llm.providers import RequestInfo, parse_request, parse_response
 from monitor.llm.redact import CAPTURE_MODES, DEFAULT_CAPTURE, apply_capture
 
 MAX_CONNECTIONS = 4096
+RESCAN_S = 5.0  # a process already scanned is scanned again this often (it may load a TLS library late)
 
 
 class _Conn:
@@ -138,6 +139,8 @@ class TlsDecoder:
         llm.update({k: v for k, v in parsed.items() if v is not None})
         llm["model"] = parsed.get("model") or info.model
         llm.setdefault("stream", info.stream)
+        if exchange.context.get("request_event_id"):
+            llm["request_event_id"] = exchange.context["request_event_id"]
         request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
         if request_id:
             llm["request_id"] = request_id
@@ -205,6 +208,7 @@ class LlmSource:
         self.cgroups: dict[int, str | None] = {}
         self.scan_interval_s = scan_interval_s
         self._next_scan = 0.0
+        self._scanned: dict[int, float] = {}  # pid -> when its mappings were last looked at
         self._lost_seen = 0
 
     def add_cgroup(self, cgroup_id: int, cgroup_path: str | None = None) -> None:
@@ -226,10 +230,15 @@ class LlmSource:
         if now < self._next_scan:
             return
         self._next_scan = now + self.scan_interval_s
+        scanned: dict[int, float] = {}
         for path in list(self.cgroups.values()):
-            if path:
-                for pid in cgroup_pids(path):
+            for pid in cgroup_pids(path) if path else []:
+                last = self._scanned.get(pid)
+                if last is None or now - last >= RESCAN_S:
                     self.probe.scan_pid(pid)
+                    last = now
+                scanned[pid] = last
+        self._scanned = scanned
 
     def poll(self, timeout_ms: int) -> list[Event]:
         self._scan()
