@@ -23,6 +23,8 @@ APT_PKGS=(python3-bpfcc bpfcc-tools python3-venv python3-dev linux-headers-amd64
 APT_PKGS+=(docker.io busybox-static)
 # gVisor: `monitor run --runtime gvisor` and its tests run real runsc sandboxes.
 APT_PKGS+=(runsc)
+# The rule pack's end-to-end tests run the real netcat (nc -z on a loopback-only netns).
+APT_PKGS+=(netcat-openbsd)
 for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
