@@ -278,26 +278,29 @@ def test_endpoint_from_otel_variables(receiver: OtlpReceiver, monkeypatch: pytes
 
 # --- never blocking ------------------------------------------------------------------------------
 
+# The event path may spend this long per on_event on average. It is well under 1 us alone; the
+# rest is the GIL shared with the sink's own threads. An export on the event path (a 0.5 s timeout,
+# a connection attempt) would be thousands of times more.
+MAX_MEAN_ON_EVENT_S = 50e-6
+
+
 def timed_feed(sink: OtlpSink, sessions: int, t0: int) -> float:
-    """Feed `sessions` sessions of events; returns the worst seconds per 1,000 on_* calls."""
-    calls, worst, started = 0, 0.0, time.perf_counter()
+    """Feed `sessions` sessions of events (12 each); returns the mean seconds per on_event."""
+    calls, started = 0, time.perf_counter()
     for n in range(sessions):
         sandbox = {**SANDBOX, "id": f"sb-load-{t0}-{n}"}
         for event in session_events(t0 + n * 20_000, sandbox):
             sink.on_event(event)
             calls += 1
-            if calls % 1000 == 0:
-                now = time.perf_counter()
-                worst, started = max(worst, now - started), now
-    return worst
+    return (time.perf_counter() - started) / calls
 
 
 def test_collector_down_from_the_start_then_up() -> None:
     port = free_port()
     sink = OtlpSink(f"http://127.0.0.1:{port}", export_timeout=0.5, retry_backoff_s=0.2,
                     metric_interval_s=0.5, close_timeout=15)
-    worst = timed_feed(sink, 1000, time.time_ns())  # 12,000 events
-    assert worst < 0.25, f"1,000 on_event calls took {worst:.3f}s with the collector down"
+    mean = timed_feed(sink, 1000, time.time_ns())  # 12,000 events
+    assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with the collector down"
     deadline = time.monotonic() + 10
     while sink.export_stats()["traces"]["failures"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -348,8 +351,8 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
         assert len(read_dump(dump).spans()) == 3
         child.send_signal(signal.SIGKILL)
         child.wait()
-        worst = timed_feed(sink, 500, t0 + 10**9)
-        assert worst < 0.25, f"1,000 on_event calls took {worst:.3f}s with the collector killed"
+        mean = timed_feed(sink, 500, t0 + 10**9)
+        assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with the collector killed"
         deadline = time.monotonic() + 10
         while sink.export_stats()["traces"]["failures"] == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -369,8 +372,8 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
 def test_slow_collector_does_not_slow_the_event_path() -> None:
     with OtlpReceiver(delay_s=1.0) as rx:
         sink = OtlpSink(rx.http_url, metric_interval_s=0.5, close_timeout=20)
-        worst = timed_feed(sink, 500, time.time_ns())
-        assert worst < 0.25, f"1,000 on_event calls took {worst:.3f}s with a slow collector"
+        mean = timed_feed(sink, 500, time.time_ns())
+        assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with a slow collector"
         summary: dict = {}
         sink.close(summary)
         assert rx.store.wait_for(lambda s: len(s.spans()) >= 1_500, 5)
