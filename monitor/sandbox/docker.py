@@ -39,6 +39,8 @@ DEFAULT_KILL_TIMEOUT_S = 2.0
 
 # Engine each watched container was found on: kill_container() goes back to the same engine.
 _engine_of: dict[str, str] = {}
+# API version of each engine seen: a kill need not ask /version first (~25 ms on a busy engine).
+_api_version_of: dict[str, str] = {}
 
 
 # --- cgroup v2 -------------------------------------------------------------------------------
@@ -212,6 +214,7 @@ class DockerInventory:
             try:
                 client = docker.APIClient(base_url=self.base_url, timeout=10)
                 self._client = client
+                _api_version_of[self.base_url] = client.api_version
                 # Subscribe first, then list: a container starting in between is seen by both.
                 stream = client.events(decode=True, since=int(time.time()),
                                        filters={"type": "container", "event": list(LIFECYCLE_ACTIONS)})
@@ -374,7 +377,9 @@ def kill_container(sandbox: Sandbox, timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
 
 def _engine_kill(url: str, container_id: str, timeout_s: float) -> KillResult:
     # The caller's bound (future.result) decides; the client's own timeout only frees the thread.
-    client = docker.APIClient(base_url=url, timeout=timeout_s + 5, version="auto")
+    client = docker.APIClient(base_url=url, timeout=timeout_s + 5,
+                              version=_api_version_of.get(url, "auto"))
+    _api_version_of[url] = client.api_version
     try:
         client.kill(container_id, signal="SIGKILL")
     finally:
