@@ -7,9 +7,11 @@ Layout of a journal directory (0700; every file 0600):
                    without one (the monitor died) is scanned on open instead
 
 A frame is a 16-byte header (sync magic, type, length, CRC32 of header fields + payload) and a
-payload. A block frame holds one zstd-compressed msgpack block of up to `block_records` records;
-process and sandbox maps repeated inside a block are stored once and referenced by index, which
-is what keeps a typical exec/open/connect mix well under 40 bytes per event on disk.
+payload. A block frame holds one zstd-compressed msgpack block of up to `block_records` records
+(layout: `_BlockEncoder`); process and sandbox maps repeated inside a block are stored once and
+referenced by index, which keeps a typical exec/open/connect mix under 20 bytes per event on disk,
+and the kinds, times and sandboxes are columns in the block header, so a reader skips the events
+it does not want without decoding them.
 
 Crash safety: a block is written with one write() when it fills and at least every
 `flush_interval_s` (default 1 s), so a SIGKILL loses at most the records of the last interval;
@@ -31,6 +33,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
 import socket
@@ -55,7 +58,7 @@ FRAME_META = 1  # JSON, uncompressed: segment metadata
 FRAME_BLOCK = 2  # zstd(msgpack(block))
 MAX_FRAME_BYTES = 64 << 20
 MAX_BLOCK_RAW_BYTES = 8 << 20  # a block over this (before compression) is split in two
-BLOCK_FORMAT = 1
+BLOCK_FORMAT = 2
 
 # Record tags (first element of each row in a block).
 REC_EVENT, REC_ALERT, REC_ACTION, REC_SUMMARY = 0, 1, 2, 3
@@ -115,7 +118,17 @@ def frame(frame_type: int, payload: bytes) -> bytes:
 
 
 class _BlockEncoder:
-    """Turns pending records into one block: interned process/sandbox tables + one row per record."""
+    """Turns pending records into one block (format 2):
+
+        header  [2, procs, sandboxes, kinds, times, event_sandboxes]   (one msgpack array)
+        rows    one msgpack array per record, concatenated after the header
+
+    procs/sandboxes: each distinct process/sandbox map once (msgpack bytes), referenced by index.
+    kinds: one entry per row: the event kind, or None for an alert/action/summary row.
+    times: the events' time_ns, delta-coded (the first absolute); event_sandboxes: their sandbox
+    index. An event row is [id, proc, file, net, container, llm, detail, result, verdict, source,
+    cgroup_id]: a reader filters on the header alone and skips unwanted rows without decoding them.
+    """
 
     def __init__(self) -> None:
         self.packer = _new_packer()
@@ -125,6 +138,7 @@ class _BlockEncoder:
         self.sb_by_obj: dict[int, int] = {}
         self.sb_by_bytes: dict[bytes, int] = {}
         self.sandboxes: list[bytes] = []
+        self.kinds: list[str | None] = []
         self.times: list[int] = []  # of the events, in order
         self.event_sandboxes: list[int | None] = []  # their sandbox index
         self.alerts = 0
@@ -143,8 +157,7 @@ class _BlockEncoder:
             by_obj[id(obj)] = idx
         return idx
 
-    def event_row(self, ev: Event) -> list[Any]:
-        # The hot path: identity hits are inlined; the index columns (times, sandboxes) are kept.
+    def _refs(self, ev: Event) -> tuple[int | None, int | None]:
         proc = ev.process
         if proc:
             pidx = self.proc_by_obj.get(id(proc))
@@ -159,43 +172,52 @@ class _BlockEncoder:
                 sidx = self._intern(sb, self.sb_by_obj, self.sb_by_bytes, self.sandboxes)
         else:
             sidx = None
-        time_ns = ev.time_ns
-        self.times.append(time_ns)
-        self.event_sandboxes.append(sidx)
-        return [REC_EVENT, ev.kind, time_ns, ev.id, pidx, sidx, ev.file, ev.net, ev.container,
-                ev.llm, ev.detail, ev.result, ev.verdict, ev.source, ev.cgroup_id]
+        return pidx, sidx
 
-    def _alert_event_row(self, ev: Event) -> list[Any]:
-        """The alert's copy of its event: not an event of the block, so not in its index columns."""
-        n = len(self.times)
-        row = self.event_row(ev)
-        del self.times[n:], self.event_sandboxes[n:]
-        return row
+    def event_row(self, ev: Event) -> list[Any]:
+        pidx, sidx = self._refs(ev)
+        self.kinds.append(ev.kind)
+        self.times.append(ev.time_ns)
+        self.event_sandboxes.append(sidx)
+        return [ev.id, pidx, ev.file, ev.net, ev.container, ev.llm, ev.detail, ev.result, ev.verdict,
+                ev.source, ev.cgroup_id]
+
+    def full_event_row(self, ev: Event) -> list[Any]:
+        """An alert's copy of its event (self-contained: kind, time and sandbox included)."""
+        pidx, sidx = self._refs(ev)
+        return [ev.kind, ev.time_ns, sidx, ev.id, pidx, ev.file, ev.net, ev.container, ev.llm, ev.detail,
+                ev.result, ev.verdict, ev.source, ev.cgroup_id]
 
     def row(self, item: Any) -> list[Any]:
-        if type(item) is Event:
+        if isinstance(item, Event):
             return self.event_row(item)
+        self.kinds.append(None)
         if isinstance(item, Alert):
             self.alerts += 1
             return [REC_ALERT, item.time_ns, {f: getattr(item, f) for f in _ALERT_FIELDS},
-                    self._alert_event_row(item.event)]
+                    self.full_event_row(item.event)]
         if isinstance(item, ActionRecord):
             return [REC_ACTION, item.time_ns, {f: getattr(item, f) for f in _ACTION_FIELDS}]
-        if isinstance(item, Event):  # a subclass
-            return self.event_row(item)
         time_ns, summary = item
         return [REC_SUMMARY, time_ns, summary]
 
-    def encode(self, items: list[Any]) -> tuple[bytes, list[list[Any]]]:
+    def encode(self, items: list[Any]) -> tuple[bytes, int]:
+        """The block's bytes and its number of records."""
         event_row, row = self.event_row, self.row
         rows = [event_row(item) if type(item) is Event else row(item) for item in items]
-        body = [BLOCK_FORMAT, self.procs, self.sandboxes, rows]
+        pack = self.packer.pack
         try:
-            return self.packer.pack(body), rows
+            body = b"".join(map(pack, rows))
         except (OverflowError, ValueError, TypeError):
             self.packer = _new_packer()
-            body[3] = rows = [_sanitize(r) for r in rows]
-            return self.packer.pack(body), rows
+            pack = self.packer.pack
+            body = b"".join(pack(_sanitize(r)) for r in rows)
+        times = self.times
+        deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
+        if times:
+            deltas.insert(0, times[0])
+        header = [BLOCK_FORMAT, self.procs, self.sandboxes, self.kinds, deltas, self.event_sandboxes]
+        return pack(header) + body, len(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +444,7 @@ class JournalSink(Sink):
         if self._fd < 0:
             self._open_segment()
         encoder = _BlockEncoder()
-        raw, rows = encoder.encode(items)
+        raw, records = encoder.encode(items)
         if len(raw) > MAX_BLOCK_RAW_BYTES and len(items) > 1:  # huge records (LLM text): smaller blocks
             half = len(items) // 2
             self._write_block(items[:half])
@@ -439,8 +461,8 @@ class JournalSink(Sink):
         self._dirty = True
         index = self._segment_index
         assert index is not None
-        index.add_block(encoder, len(rows))
-        self.counters["records"] += len(rows)
+        index.add_block(encoder, records)
+        self.counters["records"] += records
         self.counters["events"] += len(encoder.times)
         self.counters["blocks"] += 1
         self.counters["bytes_written"] += len(data)
@@ -628,13 +650,49 @@ class Record:
     kind: str = ""  # the event kind (for alerts: their event's kind)
 
 
-@dataclass
 class _Block:
-    segment: str
-    offset: int
-    procs: list[Any]
-    sandboxes: list[Any]
-    rows: list[list[Any]]
+    """A decoded block header; `unpacker` is positioned at its first row."""
+
+    __slots__ = ("segment", "offset", "packed_procs", "procs", "sandboxes", "sb_ids", "kinds", "times",
+                 "event_sandboxes", "unpacker")
+
+    def __init__(self, segment: str, offset: int, raw: bytes) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
+                                         max_buffer_size=max(len(raw), 1))
+        self.unpacker.feed(raw)
+        fmt, packed_procs, packed_sandboxes, kinds, deltas, event_sandboxes = self.unpacker.unpack()
+        if fmt != BLOCK_FORMAT:
+            raise ValueError(f"block format {fmt}, this reader knows {BLOCK_FORMAT}")
+        if len(deltas) != len(event_sandboxes) or len(deltas) > len(kinds):
+            raise ValueError("block columns disagree")
+        self.packed_procs: list[bytes] = packed_procs
+        self.procs: list[Any] = [None] * len(packed_procs)  # decoded on first use
+        self.sandboxes: list[Any] = [_unpack(b) for b in packed_sandboxes]
+        self.sb_ids = [str(sb["id"]) if isinstance(sb, dict) and sb.get("id") is not None else None
+                       for sb in self.sandboxes]
+        self.kinds: list[str | None] = kinds
+        self.times: list[int] = list(itertools.accumulate(deltas))
+        self.event_sandboxes: list[int | None] = event_sandboxes
+
+    def process(self, pidx: int | None) -> dict[str, Any]:
+        if pidx is None:
+            return {}
+        process = self.procs[pidx]
+        if process is None:
+            process = self.procs[pidx] = _unpack(self.packed_procs[pidx])
+        return process
+
+    def event(self, kind: str, time_ns: int, sidx: int | None, row: list[Any]) -> Event:
+        return Event(kind=kind, time_ns=time_ns, id=row[0], process=self.process(row[1]),
+                     sandbox=self.sandboxes[sidx] if sidx is not None else None, file=row[2], net=row[3],
+                     container=row[4], llm=row[5], detail=row[6], result=row[7], verdict=row[8],
+                     source=row[9], cgroup_id=row[10])
+
+    def full_event(self, row: list[Any]) -> Event:
+        kind, time_ns, sidx = row[0], row[1], row[2]
+        return self.event(kind, time_ns, sidx, row[3:])
 
 
 class JournalError(Exception):
@@ -737,14 +795,11 @@ class JournalReader:
                 if ftype != FRAME_BLOCK:
                     continue
                 try:
-                    body = _unpack(self._decompressor.decompress(payload))
-                    fmt, procs, sandboxes, rows = body
-                    if fmt != BLOCK_FORMAT:
-                        raise ValueError(f"block format {fmt}")
+                    block = _Block(segment, offset, self._decompressor.decompress(payload))
                 except Exception as exc:  # CRC passed, content not: a writer bug, not a crash
                     self._warn(f"{segment}:{offset}: undecodable block skipped ({exc})")
                     continue
-                yield _Block(segment, offset, procs, sandboxes, rows)
+                yield block
             if progress is not None:
                 progress(_file_size(segment) - done)
 
@@ -761,53 +816,59 @@ class JournalReader:
         segments = self._segments_in_range(sandbox, since_ns, until_ns)
         want_events = types is None or "event" in types
         for block in self.blocks(segments, progress):
-            procs: list[Any] = [None] * len(block.procs)
-            sandboxes = [_unpack(s) for s in block.sandboxes]
-            sb_ids = [str(s.get("id")) if isinstance(s, dict) and s.get("id") is not None else None
-                      for s in sandboxes]
-            for row in block.rows:
-                try:
-                    tag = row[0]
-                    if tag == REC_EVENT:
-                        if not want_events:
-                            continue
-                        time_ns = row[2]
-                        if (since_ns is not None and time_ns < since_ns) or \
-                                (until_ns is not None and time_ns > until_ns):
-                            continue
-                        sid = sb_ids[row[5]] if row[5] is not None else None
-                        if sandbox is not None and sid != sandbox:
-                            continue
-                        if kinds is not None and row[1] not in kinds:
-                            if skipped is not None:
-                                skipped[row[1]] += 1
-                            continue
-                        yield Record("event", time_ns, _event(row, block.procs, procs, sandboxes), sid, row[1])
-                    else:
-                        rec = self._other(tag, row, block, procs, sandboxes, sb_ids)
-                        if rec is None or (types is not None and rec.type not in types):
-                            continue
-                        if (since_ns is not None and rec.time_ns < since_ns) or \
-                                (until_ns is not None and rec.time_ns > until_ns):
-                            continue
-                        if sandbox is not None and rec.sandbox_id != sandbox:
-                            continue
-                        yield rec
-                except (IndexError, KeyError, TypeError, ValueError) as exc:
-                    self._warn(f"{block.segment}:{block.offset}: malformed record skipped ({exc})")
+            try:
+                yield from self._block_records(block, sandbox, since_ns, until_ns, kinds, types, skipped,
+                                               want_events)
+            except (IndexError, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+                self._warn(f"{block.segment}:{block.offset}: malformed block, rest of it skipped ({exc})")
 
-    def _other(self, tag: int, row: list[Any], block: _Block, procs: list[Any], sandboxes: list[Any],
-               sb_ids: list[str | None]) -> Record | None:
+    def _block_records(self, block: _Block, sandbox: str | None, since_ns: int | None, until_ns: int | None,
+                       kinds: set[str] | frozenset[str] | None, types: set[str] | None,
+                       skipped: collections.Counter[str] | None, want_events: bool) -> Iterator[Record]:
+        unpack, skip = block.unpacker.unpack, block.unpacker.skip
+        times, event_sandboxes, sb_ids = block.times, block.event_sandboxes, block.sb_ids
+        n = 0  # index into the event columns
+        for kind in block.kinds:
+            if kind is None:  # alert, action, summary
+                rec = self._other(unpack(), block)
+                if rec is None or (types is not None and rec.type not in types):
+                    continue
+                if (since_ns is not None and rec.time_ns < since_ns) or \
+                        (until_ns is not None and rec.time_ns > until_ns):
+                    continue
+                if sandbox is not None and rec.sandbox_id != sandbox:
+                    continue
+                yield rec
+                continue
+            time_ns, sidx = times[n], event_sandboxes[n]
+            n += 1
+            if not want_events or (since_ns is not None and time_ns < since_ns) or \
+                    (until_ns is not None and time_ns > until_ns):
+                skip()
+                continue
+            sid = sb_ids[sidx] if sidx is not None else None
+            if sandbox is not None and sid != sandbox:
+                skip()
+                continue
+            if kinds is not None and kind not in kinds:
+                skip()
+                if skipped is not None:
+                    skipped[kind] += 1
+                continue
+            yield Record("event", time_ns, block.event(kind, time_ns, sidx, unpack()), sid, kind)
+
+    def _other(self, row: list[Any], block: _Block) -> Record | None:
+        tag = row[0]
         if tag == REC_ALERT:
             ev_row = row[3]
-            event = _event(ev_row, block.procs, procs, sandboxes)
+            event = block.full_event(ev_row)
             fields = row[2]
             alert = Alert(rule=fields["rule"], severity=fields["severity"], action=fields["action"],
                           tags=list(fields.get("tags") or []), event=event,
                           description=fields.get("description", ""), matched=fields.get("matched") or {},
                           mode=fields.get("mode", "enforce"), time_ns=fields.get("time_ns", row[1]),
                           id=fields.get("id", ""))
-            sid = sb_ids[ev_row[5]] if ev_row[5] is not None else None
+            sid = block.sb_ids[ev_row[2]] if ev_row[2] is not None else None
             return Record("alert", event.time_ns, alert, sid, event.kind)  # filtered as its event is
         if tag == REC_ACTION:
             fields = row[2]
@@ -835,17 +896,20 @@ class JournalReader:
         return out
 
     def _scan(self, segment: str) -> SegmentIndex:
+        """The index of a segment from its block headers (rows are read only to count alerts)."""
         info = SegmentIndex(path=segment, bytes=_file_size(segment))
         for block in self.blocks([segment]):
-            sandboxes = [_unpack(s) for s in block.sandboxes]
-            for row in block.rows:
-                try:
-                    if row[0] == REC_EVENT:
-                        info.note(REC_EVENT, row[2], sandboxes[row[5]] if row[5] is not None else None)
-                    else:
+            for sidx, time_ns in zip(block.event_sandboxes, block.times, strict=True):
+                info.note(REC_EVENT, time_ns, block.sandboxes[sidx] if sidx is not None else None)
+            try:
+                for kind in block.kinds:
+                    if kind is None:
+                        row = block.unpacker.unpack()
                         info.note(row[0], row[1], None)
-                except (IndexError, TypeError):
-                    continue
+                    else:
+                        block.unpacker.skip()
+            except (IndexError, TypeError, ValueError, msgpack.UnpackException):
+                continue
         return info
 
     def sandboxes(self) -> dict[str, dict[str, Any]]:
@@ -880,21 +944,6 @@ class JournalReader:
                 continue
             keep.append(seg)
         return keep
-
-
-def _event(row: list[Any], packed_procs: list[bytes], procs: list[Any], sandboxes: list[Any]) -> Event:
-    pidx = row[4]
-    if pidx is None:
-        process: dict[str, Any] = {}
-    else:
-        process = procs[pidx]
-        if process is None:
-            process = procs[pidx] = _unpack(packed_procs[pidx])
-    sidx = row[5]
-    return Event(kind=row[1], time_ns=row[2], id=row[3], process=process,
-                 sandbox=sandboxes[sidx] if sidx is not None else None, file=row[6], net=row[7],
-                 container=row[8], llm=row[9], detail=row[10], result=row[11], verdict=row[12],
-                 source=row[13], cgroup_id=row[14])
 
 
 def open_journal(path: str | os.PathLike[str], on_warning: Callable[[str], None] | None = None) -> JournalReader:
