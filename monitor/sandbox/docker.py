@@ -219,6 +219,8 @@ class DockerInventory:
                 stream = client.events(decode=True, since=int(time.time()),
                                        filters={"type": "container", "event": list(LIFECYCLE_ACTIONS)})
                 self._stream = stream
+                if self._stop.is_set():  # stop() came while connecting: it saw no stream to close
+                    break
                 self.reconcile(client)
                 self.connected.set()
                 if down_logged:
@@ -230,7 +232,7 @@ class DockerInventory:
                 for message in stream:
                     if self._stop.is_set():
                         break
-                    self.handle_event(client, message)
+                    self._handle_safely(client, message)
                 if not self._stop.is_set():
                     raise ConnectionError("event stream closed")
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
@@ -242,6 +244,14 @@ class DockerInventory:
                     self.log(f"docker: engine at {self.base_url} unavailable ({_short(exc)}); "
                              "other sandboxes are still watched; reconnecting with backoff")
                     down_logged = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+            except Exception as exc:  # a bug must not end the watch: report it, start over
+                if self._stop.is_set():
+                    break
+                self.errors += 1
+                self.connected.clear()
+                self.log(f"docker: unexpected {type(exc).__name__}: {_short(exc)}; reconnecting")
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max_s)
             finally:
@@ -266,6 +276,16 @@ class DockerInventory:
             self.remove(gone)
         for container_id in sorted(running - set(self.container_ids())):
             self.add(client, container_id)
+
+    def _handle_safely(self, client: docker.APIClient, message: dict[str, Any]) -> None:
+        try:
+            self.handle_event(client, message)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            raise  # the engine went away: reconnect
+        except Exception as exc:  # one odd container must not stop the watch of all the others
+            self.errors += 1
+            self.log(f"docker: event {message.get('Action')} for {message.get('id', '?')[:12]} "
+                     f"not handled: {type(exc).__name__}: {_short(exc)}")
 
     def handle_event(self, client: docker.APIClient, message: dict[str, Any]) -> None:
         if message.get("Type") != "container":
