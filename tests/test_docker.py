@@ -276,3 +276,17 @@ def test_kill_falls_back_within_bound_when_engine_hangs(sleeper_cgroup, tmp_path
     assert "did not answer within 0.5s" in result.message and "cgroup.kill" in result.message
     assert 0.4 < elapsed < 2.0
     assert proc.wait(5) == -9
+
+
+def test_an_odd_container_document_does_not_stop_the_watch():
+    good = inspect_doc("plain")
+    odd = {"State": {"Running": True, "Pid": 7}, "Config": {"Labels": {}}}  # no Id: KeyError
+    engine = RecordedEngine({"odd": odd, good["Id"]: good})
+    lines: list[str] = []
+    inv, registry, added, _, _ = make_inventory()
+    inv.log = lines.append
+    inv._handle_safely(engine, {"Type": "container", "Action": "start", "id": "odd", "Actor": {"ID": "odd"}})
+    inv._handle_safely(engine, {"Type": "container", "Action": "start", "id": good["Id"],
+                                "Actor": {"ID": good["Id"]}})
+    assert len(lines) == 1 and "not handled: KeyError" in lines[0]
+    assert [s.id for s in added] == [good["Id"]]
