@@ -195,6 +195,9 @@ BAD = [
     ("- rule: x\n  condition: 'true'\n- rule: x\n  condition: 'true'\n", r"r\.yaml:3: rule 'x': defined twice"),
     ("rule: x\n", r"r\.yaml:1: a rule file is a YAML list"),
     (b"- rule: x\n  description: caf\xe9\n", r"r\.yaml:2: not UTF-8"),
+    ("- rule: x\n  when: open\n  condition: event.file.path.matches('(a')\n",
+     r"r\.yaml:3: rule 'x': invalid regular expression '\(a': missing \)"),
+    ("- rule: x\n  when: open\n  condition: 'true'\n  sandboxes: {name: [a]}\n", r"unknown key 'name' \(did you mean 'names'\?\)"),
 ]
 
 

@@ -26,6 +26,23 @@ except ImportError:  # pragma: no cover - installed with cel-python
     _re2 = None
 
 
+def compile_regex(pattern: str) -> Any:
+    """RE2 as CEL's matches() uses it; quiet (no stderr logging) and capture-free (faster).
+    Raises ValueError with RE2's message when the pattern is invalid."""
+    if _re2 is None:  # pragma: no cover
+        raise ValueError("google-re2 is not installed")
+    options = _re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    try:
+        return _re2.compile(pattern, options)
+    except Exception as exc:
+        message = exc.args[0] if exc.args else exc
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        raise ValueError(str(message)) from None
+
+
 def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
     indexed = any(type(key) is int for key in path)
     if len(path) == 1 and not indexed:
@@ -134,14 +151,56 @@ def _exists(node: Call, scope: str) -> Need | None:
     body = _need(node.args[1], node.args[0].name)
     if body is None:
         return Opaque(lambda data: type(items := get(data)) is list and len(items) > 0)
+    if isinstance(body, FieldTest) and body.path == (ELEMENT,):
+        check = _memoised(_value_check(body))  # e.g. args.exists(a, a.matches(..)): args repeat
+        return Opaque(lambda data: type(items := get(data)) is list and any(map(check, items)))
     test = compile_need(body)
     return Opaque(lambda data: type(items := get(data)) is list and any(test({ELEMENT: i}) for i in items))
+
+
+def _memoised(check: Callable[[Any], bool], size: int = 8192) -> Callable[[Any], bool]:
+    cache: dict[str, bool] = {}
+
+    def memo(value: Any) -> bool:
+        if type(value) is not str:
+            return check(value)
+        known = cache.get(value)
+        if known is None:
+            known = check(value)
+            if len(cache) >= size:
+                cache.clear()
+            cache[value] = known
+        return known
+    return memo
+
+
+def _not_equal(node: Node, field_path: Callable[[Node], Any]) -> Need | None:
+    """`!(f in ["a", ..])`, `!(f == "a")`, `f != "a"` with string literals: exact in Python for a
+    string value; any other value (or a missing field) is left to CEL."""
+    if isinstance(node, Call) and node.function == "!_":
+        inner = node.args[0]
+        if isinstance(inner, Call) and inner.function in ("_in_", "_==_"):
+            left, right = inner.args
+        else:
+            return None
+    elif isinstance(node, Call) and node.function == "_!=_":
+        left, right = node.args
+    else:
+        return None
+    path = field_path(left)
+    values = [right.value] if isinstance(right, Lit) else literal_list(right)
+    if path is None or values is None or not all(isinstance(v, str) for v in values):
+        return None
+    get, excluded = getter(path), frozenset(values)
+    return Opaque(lambda data: type(v := get(data)) is not str or v not in excluded)
 
 
 def _leaf(node: Node, scope: str = "event") -> Need | None:
     field_path = functools.partial(_path, scope=scope)  # noqa: F811 - shadows the module function
     if isinstance(node, Call) and node.function in ("exists", "exists_one"):
         return _exists(node, scope)
+    if isinstance(node, Call) and node.function in ("!_", "_!=_"):
+        return _not_equal(node, field_path)
     if not isinstance(node, Call):
         path = field_path(node)
         if path is not None:  # a bare field used as a condition must be the bool true
@@ -160,8 +219,8 @@ def _leaf(node: Node, scope: str = "event") -> Need | None:
             return FieldTest(target_path, contains={text})
         if fn == "matches" and _re2 is not None:
             try:
-                _re2.compile(text)
-            except Exception:
+                compile_regex(text)
+            except ValueError:
                 return None
             return FieldTest(target_path, regexes={text})
         return None
@@ -222,9 +281,9 @@ def _regex_searches(patterns: list[str]) -> tuple[Callable[[str], Any], ...]:
     if not patterns or _re2 is None:
         return ()
     try:
-        return (_raw_search(_re2.compile("|".join(f"(?:{p})" for p in patterns))),)
-    except Exception:
-        return tuple(_raw_search(_re2.compile(p)) for p in patterns)
+        return (_raw_search(compile_regex("|".join(f"(?:{p})" for p in patterns))),)
+    except ValueError:
+        return tuple(_raw_search(compile_regex(p)) for p in patterns)
 
 
 def _raw_search(compiled: Any) -> Callable[[str], bool]:
@@ -240,50 +299,56 @@ def _raw_search(compiled: Any) -> Callable[[str], bool]:
     return search
 
 
-def _field_predicate(test: FieldTest) -> Predicate:
-    get = getter(test.path)
-    starts, ends = tuple(test.starts), tuple(test.ends)
-    contains, equals = tuple(test.contains), frozenset(test.equals)
-    regexes = _regex_searches(sorted(test.regexes))
+def _value_check(test: FieldTest) -> Callable[[Any], bool]:
+    """The OR of a FieldTest's tests on one value (plain code: this runs for every event)."""
+    starts, ends = tuple(sorted(test.starts)), tuple(sorted(test.ends))
+    contains, equals = tuple(sorted(test.contains)), frozenset(test.equals)
+    searches = _regex_searches(sorted(test.regexes))
+    search = searches[0] if len(searches) == 1 else (
+        (lambda v: any(s(v) for s in searches)) if searches else None)
     items = frozenset(test.has_item)
-    string_checks: list[Predicate] = []
-    if starts:
-        string_checks.append(lambda v: v.startswith(starts))
-    if ends:
-        string_checks.append(lambda v: v.endswith(ends))
-    if equals:
-        string_checks.append(lambda v: v in equals)
-    if contains:
-        string_checks.append(lambda v: any(c in v for c in contains))
-    if regexes:
-        string_checks.append(lambda v: any(search(v) for search in regexes))
-    if len(string_checks) == 1 and not items:
-        (only,) = string_checks
-        if equals and not (starts or ends or contains or regexes):
-            def equal_only(data: dict[str, Any]) -> bool:
-                value = get(data)
-                try:
-                    return value in equals
-                except TypeError:
-                    return False
-            return equal_only
 
-        def one(data: dict[str, Any]) -> bool:
-            value = get(data)
-            return type(value) is str and only(value)
-        return one
-
-    def many(data: dict[str, Any]) -> bool:
-        value = get(data)
+    def check(value: Any) -> bool:
         if type(value) is str:
-            return any(check(value) for check in string_checks)
+            if starts and value.startswith(starts):
+                return True
+            if ends and value.endswith(ends):
+                return True
+            if value in equals:
+                return True
+            for part in contains:
+                if part in value:
+                    return True
+            return search is not None and search(value)
         if items and type(value) in (list, dict):
             return any(item in value for item in items)
         try:
-            return bool(equals) and value in equals
-        except TypeError:
+            return value in equals
+        except TypeError:  # a list or a map compared with literals: CEL says false too
             return False
-    return many
+    return check
+
+
+def _field_predicate(test: FieldTest, cache_size: int = 0) -> Predicate:
+    """Predicate on the event for a FieldTest; with cache_size, string results are memoised
+    (events repeat the same paths: ld.so.cache, libc, the same source files)."""
+    get, check = getter(test.path), _value_check(test)
+    if not cache_size:
+        return lambda data: check(get(data))
+    cache: dict[str, bool] = {}
+
+    def cached(data: dict[str, Any]) -> bool:
+        value = get(data)
+        if type(value) is not str:
+            return check(value)
+        known = cache.get(value)
+        if known is None:
+            known = check(value)
+            if len(cache) >= cache_size:
+                cache.clear()
+            cache[value] = known
+        return known
+    return cached
 
 
 def compile_need(need: Need) -> Predicate:
@@ -369,7 +434,7 @@ def merge_guards(tests: list[FieldTest]) -> Predicate:
     merged = tests[0]
     for test in tests[1:]:
         merged = merged.merge(test)
-    return _field_predicate(merged)
+    return _field_predicate(merged, cache_size=8192)
 
 
 def kinds_of(root: Node) -> set[str] | None:

@@ -17,7 +17,16 @@ from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
 from monitor.policy.errors import PolicyError, PolicyErrors
 from monitor.policy.expand import Expander
 from monitor.policy.loader import ListEntry, MacroEntry, RuleEntry, Selector, expand_paths, load_file
-from monitor.policy.prefilter import MISSING, Guard, Predicate, getter, kinds_of, merge_guards, necessary
+from monitor.policy.prefilter import (
+    MISSING,
+    Guard,
+    Predicate,
+    compile_regex,
+    getter,
+    kinds_of,
+    merge_guards,
+    necessary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +96,22 @@ def event_view(event: Event) -> dict[str, Any]:
                            "source": event.source}
     if event.process:
         out["process"] = event.process
-    for name in ("sandbox", "file", "net", "container", "llm", "detail", "result", "verdict"):
-        value = getattr(event, name)
-        if value is not None:
-            out[name] = value
+    if event.sandbox is not None:
+        out["sandbox"] = event.sandbox
+    if event.file is not None:
+        out["file"] = event.file
+    if event.net is not None:
+        out["net"] = event.net
+    if event.container is not None:
+        out["container"] = event.container
+    if event.llm is not None:
+        out["llm"] = event.llm
+    if event.detail is not None:
+        out["detail"] = event.detail
+    if event.result is not None:
+        out["result"] = event.result
+    if event.verdict is not None:
+        out["verdict"] = event.verdict
     return out
 
 
@@ -161,6 +182,21 @@ def _with_time(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "time": rfc3339(data["time_ns"])}
 
 
+def _invalid_regex(root: ast.Node) -> str | None:
+    """CEL compiles matches("(") and fails at every evaluation: refuse such a rule at load."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if (isinstance(node, ast.Call) and node.function == "matches" and node.args
+                and isinstance(node.args[-1], ast.Lit) and isinstance(node.args[-1].value, str)):
+            try:
+                compile_regex(node.args[-1].value)
+            except ValueError as exc:
+                return f"invalid regular expression {node.args[-1].value[:60]!r}: {exc}"
+        stack.extend(ast.children(node))
+    return None
+
+
 class _Compiler:
     """Turns loaded entries into compiled rules; collects every error (lint wants them all)."""
 
@@ -193,6 +229,10 @@ class _Compiler:
             tree: ast.Node | None = ast.parse(text)
         except (ast.Unsupported, RecursionError):
             tree = None
+        bad_regex = _invalid_regex(tree) if tree is not None else None
+        if bad_regex is not None:
+            self.fail(PolicyError(bad_regex, **where))
+            return None
         when = list(entry.when)
         pinned = kinds_of(tree) if tree is not None else None
         if not when:
