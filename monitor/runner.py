@@ -10,6 +10,7 @@ policy `kill` ended the sandbox.
 
 from __future__ import annotations
 
+import heapq
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from monitor.sinks.console import ConsoleSink
 from monitor.sinks.jsonl import JsonlSink
 
 DRAIN_QUIET_POLLS = 3  # consecutive empty polls that mean the ring buffer is drained
+POLL_MS = 5  # the longest a batched (no-wakeup) record waits in the ring buffer
 
 
 class RunError(Exception):
@@ -126,16 +128,22 @@ class Session:
         self.stop_requested = False
 
     def pump(self, timeout_ms: int) -> int:
-        n = 0
+        batches = []
         for source in self.sources:
-            events = source.poll(timeout_ms if n == 0 else 0)
-            n += len(events)
+            events = source.poll(timeout_ms if not batches else 0)
+            if events:
+                batches.append(events)
+        if len(batches) > 1:
+            # sources are polled in turn: interleave their batches by time (each keeps its own
+            # order), so a model response is judged before the process its tool call started
+            batches = [list(heapq.merge(*batches, key=lambda e: e.time_ns))]
+        for events in batches:
             self.pipeline.process_all(events)
-        return n
+        return sum(len(events) for events in batches)
 
     def run_until(self, done: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
         while not done() and not self.stop_requested:
-            self.pump(50)
+            self.pump(POLL_MS)
             if on_tick is not None:
                 on_tick()
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_agent import API_KEY  # noqa: E402
 from llm_fake_api import TOOL_COMMAND, FakeApi  # noqa: E402
 from monitor_run import RunResult, monitor_run, needs_root  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 TESTS = Path(__file__).resolve().parents[1]
@@ -153,6 +154,32 @@ def test_node_fetch_is_captured(api: FakeApi) -> None:
     assert response["llm"]["tool_calls"][0]["arguments"] == {"command": TOOL_COMMAND}
     assert result.execs("/cat")[0]["process"]["caused_by"] == response["id"]
     no_secret_anywhere(result)
+
+
+def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: FakeApi, tmp_path: Path) -> None:
+    raw: list[bytes] = []
+    journal = tmp_path / "journal"
+    with OtlpReceiver() as rx:
+        rx.store.on_request = lambda _signal, data: raw.append(data)
+        result = monitor_run(agent(api, "openai", "--stream"), "--otlp", rx.http_url, "--journal", str(journal))
+        asked = assert_agent_turn(result, "openai", "gpt-4.1", True)
+        assert rx.store.wait_for(lambda st: any(sp.attributes.get("gen_ai.request.model") for sp in st.spans())
+                                 and any(sp.links for sp in st.spans()), 15), result.stderr[-2000:]
+        spans = rx.store.spans()
+    genai = [sp for sp in spans if sp.attributes.get("gen_ai.request.model") == "gpt-4.1"]
+    assert genai, [sp.name for sp in spans]
+    tool_turn = [sp for sp in genai if sp.attributes.get("gen_ai.response.id") == "chatcmpl-fake1"
+                 and any(e[2].get("gen_ai.tool.name") == "bash" for e in sp.events)]
+    assert tool_turn, [(sp.name, sp.attributes) for sp in genai]
+    span = tool_turn[0]
+    assert span.attributes["gen_ai.usage.input_tokens"] == 42
+    assert span.end_ns > span.start_ns  # from the request to the response
+    linked = [sp for sp in spans for link in sp.links if link[1] == span.span_id]
+    assert linked and any("cat" in sp.name or sp.attributes.get("process.executable.path", "").endswith("/cat")
+                          for sp in linked), [(sp.name, sp.attributes) for sp in linked]
+    assert asked["id"]
+    everything = b"".join(raw) + b"".join(p.read_bytes() for p in journal.rglob("*") if p.is_file())
+    assert raw and API_KEY.encode() not in everything and SECRET_PART.encode() not in everything
 
 
 def test_llm_unit_helpers_are_importable_without_root() -> None:
