@@ -53,7 +53,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
             "tools", "truncated"),
     "detail": ("code", "signal", "uid", "gid", "euid", "suid", "egid", "sgid", "call", "request",
                "target_pid", "name", "flags", "cmd", "source", "target", "fstype", "effective",
-               "permitted", "child_pid", "args_truncated", "bytes"),
+               "permitted", "child_pid", "args_truncated", "bytes", "repeats"),
 }
 
 _ID_PREFIX = os.urandom(4).hex()

@@ -31,6 +31,22 @@ BPF_HASH(stash, u32, struct stash_t, 16384);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, K_MAX);
 
+/* Wake the reader for what a rule may act on at once (exec, connect, privilege...); let plain
+ * file records batch up (user space polls every few ms and consumes without a wakeup) and
+ * force a wakeup every WAKEUP_RECORDS batched records per CPU. A wakeup per open costs more
+ * than the open itself. */
+BPF_PERCPU_ARRAY(unwoken, u32, 1);
+static __always_inline void submit_batched(void *record) {
+    u32 zero = 0;
+    u32 *pending = unwoken.lookup(&zero);
+    u64 flags = BPF_RB_NO_WAKEUP;
+    if (pending && ++(*pending) >= WAKEUP_RECORDS) {
+        *pending = 0;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    bpf_ringbuf_submit(record, flags);
+}
+
 /* The first thing every probe does: is the current task in a watched sandbox? */
 static __always_inline int watched_cgroup(u64 *cg) {
     *cg = bpf_get_current_cgroup_id();

@@ -9,9 +9,55 @@ struct file_event {
     s32 dfd2;
     u32 oflags;
     u32 mode;
+    u32 repeats;            /* opens of the same (process, path, flags) folded into this one */
+    u32 pad;
     char path[PATH_LEN];
     char path2[PATH_LEN];   /* rename only: the record is cut before it otherwise */
 };
+
+/* Repetitive opens: the same process opening the same path with the same flags and outcome
+ * within AGG_WINDOW_NS is counted here, not sent; the next record sent for that key carries
+ * the count (`repeats`), and user space reads what is left at the end. Counted, never lost. */
+struct agg_key {
+    u32 pid;
+    u32 oflags;
+    s32 ok;
+    u32 pad;
+    u64 path_hash;
+};
+struct agg_val {
+    u64 first_ns;
+    u32 suppressed;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct agg_key, struct agg_val, open_agg, 16384);
+
+static __always_inline u64 path_hash(const char *path) {
+    u64 h = 14695981039346656037ULL;   /* FNV-1a */
+    for (int i = 0; i < PATH_LEN; i++) {
+        char c = path[i];
+        if (!c)
+            break;
+        h = (h ^ (u8)c) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* 1 when this open folds into an earlier record (the caller discards it) */
+static __always_inline int fold_open(struct file_event *e) {
+    struct agg_key key = {.pid = e->h.pid, .oflags = e->oflags, .ok = e->h.result >= 0,
+                          .path_hash = path_hash(e->path)};
+    u64 now = e->h.ts;
+    struct agg_val *val = open_agg.lookup(&key);
+    if (val && now - val->first_ns < AGG_WINDOW_NS) {
+        __sync_fetch_and_add(&val->suppressed, 1);
+        return 1;
+    }
+    e->repeats = val ? val->suppressed : 0;
+    struct agg_val fresh = {.first_ns = now};
+    open_agg.update(&key, &fresh);
+    return 0;
+}
 
 static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u64 cg, u32 size, long ret) {
     fill_hdr(&e->h, s->kind, cg, size);
@@ -20,6 +66,8 @@ static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u6
     e->oflags = (u32)s->a[2];
     e->mode = (u32)s->a[3];
     e->dfd2 = (s32)s->a[4];
+    e->repeats = 0;
+    e->pad = 0;
     if (s->kind == K_OPEN2) {   /* openat2: flags and mode live in struct open_how (u64 each) */
         u64 how[2] = {};
         bpf_probe_read_user(how, sizeof(how), (void *)s->a[2]);
@@ -47,7 +95,14 @@ static __always_inline int file_exit(long ret) {
         return 0;
     }
     fill_file(e, &s, cg, size, ret);
-    events.ringbuf_submit(e, 0);
+    if ((s.kind == K_OPEN || s.kind == K_OPEN2) && fold_open(e)) {
+        events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
+    if (s.kind == K_OPEN || s.kind == K_OPEN2)
+        submit_batched(e);
+    else
+        events.ringbuf_submit(e, 0);
     return 0;
 }
 

@@ -72,7 +72,7 @@ def test_exec_record_decodes_args_and_truncation() -> None:
 
 
 def test_file_record_rename_and_relative_hint() -> None:
-    body = struct.pack(f"<iiII{wire.PATH_LEN}s", -100, 5, 0, 0, b"old") + struct.pack(f"<{wire.PATH_LEN}s", b"new")
+    body = struct.pack(f"<iiIIII{wire.PATH_LEN}s", -100, 5, 0, 0, 0, 0, b"old") + struct.pack(f"<{wire.PATH_LEN}s", b"new")
     event = decode_file(Event(kind="rename"), wire.K_RENAME, header(wire.K_RENAME) + body)
     assert event.file == {"path": "old", "new_path": "new", "write": True}
     assert event.hints == {"dfd": -100, "dfd2": 5}

@@ -143,6 +143,7 @@ class Sensor:
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()  # batched records arrive without a wakeup
         return self._decode_batch()
 
     def drain(self) -> list[Event]:

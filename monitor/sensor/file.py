@@ -8,7 +8,7 @@ from monitor.event import Event
 from monitor.sensor import wire
 from monitor.sensor.wire import cstr
 
-_FILE_BODY = struct.Struct(f"<iiII{wire.PATH_LEN}s")
+_FILE_BODY = struct.Struct(f"<iiIIII{wire.PATH_LEN}s")
 _PATH2 = struct.Struct(f"<{wire.PATH_LEN}s")
 AT_FDCWD = -100
 
@@ -42,7 +42,7 @@ def open_flags(flags: int) -> tuple[list[str], bool]:
 
 
 def decode_file(event: Event, kind: int, buf: bytes) -> Event:
-    dfd, dfd2, oflags, mode, raw_path = _FILE_BODY.unpack_from(buf, wire.HDR_SIZE)
+    dfd, dfd2, oflags, mode, repeats, _, raw_path = _FILE_BODY.unpack_from(buf, wire.HDR_SIZE)
     path = cstr(raw_path)
     file: dict[str, object] = {"path": path}
     if kind in (wire.K_OPEN, wire.K_OPEN2):
@@ -63,6 +63,8 @@ def decode_file(event: Event, kind: int, buf: bytes) -> Event:
         file["new_path"] = cstr(raw_new)
         file["write"] = True
     event.file = file
+    if repeats:
+        event.detail = {"repeats": repeats}
     hints: dict[str, int] = {}
     if not path.startswith("/"):
         hints["dfd"] = dfd

@@ -12,7 +12,9 @@ ARG_LEN = 128
 SOCKADDR_LEN = 128
 DNS_LEN = 256
 DENY_PATH_LEN = 248
-NET_DENY_PORTS = 8  # ports per (sandbox, address) deny entry
+NET_DENY_PORTS = 8
+WAKEUP_RECORDS = 256  # batched records wake the reader every this many, per CPU
+AGG_WINDOW_NS = 1_000_000_000  # repeated identical opens fold into one record per second  # ports per (sandbox, address) deny entry
 RINGBUF_PAGES = 4096  # 16 MiB: an exec storm or open storm never waits for user space
 
 # Record kinds on the wire. Several map to one event kind (K_OPEN2 -> open).

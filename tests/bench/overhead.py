@@ -1,0 +1,119 @@
+"""Workload overhead: the same workloads bare, under `monitor run` (default rule pack), and under
+auditd (execve/openat/connect rules), interleaved and repeated in one run; median ratios.
+
+    python -m tests.bench.overhead [--smoke] [--repeats N]
+
+Each workload times its own loop (tests/bench/workload.c), so the monitor's start-up (BPF
+compile and attach, measured separately as `attach_s`) is not counted as workload overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench.common import auditd, build_workload, median, run_bare, run_monitored, save
+
+AGENT_SCRIPT = r"""
+set -e
+start=$(date +%s%N)
+cd "$WORK"
+rm -rf clone && git clone -q "$REPO" clone && cd clone
+gcc -O0 -o hello hello.c && ./hello > /dev/null
+python3 -m unittest -q test_small 2>/dev/null
+end=$(date +%s%N)
+echo $((end - start))
+"""
+
+
+def make_repo(base: Path) -> Path:
+    repo = base / "repo"
+    repo.mkdir()
+    (repo / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("hi");return 0;}\n')
+    (repo / "test_small.py").write_text(
+        "import unittest\nclass T(unittest.TestCase):\n" +
+        "".join(f"    def test_{i}(self):\n        self.assertEqual({i} + 1, {i + 1})\n" for i in range(50)))
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(base), "PATH": "/usr/bin:/bin"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "."],
+                ["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=repo, check=True, env=env)
+    return repo
+
+
+def workloads(binary: str, base: Path, smoke: bool) -> dict[str, list[str]]:
+    scale = 10 if smoke else 1
+    repo = make_repo(base)
+    (base / "work").mkdir()
+    agent = ["env", f"WORK={base / 'work'}", f"REPO={repo}", "HOME=" + str(base), "GIT_CONFIG_NOSYSTEM=1",
+             "bash", "-c", AGENT_SCRIPT]
+    return {"exec storm (2,000 x /bin/true)": [binary, "exec", str(2000 // scale)],
+            "open storm (100,000 open/close)": [binary, "open", str(100_000 // scale)],
+            "connect storm (20,000 loopback)": [binary, "connect", str(20_000 // scale)],
+            "agent workload (clone, cc, tests)": agent}
+
+
+def measure(repeats: int, smoke: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"workloads": {}}
+    with tempfile.TemporaryDirectory(prefix="smbench-") as tmp:
+        base = Path(tmp)
+        binary = build_workload(base)
+        for name, cmd in workloads(binary, base, smoke).items():
+            bare: list[int] = []
+            monitored: list[int] = []
+            audited: list[int] = []
+            summaries: list[dict[str, Any]] = []
+            run_bare(cmd)  # warm caches
+            for _ in range(repeats):  # interleaved: noise hits all three alike
+                bare.append(run_bare(cmd))
+                run = run_monitored(cmd)
+                monitored.append(run.elapsed_ns)
+                summaries.append(run.summary)
+                with auditd() as audit_on:
+                    if audit_on:
+                        audited.append(run_bare(cmd))
+            events = [s.get("events", 0) for s in summaries]
+            lost = [sum((s.get("lost") or {}).values()) for s in summaries]
+            row = {"bare_ms": median(bare) / 1e6, "monitored_ms": median(monitored) / 1e6,
+                   "monitor_overhead_pct": (median(monitored) / median(bare) - 1) * 100,
+                   "events_per_run": median(events), "lost_events_total": sum(lost),
+                   "events_per_s_sustained": median(events) / (median(monitored) / 1e9)}
+            if audited:
+                row["auditd_ms"] = median(audited) / 1e6
+                row["auditd_overhead_pct"] = (median(audited) / median(bare) - 1) * 100
+            results["workloads"][name] = row
+            print(f"{name:36} bare {row['bare_ms']:8.1f} ms  monitor {row['monitor_overhead_pct']:+6.1f}%"
+                  + (f"  auditd {row['auditd_overhead_pct']:+6.1f}%" if audited else "  auditd n/a")
+                  + f"  events {row['events_per_run']:.0f}  lost {row['lost_events_total']}", flush=True)
+    results["attach_s"] = attach_seconds()
+    print(f"probes compiled+attached in {results['attach_s']:.2f} s")
+    return results
+
+
+def attach_seconds() -> float:
+    code = "from monitor.sensor import Sensor; s=Sensor(); print(s.attach_seconds)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([str(root / ".venv/bin/python"), "-c", code], capture_output=True, text=True, cwd=root)
+    return float(out.stdout.strip() or "nan")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tenth of the work, one repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = measure(1 if args.smoke else args.repeats, args.smoke)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if not args.smoke:
+        print(f"saved {save('overhead', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
