@@ -176,7 +176,7 @@ def test_sigkill_mid_stream_keeps_everything_flushed(tmp_path: Path) -> None:
     assert all("torn" in w for w in reader.warnings), reader.warnings
     assert events[0].kind == "sandbox_start"
     kinds = Counter(e.kind for e in events)
-    assert kinds["exec"] >= 50 and kinds["open"] >= 50
+    assert kinds["exec"] >= 20 and kinds["open"] >= 20
     assert not any(r.type == "summary" for r in records)  # it never got to close
     # no .idx for the segment being written: the index is rebuilt by a scan
     [info] = reader.index()
