@@ -407,3 +407,29 @@ def test_export_metrics_report_the_queues(receiver: OtlpReceiver) -> None:
     hist = next(p for p in points if p.metric == m.RULE_EVAL_DURATION.name)
     assert hist.value == 1 and hist.extra["bounds"] == list(m.RULE_EVAL_DURATION.buckets)
     assert all(p.metric in {d.name for d in m.METRICS} for p in points)
+
+
+def test_backlog_sheds_span_events_but_keeps_structure_and_exact_metrics(receiver: OtlpReceiver) -> None:
+    sink = OtlpSink(receiver.http_url, max_queue=200_000, max_span_events=100_000, metric_interval_s=60)
+    t0 = time.time_ns()
+    make = proc(40, 1, "/usr/bin/make")
+    events = [Event("sandbox_start", t0, sandbox=SANDBOX), Event("exec", t0 + 1, process=make, sandbox=SANDBOX)]
+    events += [Event("open", t0 + 2 + i, process=make, file={"path": f"/src/{i}.c"}, sandbox=SANDBOX)
+               for i in range(120_000)]
+    events += [Event("exit", t0 + 200_000, process=make, detail={"code": 0}, sandbox=SANDBOX),
+               Event("sandbox_end", t0 + 300_000, sandbox=SANDBOX)]
+    for event in events:  # far faster than spans can be built: the backlog passes 50,000
+        sink.on_event(event)
+    summary: dict = {}
+    sink.close(summary)
+    stats = summary["sinks"]["otlp"]
+    assert stats["inbox_dropped"] == 0 and stats["span_events_shed"] > 0
+    assert receiver.store.wait_for(lambda s: "make" in by_name(s.spans()), 10)
+    span = by_name(receiver.store.spans())["make"]
+    recorded = sum(1 for name, _, _ in span.events if name == "open")
+    capped = span.events[-1][2][m.EVENTS_CAPPED_PREFIX + "open"]
+    assert recorded + capped == 120_000 and capped >= stats["span_events_shed"]
+    assert span.attributes[m.PROCESS_EXIT_CODE] == 0 and span.end_ns == t0 + 200_000
+    opens = [p.value for p in receiver.store.points()
+             if p.metric == m.EVENTS.name and p.attributes["kind"] == "open"]
+    assert opens[-1] == 120_000  # metrics are counted on the event path: exact

@@ -491,10 +491,12 @@ def _process_attrs(process: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def _event_attrs(event: Event) -> dict[str, Any]:
-    attrs: dict[str, Any] = {m.EVENT_ID: event.id, m.EVENT_KIND: event.kind}
-    if event.process.get("pid") is not None:
-        attrs[m.PROCESS_PID] = event.process["pid"]
+def _event_attrs(event: Event, span_pid: int) -> dict[str, Any]:
+    """A span event's attributes (its name is the kind; the pid only when not the span's own)."""
+    attrs: dict[str, Any] = {m.EVENT_ID: event.id}
+    pid = event.process.get("pid")
+    if pid is not None and pid != span_pid:
+        attrs[m.PROCESS_PID] = pid
     if event.file:
         if event.file.get("path"):
             attrs[m.FILE_PATH] = str(event.file["path"])
@@ -564,6 +566,8 @@ class TraceBuilder:
         self._adopt_lock = threading.Lock()
         self.untraced = 0
         self.late = 0
+        self.shedding = False  # set by the sink while its inbox is backed up
+        self.shed = 0
 
     def adopt(self, sandbox_id: str, ctx: SessionContext) -> None:
         with self._adopt_lock:
@@ -722,11 +726,12 @@ class TraceBuilder:
             proc.destinations[f"{net['address']}:{net.get('port', '')}"] = None
         if event.kind == "dns" and net.get("query") and len(proc.destinations) < _UNIQUE_CAP:
             proc.destinations[f"dns:{net['query']}"] = None
-        if proc.recorded >= self._max_span_events:
+        if proc.recorded >= self._max_span_events or self.shedding:
             proc.capped[event.kind] += 1
+            self.shed += self.shedding
             return
         proc.recorded += 1
-        proc.span.add_event(event.kind, _event_attrs(event), timestamp=event.time_ns)
+        proc.span.add_event(event.kind, _event_attrs(event, proc.pid), timestamp=event.time_ns)
 
     def _end(self, proc: _ProcSpan, end_ns: int) -> None:
         span = proc.span
@@ -915,6 +920,7 @@ class OtlpSink(Sink):
 
         self._inbox: deque[tuple[str, Any]] = deque()
         self._inbox_dropped = 0
+        self._shed_at = max_queue // 4  # past this backlog, file/net span events are only counted
         self._idle = threading.Event()
         self._wake = threading.Event()
         self._errors = 0
@@ -933,14 +939,26 @@ class OtlpSink(Sink):
             self._idle.clear()
             self._wake.set()
 
+    # Counters are updated here, on the caller's thread (a few dict operations), so the metrics
+    # stay exact even when the trace builder falls behind and the inbox drops.
     def on_event(self, event: Event) -> None:
+        self._count(lambda: self._metrics.on_event(event) if self._metrics is not None else None)
         self._put("event", event)
 
     def on_alert(self, alert: Alert) -> None:
+        self._count(lambda: self._metrics.on_alert(alert) if self._metrics is not None else None)
         self._put("alert", alert, reserve=1024)  # alerts may use a little room events may not
 
     def on_action(self, record: ActionRecord) -> None:
+        self._count(lambda: self._metrics.on_action(record) if self._metrics is not None else None)
         self._put("action", record, reserve=1024)
+
+    def _count(self, update: Callable[[], None]) -> None:
+        try:
+            update()
+        except Exception as exc:  # a sink never raises into the pipeline
+            self._errors += 1
+            self._last_error = f"metrics: {type(exc).__name__}: {exc}"
 
     def adopt_session(self, sandbox_id: str, ctx: SessionContext) -> None:
         """Use ctx's trace id and span id for the root span of sandbox `sandbox_id`."""
@@ -974,6 +992,7 @@ class OtlpSink(Sink):
                 self._wake.clear()
                 continue
             kind, item = inbox.popleft()
+            self._traces.shedding = len(inbox) > self._shed_at
             if kind == "close":
                 self._safely(lambda item=item: self._traces.close(item))
                 return
@@ -992,17 +1011,11 @@ class OtlpSink(Sink):
         metrics = self._metrics
         if kind == "event":
             self._traces.on_event(item)
-            if metrics is not None:
-                metrics.on_event(item)
         elif kind == "alert":
             span_context = self._traces.on_alert(item)
-            if metrics is not None:
-                metrics.on_alert(item)
             self._emit_alert_log(item, span_context)
         elif kind == "action":
             self._traces.on_action(item)
-            if metrics is not None:
-                metrics.on_action(item)
         elif kind == "rule_eval" and metrics is not None:
             metrics.record_rule_eval(*item)
         elif kind == "rule_error" and metrics is not None:
@@ -1073,6 +1086,7 @@ class OtlpSink(Sink):
         out: dict[str, Any] = {"endpoint": self._endpoint_text,
                                "protocol": self.endpoint.protocol, "inbox_dropped": self._inbox_dropped,
                                "untraced_events": self._traces.untraced, "late_events": self._traces.late,
+                               "span_events_shed": self._traces.shed,
                                "errors": self._errors}
         for signal, stats in self.export_stats().items():
             if signal != "events":
