@@ -101,12 +101,15 @@ class Store:
     def __init__(self) -> None:
         self.requests: dict[str, list[Any]] = {signal: [] for signal in REQUEST_TYPES}
         self.transports: dict[str, int] = {"grpc": 0, "http": 0}
+        self.headers: list[dict[str, str]] = []  # per request: HTTP headers or gRPC metadata, lower-cased
         self.cond = threading.Condition()
         self.on_request: Callable[[str, bytes], None] | None = None
 
-    def add(self, signal: str, request: Any, transport: str, raw: bytes) -> None:
+    def add(self, signal: str, request: Any, transport: str, raw: bytes,
+            headers: dict[str, str] | None = None) -> None:
         with self.cond:
             self.requests[signal].append(request)
+            self.headers.append(headers or {})
             self.transports[transport] += 1
             self.cond.notify_all()
         if self.on_request is not None:
@@ -187,7 +190,8 @@ class _Servicer:
 
     def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method name
         self._receiver.before_reply()
-        self._receiver.store.add(self._signal, request, "grpc", request.SerializeToString())
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        self._receiver.store.add(self._signal, request, "grpc", request.SerializeToString(), metadata)
         return REQUEST_TYPES[self._signal][1]()
 
 
@@ -288,7 +292,7 @@ def _http_handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 return self._reply(400, b"")
             receiver.before_reply()
-            receiver.store.add(signal, request, "http", body)
+            receiver.store.add(signal, request, "http", body, {k.lower(): v for k, v in self.headers.items()})
             self._reply(200, response_type().SerializeToString())
 
         def _reply(self, status: int, body: bytes) -> None:

@@ -433,3 +433,22 @@ def test_backlog_sheds_span_events_but_keeps_structure_and_exact_metrics(receive
     opens = [p.value for p in receiver.store.points()
              if p.metric == m.EVENTS.name and p.attributes["kind"] == "open"]
     assert opens[-1] == 120_000  # metrics are counted on the event path: exact
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_headers_and_compression_from_arguments_and_otel_variables(
+        receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, transport: str) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=blue")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    url = receiver.http_url if transport == "http" else receiver.grpc_url
+    from_env = OtlpSink(url, signals=("traces",))
+    from_arg = OtlpSink(url, headers={"x-tenant": "red"}, signals=("traces",))
+    for n, sink in enumerate((from_env, from_arg)):
+        feed(sink, session_events(time.time_ns(), {**SANDBOX, "id": f"sb-h{n}"}))
+        sink.close({})
+    assert receiver.store.wait_for(lambda s: len(s.headers) >= 2, 10)
+    tenants = sorted(h.get("x-tenant", "") for h in receiver.store.headers)
+    assert tenants == ["blue", "red"]
+    if transport == "http":
+        assert all(h.get("content-encoding") == "gzip" for h in receiver.store.headers)
+    assert len(receiver.store.spans()) == 6
