@@ -371,7 +371,7 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
                             sandbox=getattr(args, "sandbox", None),
                             since_ns=parse_time(args.since) if getattr(args, "since", None) else None,
                             until_ns=parse_time(args.until) if getattr(args, "until", None) else None)
-    JournalReader(options.journal)  # JournalError now, before rules load
+    _check_sandbox(JournalReader(options.journal), options.sandbox)  # before the rules load
     ruleset = load_replay_rules(options.rules)
     if getattr(args, "otlp", None):
         options.sinks.append(otlp_sink(args.otlp))
@@ -398,6 +398,15 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
     if human:
         _print_replay_report(out, result, diff)
     return 0
+
+
+def _check_sandbox(reader: JournalReader, sandbox: str | None) -> None:
+    if sandbox is None:
+        return
+    known = reader.sandboxes()
+    if sandbox not in known:
+        listed = ", ".join(f"{sid} ({entry.get('name')})" for sid, entry in sorted(known.items())) or "none"
+        raise UsageError(f"--sandbox {sandbox}: not in {reader.path} (sandboxes there: {listed})")
 
 
 def _journal_bytes(path: str) -> int:
@@ -787,9 +796,10 @@ def add_timeline_parser(subparsers: Any) -> argparse.ArgumentParser:
 def timeline_main(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        _check_sandbox(JournalReader(args.journal), getattr(args, "sandbox", None))
         sessions = build_timeline(args.journal, getattr(args, "sandbox", None),
                                   on_warning=lambda w: err.print(f"[yellow]warning:[/] {escape(w)}"))
-    except JournalError as exc:
+    except (JournalError, UsageError) as exc:
         print(f"monitor timeline: {exc}", file=sys.stderr)
         return 1
     if getattr(args, "json", False):

@@ -261,6 +261,9 @@ def test_cli_replay_human_report(journal: Path, tmp_path: Path, capsys: pytest.C
     (["replay", "{journal}", "--since", "soon"], "cannot read time"),
     (["replay", "{journal}", "--json", "{tmp}/no/such/dir/out.json"], "cannot write"),
     (["timeline", "{tmp}/nope"], "no such journal"),
+    (["timeline", "{tmp}", "--sandbox", "sb-aa"], "not a journal (no *.seg segments)"),
+    (["timeline", "{journal}", "--sandbox", "sb-zz"], "sandboxes there: sb-aa (agent-a), sb-bb (agent-b)"),
+    (["replay", "{journal}", "--sandbox", "sb-zz"], "--sandbox sb-zz: not in"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_1(journal: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                argv: list[str], message: str) -> None:

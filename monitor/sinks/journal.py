@@ -709,6 +709,8 @@ class JournalReader:
         self._on_warning = on_warning
         if os.path.isdir(self.path):
             self.segments = _segment_files(self.path)
+            if not self.segments:
+                raise JournalError(f"{self.path}: not a journal (no *{SEGMENT_SUFFIX} segments)")
         elif os.path.isfile(self.path):
             self.segments = [self.path]
         else:
