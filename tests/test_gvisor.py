@@ -352,12 +352,48 @@ def test_live_or_foreign_path_is_refused(tmp_path: Path, sink: TraceSink) -> Non
 def test_registry_identity_for_docker_containers() -> None:
     registry = SandboxRegistry()
     lookup = registry_sandbox_for(registry)
-    provisional = lookup("c" * 64)
-    assert provisional["runtime"] == "gvisor" and provisional["name"] == "c" * 12
+    assert lookup("c" * 64) is None  # not registered (yet)
     registry.add(Sandbox(id="c" * 64, name="agent", runtime="docker", image="busybox", labels={"a": "b"}))
     identity = lookup("c" * 64)
     assert identity["name"] == "agent" and identity["image"] == "busybox" and identity["runtime"] == "gvisor"
     assert lookup("c" * 64) is identity
+
+
+def _container_point(container_id: str, path: str) -> bytes:
+    context = ctx(1)
+    context.container_id = container_id
+    return wire.encode(T.MESSAGE_SYSCALL_OPEN, pb.Open(context_data=context, pathname=path))
+
+
+def test_events_wait_for_the_inventory_then_carry_its_identity(tmp_path: Path) -> None:
+    registry = SandboxRegistry()
+    server = TraceSink(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
+    try:
+        runsc = FakeRunsc(server.path)
+        runsc.reply(server)
+        runsc.send(_container_point("d" * 64, "/first"))
+        runsc.send(_container_point("d" * 64, "/second"))
+        assert poll_until(server, 1, timeout_s=0.3) == []  # held: the engine has not said who it is
+        registry.add(Sandbox(id="d" * 64, name="agent-7", runtime="docker", labels={"team": "ml"}))
+        events = poll_until(server, 2)
+        assert [e.file["path"] for e in events] == ["/first", "/second"]
+        assert all(e.sandbox["name"] == "agent-7" and e.sandbox["labels"] == {"team": "ml"} for e in events)
+    finally:
+        server.close()
+
+
+def test_unknown_container_is_released_with_a_provisional_identity(tmp_path: Path) -> None:
+    server = TraceSink(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(SandboxRegistry()),
+                       hold_unknown_ms=100)
+    try:
+        runsc = FakeRunsc(server.path)
+        runsc.reply(server)
+        runsc.send(_container_point("e" * 64, "/x"))
+        [event] = poll_until(server, 1)
+        assert event.sandbox == {"id": "e" * 64, "name": "e" * 12, "runtime": "gvisor", "labels": {}}
+        assert server.errors["identity_timeout"] == 1
+    finally:
+        server.close()
 
 
 # --- config, install, deny --------------------------------------------------------------------

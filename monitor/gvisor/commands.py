@@ -23,7 +23,8 @@ from monitor.gvisor.install import (
 def _install(args: argparse.Namespace) -> int:
     entry = install_docker_runtime(daemon_json=Path(args.daemon_json), name=args.runtime_name,
                                    runsc=args.runsc, socket_path=Path(args.socket),
-                                   pod_init_config=Path(args.pod_init_config))
+                                   pod_init_config=Path(args.pod_init_config),
+                                   extra_args=args.runsc_arg or [])
     print(f"{args.daemon_json}: runtime {args.runtime_name!r} -> {entry['path']} "
           f"{' '.join(entry['runtimeArgs'])}")
     print(f"containers started with --runtime={args.runtime_name} report to {args.socket} "
@@ -72,4 +73,6 @@ def add_gvisor_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--socket", default=str(DEFAULT_SOCKET), metavar="PATH",
                    help="the trace sink socket the monitor daemon serves")
     p.add_argument("--pod-init-config", default=str(DEFAULT_POD_INIT_CONFIG), metavar="FILE")
+    p.add_argument("--runsc-arg", action="append", metavar="ARG",
+                   help="extra runsc flag for the runtime entry, e.g. --runsc-arg=--network=none (repeatable)")
     p.set_defaults(handler=_handler)

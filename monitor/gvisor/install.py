@@ -61,10 +61,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def runtime_entry(runsc: str, pod_init_config: Path, existing: dict[str, Any] | None = None) -> dict[str, Any]:
+def runtime_entry(runsc: str, pod_init_config: Path, existing: dict[str, Any] | None = None,
+                  extra_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The daemon.json runtime entry: the existing one's other runtimeArgs are kept."""
     entry = dict(existing or {})
     args = [a for a in entry.get("runtimeArgs") or [] if not str(a).startswith(POD_INIT_FLAG)]
+    args += [a for a in extra_args if a not in args]
     entry["path"] = runsc
     entry["runtimeArgs"] = args + [f"{POD_INIT_FLAG}{pod_init_config}"]
     return entry
@@ -72,8 +74,10 @@ def runtime_entry(runsc: str, pod_init_config: Path, existing: dict[str, Any] | 
 
 def install_docker_runtime(*, daemon_json: Path = DAEMON_JSON, name: str = DEFAULT_RUNTIME_NAME,
                            runsc: str | None = None, socket_path: Path = DEFAULT_SOCKET,
-                           pod_init_config: Path = DEFAULT_POD_INIT_CONFIG) -> dict[str, Any]:
-    """Write the pod-init config and the runtime entry; returns the new entry."""
+                           pod_init_config: Path = DEFAULT_POD_INIT_CONFIG,
+                           extra_args: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write the pod-init config and the runtime entry (plus `extra_args` for runsc, e.g.
+    "--network=none"); returns the new entry."""
     runsc_path = runsc or shutil.which("runsc")
     if not runsc_path:
         raise InstallError("runsc not found: install Debian's 'runsc' package (apt-get install runsc)")
@@ -83,7 +87,7 @@ def install_docker_runtime(*, daemon_json: Path = DAEMON_JSON, name: str = DEFAU
         raise InstallError(f"{daemon_json}: \"runtimes\" is not an object")
     pod_init_config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_pod_init_config(pod_init_config, str(socket_path))
-    entry = runtime_entry(runsc_path, pod_init_config, runtimes.get(name))
+    entry = runtime_entry(runsc_path, pod_init_config, runtimes.get(name), extra_args)
     runtimes[name] = entry
     data["runtimes"] = runtimes
     _write_json(daemon_json, data)

@@ -81,6 +81,7 @@ class EventMapper:
 
     def __init__(self, sandbox_for: Callable[[str], dict[str, Any] | None]) -> None:
         self._sandbox_for = sandbox_for  # called per event: the caller caches what is final
+        self.unresolved: dict[str, str] = {}  # event id -> container id the sandbox_for did not know
         self.procs: dict[int, Proc] = {}
         self.container_ids: list[str] = []  # in the order their container/start arrived
         self._exec_paths: dict[int, str] = {}  # tid -> execve's path as the program passed it
@@ -156,8 +157,11 @@ class EventMapper:
     def _event(self, kind: str, ctx: pb.ContextData, proc: Proc | None = None) -> Event:
         proc = proc or self._proc(ctx)
         sandbox = self._sandbox_for(ctx.container_id)
-        return Event(kind=kind, time_ns=ctx.time_ns or time.time_ns(),
-                     process=self._process_map(proc, ctx), sandbox=sandbox, source="gvisor")
+        event = Event(kind=kind, time_ns=ctx.time_ns or time.time_ns(),
+                      process=self._process_map(proc, ctx), sandbox=sandbox, source="gvisor")
+        if sandbox is None:
+            self.unresolved[event.id] = ctx.container_id  # the sink resolves or times it out
+        return event
 
     def _prune(self) -> None:
         if len(self.procs) > MAX_PROCESSES:

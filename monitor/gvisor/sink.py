@@ -14,7 +14,8 @@ import os
 import selectors
 import socket
 import stat
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class Session:
     last_raw_dropped: int = 0
     points: int = 0
     open: bool = True
+    # Events held (in order) until sandbox_for knows their container: (deadline, container id, event)
+    pending: deque[tuple[float, str | None, Event]] = field(default_factory=deque)
 
     def note_dropped(self, raw: int) -> None:
         self.dropped += (raw - self.last_raw_dropped) & 0xFFFFFFFF
@@ -105,17 +108,22 @@ def default_sandbox_for(registry: SandboxRegistry | None = None,
     return sandbox_for
 
 
+def provisional_identity(container_id: str) -> dict[str, Any]:
+    """For a container nobody registered (in time): its id, a short name, the runtime."""
+    return {"id": container_id, "name": container_id[:12] or "gvisor", "runtime": "gvisor", "labels": {}}
+
+
 def registry_sandbox_for(registry: SandboxRegistry) -> Callable[[str], dict[str, Any] | None]:
     """For the daemon: the identity the Docker inventory registered under the container id,
-    marked runtime "gvisor". A container's first points can precede the engine's start event,
-    so until the inventory knows it a provisional identity (id, short name) is used, not cached."""
+    marked runtime "gvisor"; None while the inventory does not know it yet (a container's first
+    points precede the engine's start event), so the sink holds those events (hold_unknown_ms)."""
     marked: dict[str, tuple[Sandbox, dict[str, Any]]] = {}
 
     def sandbox_for(container_id: str) -> dict[str, Any] | None:
         sandbox = registry.by_id(container_id)
         if sandbox is None:
             marked.pop(container_id, None)
-            return {"id": container_id, "name": container_id[:12], "runtime": "gvisor", "labels": {}}
+            return None
         cached = marked.get(container_id)
         if cached is None or cached[0] is not sandbox:
             cached = marked[container_id] = (sandbox, {**sandbox.identity(), "runtime": "gvisor"})
@@ -131,9 +139,13 @@ class TraceSink:
 
     def __init__(self, path: str | os.PathLike[str],
                  sandbox_for: Callable[[str], dict[str, Any] | None] | None = None,
-                 *, backlog: int = 64) -> None:
+                 *, backlog: int = 64, hold_unknown_ms: int = 0) -> None:
+        """`sandbox_for(container_id)` gives event.sandbox; when it returns None the session's
+        events are held, in order, up to `hold_unknown_ms` for it to learn the container, then
+        released with a provisional identity."""
         self.path = Path(path)
         self._sandbox_for = sandbox_for or default_sandbox_for()
+        self.hold_unknown_s = hold_unknown_ms / 1000
         prepare_socket_path(self.path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         old_umask = os.umask(0o177)  # the socket file is created 0600
@@ -156,12 +168,32 @@ class TraceSink:
 
     def poll(self, timeout_ms: int) -> list[Event]:
         events: list[Event] = []
-        for key, _ in self._selector.select(max(timeout_ms, 0) / 1000):
+        holding = any(s.pending for s in self.sessions)
+        timeout_s = max(timeout_ms, 0) / 1000
+        for key, _ in self._selector.select(min(timeout_s, 0.05) if holding else timeout_s):
             if key.data is None:
                 self._accept_all()
             else:
                 self._drain(key.data, events)
+        if holding or any(s.pending for s in self.sessions):
+            self._release(events)
         return events
+
+    def _release(self, events: list[Event]) -> None:
+        """Pending events whose container is now known (or whose wait is over), in order."""
+        now = time.monotonic()
+        for session in self.sessions:
+            pending = session.pending
+            while pending:
+                deadline, container_id, event = pending[0]
+                if container_id is not None:  # None: resolved already, queued to keep the order
+                    identity = self._sandbox_for(container_id)
+                    if identity is None and now < deadline and session.open:
+                        break
+                    if identity is None:
+                        self.errors["identity_timeout"] += 1
+                    event.sandbox = identity or provisional_identity(container_id)
+                events.append(pending.popleft()[2])
 
     def lost(self) -> dict[str, int]:
         return {"gvisor_dropped": sum(s.dropped for s in self.sessions),
@@ -256,6 +288,18 @@ class TraceSink:
             self.errors["unknown_type"] += 1
             return
         try:
-            events.extend(session.mapper.map(point.message_type, point.message))
+            mapped = session.mapper.map(point.message_type, point.message)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError):
             self.errors["malformed"] += 1
+            return
+        unresolved = session.mapper.unresolved
+        if not unresolved and not session.pending:
+            events.extend(mapped)
+            return
+        deadline = time.monotonic() + self.hold_unknown_s
+        for event in mapped:
+            container_id = unresolved.pop(event.id, None)
+            if container_id is None and not session.pending:
+                events.append(event)
+            else:
+                session.pending.append((deadline, container_id, event))
