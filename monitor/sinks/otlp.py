@@ -54,7 +54,7 @@ from monitor.sinks import metrics as m
 log = logging.getLogger("monitor.otlp")
 
 DEFAULT_MAX_QUEUE = 65536       # inbox items (events, alerts, actions) waiting for the builder
-DEFAULT_EXPORT_QUEUE = 16384    # finished spans / log records waiting for export, per signal
+DEFAULT_EXPORT_QUEUE = 8192     # spans / log records waiting for export, per signal (x8: span events)
 DEFAULT_MAX_SPAN_EVENTS = 128   # span events recorded one by one per span; the rest are counted
 _UNIQUE_CAP = 64                # files written / destinations kept per span
 _LRU_CAP = 4096
@@ -180,18 +180,23 @@ def _exporters(ep: Endpoint, headers: Mapping[str, str] | None, timeout: float |
 
 class ExportQueue:
     """Bounded queue + thread in front of one SDK exporter. `put` never blocks; a failed batch is
-    kept and retried with exponential backoff while new items queue (or are dropped, counted)."""
+    kept and retried with exponential backoff while new items queue (or are dropped, counted).
+    Bounded in items and in weight (a span weighs 1 + its span events), so a receiver that is down
+    for long holds a bounded amount of memory."""
 
     def __init__(self, signal: str, exporter: Any, max_queue: int, batch_size: int = 512,
-                 delay_s: float = 0.5, backoff_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+                 delay_s: float = 0.5, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
+                 max_weight: int | None = None) -> None:
         self.signal = signal
         self._exporter = exporter
         self._max_queue = max_queue
+        self._max_weight = max_weight if max_weight is not None else max_queue * 8
+        self._weight = 0
         self._batch_size = batch_size
         self._delay_s = delay_s
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
-        self._items: deque[Any] = deque()
+        self._items: deque[tuple[Any, int]] = deque()
         self._batch: list[Any] = []
         self._wake = threading.Event()
         self._draining = threading.Event()
@@ -206,14 +211,15 @@ class ExportQueue:
         self._thread = threading.Thread(target=self._run, name=f"otlp-export-{signal}", daemon=True)
         self._thread.start()
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, weight: int = 1) -> None:
         if self._abort.is_set():
             self.dropped_shutdown += 1
             return
-        if len(self._items) >= self._max_queue:
+        if len(self._items) >= self._max_queue or self._weight + weight > self._max_weight:
             self.dropped_queue_full += 1
             return
-        self._items.append(item)
+        self._weight += weight
+        self._items.append((item, weight))
         if len(self._items) >= self._batch_size:
             self._wake.set()
 
@@ -231,7 +237,9 @@ class ExportQueue:
                     self._wake.clear()
                     continue
                 count = min(self._batch_size, len(self._items))
-                self._batch = [self._items.popleft() for _ in range(count)]
+                taken = [self._items.popleft() for _ in range(count)]
+                self._weight -= sum(weight for _, weight in taken)
+                self._batch = [item for item, _ in taken]
             if self._send(self._batch):
                 if not self._abort.is_set():
                     self.exported += len(self._batch)
@@ -272,6 +280,7 @@ class ExportQueue:
             self._retry_now.set()
             self.dropped_shutdown += len(self._items) + len(self._batch)
             self._items.clear()
+            self._weight = 0
             self._batch = []
         _shutdown_quietly(self._exporter)
 
@@ -292,7 +301,7 @@ class _SpanQueueProcessor(SpanProcessor):
         self._queue = queue
 
     def on_end(self, span: ReadableSpan) -> None:
-        self._queue.put(span)
+        self._queue.put(span, 1 + len(span.events))
 
 
 class _LogQueueProcessor(LogRecordProcessor):
