@@ -133,3 +133,30 @@ def test_body_over_the_cap_is_truncated_not_kept() -> None:
     conv.feed(True, REQUEST, 1)
     _, finished = conv.feed(False, response(big), 2)
     assert finished[0].response.truncated and len(finished[0].response.body) == MAX_BODY
+
+
+def test_informational_head_and_no_body_responses_frame_correctly() -> None:
+    conv = HttpConversation()
+    head_req = b"HEAD /v1/models HTTP/1.1\r\nHost: h\r\n\r\n"
+    conv.feed(True, REQUEST + head_req + REQUEST, 1)
+    wire = (b"HTTP/1.1 100 Continue\r\n\r\n" + response(b'{"a": 1}')
+            + b"HTTP/1.1 200 OK\r\ncontent-length: 999\r\n\r\n"  # HEAD: a length, no body
+            + b"HTTP/1.1 204 No Content\r\n\r\n")
+    _, finished = conv.feed(False, wire, 2)
+    assert [(f.request.method, f.response.status, f.response.body) for f in finished] == \
+        [("POST", 200, b'{"a": 1}'), ("HEAD", 200, b""), ("POST", 204, b"")]
+
+
+def test_body_until_close_is_complete_at_close() -> None:
+    conv = HttpConversation()
+    conv.feed(True, REQUEST, 1)
+    assert conv.feed(False, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"x\": 1}", 2) == ([], [])
+    (exchange,) = conv.close(3)
+    assert exchange.response.body == b'{"x": 1}' and not exchange.response.truncated
+
+
+def test_more_responses_than_requests_is_not_trusted() -> None:
+    conv = HttpConversation()
+    conv.feed(True, REQUEST, 1)
+    conv.feed(False, response(b"1") + response(b"2"), 2)
+    assert conv.opaque and "more responses" in conv.error

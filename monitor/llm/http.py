@@ -1,7 +1,7 @@
 """HTTP/1.1 reassembly of one TLS connection's plaintext, seen from the side of the process that
-holds it: what it wrote and what it read. h11 does the framing (content-length, chunked,
-keep-alive); this module adds body decoding (gzip, deflate, zstd) and the bookkeeping of a
-passive observer that sees both directions.
+holds it: what it wrote and what it read: framing (content-length, chunked, until close,
+keep-alive, pipelining), body decoding (gzip, deflate, zstd), and the bookkeeping of a passive
+observer that sees both directions.
 
 Credentials never leave this module: Authorization, x-api-key, cookies and the like are dropped
 from the headers the moment a head is parsed.
@@ -12,8 +12,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
-
-import h11
 
 # Headers kept on a parsed message: nothing else is retained, so nothing else can leak.
 KEPT_HEADERS = frozenset({"host", "content-type", "content-encoding", "content-length",
@@ -84,60 +82,147 @@ class _Decoder:
             return b""
 
 
-class _Side:
-    """One direction parsed with h11 as the peer role (requests or responses)."""
+class HttpParseError(ValueError):
+    """The bytes are not HTTP/1.x (or not any more): the connection becomes opaque."""
 
-    def __init__(self, reads_requests: bool) -> None:
+
+_HEAD_END = b"\r\n\r\n"
+MAX_HEAD = 64 * 1024
+_NO_BODY_STATUS = (204, 304)
+
+
+class _Side:
+    """One direction of a connection, parsed as a stream of HTTP/1.x requests or responses.
+
+    A small framing parser (start line, headers, content-length / chunked / until-close bodies):
+    the monitor runs it on every exchange of every watched process, and a general-purpose
+    state machine (h11) cost five times the CPU for the same work."""
+
+    def __init__(self, reads_requests: bool, request_method: Any = None) -> None:
         self.reads_requests = reads_requests
-        self.conn = h11.Connection(h11.SERVER if reads_requests else h11.CLIENT)
+        # responses: (n) -> method of the request the n-th response of this feed call answers
+        self.request_method = request_method
+        self._done_in_call = 0
         self.current: HttpMessage | None = None
         self.decoder: _Decoder | None = None
+        self.damaged = False  # bytes of the message in progress were not captured
+        self._buf = bytearray()
+        self._state = "head"  # head | length | chunk_size | chunk_data | chunk_crlf | trailers | close
+        self._remaining = 0
         self._parts: list[bytes] = []
         self._size = 0
-        self.damaged = False  # bytes of the message in progress were not captured
         self._sse = False      # the message in progress is an event stream
         self._tail = b""       # its last decoded bytes (a terminal marker may straddle chunks)
         self._emitted = False  # it was handed out at its terminal event already
 
-    def expect_response_to(self, method: str) -> None:
-        """Mirror the request the other direction carried, so h11 knows what the reply frames."""
-        self.conn.send(h11.Request(method=method or "GET", target="/",
-                                   headers=[("host", "x"), ("content-length", "0")]))
-        self.conn.send(h11.EndOfMessage())
-
-    def answered(self) -> None:
-        """Mirror a reply so the request side can parse the next request on this connection."""
-        self.conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
-        self.conn.send(h11.EndOfMessage())
-        self.conn.start_next_cycle()
-
     def feed(self, data: bytes, ts: int) -> list[HttpMessage]:
-        """Complete messages in `data`; raises h11.ProtocolError on a stream that is not HTTP."""
+        """Complete messages in `data`; raises HttpParseError on a stream that is not HTTP."""
         done: list[HttpMessage] = []
-        if data:  # h11 takes b"" as end of stream
-            self.conn.receive_data(data)
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            if isinstance(event, h11.Request | h11.Response):
-                self._start(event, ts)
-            elif isinstance(event, h11.Data) and self.current is not None:
-                if self._body(bytes(event.data)) and not self._emitted:
+        buf = self._buf
+        buf += data
+        self._done_in_call = 0
+        while buf:
+            self._done_in_call = len(done)
+            state = self._state
+            if state == "head":
+                end = buf.find(_HEAD_END)
+                if end < 0:
+                    if len(buf) > MAX_HEAD:
+                        raise HttpParseError("head too large")
+                    break
+                head = bytes(buf[:end])
+                del buf[:end + 4]
+                self._start(head, ts)
+                if self._state == "head" and self.current is not None:  # no body
+                    done.append(self._finish(ts))
+            elif state in ("length", "chunk_data", "close"):
+                take = len(buf) if state == "close" else min(self._remaining, len(buf))
+                chunk = bytes(buf[:take])
+                del buf[:take]
+                self._remaining -= take
+                if self._body(chunk) and not self._emitted:
                     self._emitted = True
                     done.append(self._complete(ts))
-            elif isinstance(event, h11.EndOfMessage) and self.current is not None:
-                if not self._emitted:
-                    done.append(self._complete(ts))
-                self._parts, self._size, self.damaged, self._emitted = [], 0, False, False
-                self.current = None
-                if self.reads_requests:
-                    self.answered()
-                elif self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-                    self.conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                break
+                if state != "close" and self._remaining == 0:
+                    if state == "length":
+                        if (msg := self._finish(ts)) is not None:
+                            done.append(msg)
+                    else:
+                        self._state = "chunk_crlf"
+            elif state == "chunk_size":
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    if len(buf) > 1024:
+                        raise HttpParseError("chunk size line too long")
+                    break
+                try:
+                    size = int(bytes(buf[:nl]).split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise HttpParseError("bad chunk size") from None
+                del buf[:nl + 2]
+                self._remaining = size
+                self._state = "chunk_data" if size else "trailers"
+            elif state == "chunk_crlf":
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise HttpParseError("chunk not followed by CRLF")
+                del buf[:2]
+                self._state = "chunk_size"
+            elif state == "trailers":
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    break
+                del buf[:nl + 2]
+                if nl == 0 and (msg := self._finish(ts)) is not None:
+                    done.append(msg)
         return done
+
+    def _start(self, head: bytes, ts: int) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise HttpParseError("bad header line")
+            key = name.decode("latin-1").lower()
+            if key in KEPT_HEADERS:  # nothing else is kept: credentials never leave this loop
+                headers[key] = value.strip().decode("latin-1")
+        if self.reads_requests:
+            if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not parts[0].isalpha():
+                raise HttpParseError("not an HTTP/1.x request line")
+            msg = HttpMessage(True, ts, method=parts[0].decode("latin-1"),
+                              target=parts[1].decode("latin-1"), headers=headers)
+        else:
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() \
+                    or len(parts[1]) != 3:
+                raise HttpParseError("not an HTTP/1.x status line")
+            msg = HttpMessage(False, ts, status=int(parts[1]), headers=headers)
+            if msg.status < 200:  # informational (100 Continue): no body, not the answer
+                return
+        self.current = msg
+        self.decoder = _Decoder(headers.get("content-encoding", ""))
+        self._sse = "text/event-stream" in headers.get("content-type", "")
+        self._tail = b""
+        self._state = self._framing(msg, headers)
+
+    def _framing(self, msg: HttpMessage, headers: dict[str, str]) -> str:
+        if not msg.is_request:
+            method = self.request_method(self._done_in_call) if self.request_method else "GET"
+            if method == "HEAD" or msg.status in _NO_BODY_STATUS:
+                return "head"
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return "chunk_size"
+        if "content-length" in headers:
+            try:
+                self._remaining = int(headers["content-length"])
+            except ValueError:
+                raise HttpParseError("bad content-length") from None
+            if self._remaining < 0:
+                raise HttpParseError("bad content-length")
+            return "length" if self._remaining else "head"
+        return "head" if msg.is_request else "close"
 
     def _complete(self, ts: int) -> HttpMessage:
         assert self.current is not None
@@ -146,27 +231,23 @@ class _Side:
         self.current.truncated |= self.damaged
         return self.current
 
-    def partial(self, ts: int) -> HttpMessage | None:
-        """The message in progress, as far as it got (the connection is closing)."""
-        if self.current is None or self._emitted:
-            return None
-        msg = self._complete(ts)
-        msg.truncated = True
-        self.current = None
+    def _finish(self, ts: int) -> HttpMessage | None:
+        """End of the message in progress: it, unless it was handed out at its terminal event."""
+        msg = None if self._emitted else self._complete(ts)
+        self.current, self._state = None, "head"
+        self._parts, self._size, self.damaged, self._emitted = [], 0, False, False
         return msg
 
-    def _start(self, event: h11.Request | h11.Response, ts: int) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in event.headers if k.decode("latin-1").lower() in KEPT_HEADERS}
-        if isinstance(event, h11.Request):
-            msg = HttpMessage(True, ts, method=event.method.decode("latin-1"),
-                              target=event.target.decode("latin-1"), headers=headers)
-        else:
-            msg = HttpMessage(False, ts, status=event.status_code, headers=headers)
-        self.current = msg
-        self.decoder = _Decoder(headers.get("content-encoding", ""))
-        self._sse = "text/event-stream" in headers.get("content-type", "")
-        self._tail = b""
+    def partial(self, ts: int) -> HttpMessage | None:
+        """The message in progress, as far as it got (the connection is closing). A body that
+        runs until the connection closes is complete then."""
+        if self.current is None or self._emitted:
+            return None
+        until_close = self._state == "close"
+        msg = self._complete(ts)
+        msg.truncated = msg.truncated or not until_close
+        self.current = None
+        return msg
 
     def _body(self, data: bytes) -> bool:
         """Add body bytes; True when an event stream just reached its terminal event."""
@@ -225,7 +306,7 @@ class HttpConversation:
             if outgoing:
                 return self._feed_out(data, ts), self._drain_early()
             return [], self._feed_in(data, ts)
-        except (h11.ProtocolError, AssertionError, ValueError) as exc:
+        except (AssertionError, ValueError) as exc:  # HttpParseError is a ValueError
             self._fail(f"{type(exc).__name__}: {exc}")
             return [], []
 
@@ -241,13 +322,17 @@ class HttpConversation:
                 # a server inside the sandbox, HTTP/2, or another protocol: bytes only
                 self._fail("not an HTTP/1.1 client stream")
                 return []
-            self._out, self._in = _Side(reads_requests=True), _Side(reads_requests=False)
+            self._out = _Side(reads_requests=True)
+            self._in = _Side(reads_requests=False, request_method=self._answered_method)
         started: list[Exchange] = []
         assert self._in is not None
         for request in self._out.feed(data, ts):
             started.append(Exchange(request))
         self._waiting += started
         return started
+
+    def _answered_method(self, index: int) -> str:
+        return self._waiting[index].request.method if index < len(self._waiting) else "GET"
 
     def _drain_early(self) -> list[Exchange]:
         if not self._early or not self._waiting:
@@ -267,17 +352,13 @@ class HttpConversation:
             self._early.append((data, ts))
             return []
         done: list[Exchange] = []
-        while True:
-            if self._in.conn.our_state is h11.IDLE and self._waiting:
-                self._in.expect_response_to(self._waiting[0].request.method)
-            responses = self._in.feed(data, ts)
-            data = b""
-            for response in responses:
-                exchange = self._waiting.pop(0)
-                exchange.response = response
-                done.append(exchange)
-            if not responses or not self._waiting:
-                return done
+        for response in self._in.feed(data, ts):
+            if not self._waiting:
+                raise HttpParseError("more responses than requests")
+            exchange = self._waiting.pop(0)
+            exchange.response = response
+            done.append(exchange)
+        return done
 
     def close(self, ts: int) -> list[Exchange]:
         """The connection is closing: a response cut short is handed out as it got (truncated)."""
