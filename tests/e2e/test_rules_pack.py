@@ -265,3 +265,30 @@ def test_ordinary_agent_workflow_is_quiet(workspace: Path) -> None:
     kinds = result.summary["events_by_kind"]
     assert kinds.get("exec", 0) > 20 and kinds.get("open", 0) > 500, kinds  # the workflow was seen
     assert result.alerts == [], [(a["rule"], a["matched"]) for a in result.alerts]
+
+
+DENY_SCRIPT = (
+    "nc -h 2>/dev/null; echo nc-status=$?; "
+    + NETNS.format("ip addr add 169.254.169.254/32 dev lo && $PY -c \"import socket; "
+                   "print(\\\"connect-errno=%d\\\" % socket.socket().connect_ex((\\\"169.254.169.254\\\", 80)))\""))
+
+
+@pytest.mark.parametrize("audit", [False, True])
+def test_opt_in_enforce_pack_denies_in_the_kernel(workspace: Path, audit: bool) -> None:
+    """rules/enforce: nc is killed before it runs, the metadata connect fails with EPERM (1);
+    with --audit neither is enforced and the alerts say audit."""
+    options = ["--rules", str(DEFAULT_RULES_DIR), "--rules", str(DEFAULT_RULES_DIR / "enforce")]
+    result = monitor_run(DENY_SCRIPT, *options, *(["--audit"] if audit else []), timeout=120,
+                         cwd=str(workspace), env={"PY": PY})
+    assert result.returncode == 0, result.stderr[-2000:]
+    by_rule = {a["rule"]: a for a in result.alerts}
+    exec_deny, net_deny = by_rule["Deny netcat-like tools and miners"], by_rule["Deny cloud metadata endpoints"]
+    if audit:
+        assert "nc-status=0" in result.stdout or "nc-status=1" in result.stdout  # nc ran
+        assert "connect-errno=111" in result.stdout  # ECONNREFUSED: the connect went through
+        assert exec_deny["mode"] == net_deny["mode"] == "audit"
+    else:
+        assert "nc-status=137" in result.stdout  # SIGKILL at exec: nc never ran
+        assert "connect-errno=1" in result.stdout  # EPERM from the cgroup connect4 program
+        assert exec_deny["event"]["verdict"] == net_deny["event"]["verdict"] == "denied"
+        assert "Netcat-like tool run" in by_rule and "Cloud metadata endpoint contacted" in by_rule
