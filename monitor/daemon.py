@@ -425,8 +425,24 @@ class Daemon:
                 self.pipeline.process(item)
             elif what == "added":
                 self.enricher.seed_cgroup(item.cgroup_path)
+                self._apply_denies(item)
             elif what == "removed":
                 self._forget(item)
+            elif what == "reloaded" and item:
+                for sandbox in self.registry.all():
+                    self._apply_denies(sandbox, replace=True)
+
+    def _apply_denies(self, sandbox: Sandbox, replace: bool = False) -> None:
+        """The rules' kernel-compilable `deny` entries into the probes' maps for one sandbox."""
+        if self.sensor is None or not sandbox.cgroup_id:
+            return
+        from monitor.runner import apply_denies
+        try:
+            if replace:
+                self.sensor.clear_denies(sandbox.cgroup_id)
+            apply_denies(self.rules, self.sensor, sandbox)
+        except Exception as exc:  # a sandbox gone meanwhile, a refused attach: the rest go on
+            log.warning("deny rules not applied to %s: %s", sandbox.name, exc)
 
     def _forget(self, sandbox: Sandbox) -> None:
         # Events the container made before it died may still be in the ring buffer: take them
@@ -434,10 +450,15 @@ class Daemon:
         if self.sensor is not None:
             self.pipeline.process_all(self.sensor.poll(0))
             self.sensor.remove_cgroup(sandbox.cgroup_id)
+            with contextlib.suppress(Exception):
+                self.sensor.clear_denies(sandbox.cgroup_id)
+                self.sensor.detach_net_deny(sandbox.cgroup_path)
         self.registry.remove(sandbox.id)
 
     def _on_rules_reloaded(self, ok: bool, error: str | None) -> None:
-        self.reloads[ok] = self.reloads.get(ok, 0) + 1  # RuleSet.reload logs the outcome itself
+        # RuleSet.reload logs the outcome itself; the deny maps follow on the main thread.
+        self.reloads[ok] = self.reloads.get(ok, 0) + 1
+        self._inbox.put(("reloaded", ok))
 
     def health(self) -> tuple[bool, str]:
         age = time.monotonic() - self._heartbeat

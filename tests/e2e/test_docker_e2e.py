@@ -29,6 +29,12 @@ KILL_RULE = """\
   condition: event.file.path.endsWith("/kill-me-marker")
   severity: high
   action: kill
+- rule: E2E deny rev
+  description: test rule - exec of /bin/rev is refused in the kernel.
+  when: [exec]
+  condition: event.process.executable == "/bin/rev"
+  severity: medium
+  action: deny
 """
 
 
@@ -159,6 +165,20 @@ def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched
                     if e.get("Action") == "kill" and e.get("id") == victim]
     assert engine_kills and engine_kills[0]["Actor"]["Attributes"]["signal"] == "9"
     wait_for(lambda: output.events(victim, "sandbox_end"), 15, "sandbox_end after the kill")
+
+
+def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watched):
+    _, output, _ = watched
+    denied = docker_engine.run(["sleep", "600"], name="e2e-denied", labels=AGENT)
+    wait_for(lambda: output.events(denied, "container_start"), 30, "watched")
+    time.sleep(0.5)  # deny maps are loaded on the daemon's next loop pass after discovery
+    result = docker_engine.client.containers.get(denied).exec_run(
+        ["sh", "-c", "echo abc | /bin/rev; echo rc=$?"])
+    assert b"cba" not in result.output and b"rc=137" in result.output, result.output
+    wait_for(lambda: [a for a in output.alerts(denied) if a["rule"] == "E2E deny rev"], 15, "deny alert")
+    alert = next(a for a in output.alerts(denied) if a["rule"] == "E2E deny rev")
+    assert alert["event"].get("verdict") == "denied"
+    assert docker_engine.client.containers.get(denied).status == "running"  # only the exec died
 
 
 def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, watched):
