@@ -215,7 +215,8 @@ class ExportQueue:
         if self._abort.is_set():
             self.dropped_shutdown += 1
             return
-        if len(self._items) >= self._max_queue or self._weight + weight > self._max_weight:
+        too_heavy = self._weight + weight > self._max_weight and self._weight > 0  # one always fits
+        if len(self._items) >= self._max_queue or too_heavy:
             self.dropped_queue_full += 1
             return
         self._weight += weight
