@@ -310,3 +310,28 @@ def test_deny_refused_when_not_kernel_compilable(tmp_path, condition, why):
     path = write(tmp_path, f"- rule: d\n  when: exec\n  action: deny\n  condition: '{condition}'\n")
     with pytest.raises(PolicyError, match=why):
         load_rules([path])
+
+
+def test_rule_watcher_reloads_on_file_change(tmp_path):
+    import threading
+
+    from monitor.policy import RuleWatcher
+
+    path = write(tmp_path, RULES)
+    rules = load_rules([tmp_path])
+    outcomes: list[tuple[bool, str | None]] = []
+    changed = threading.Event()
+    watcher = RuleWatcher(rules, on_reload=lambda ok, err: (outcomes.append((ok, err)), changed.set()),
+                          interval=0.05).start()
+    try:
+        path.write_text(RULES.replace("/usr/bin/socat", "/usr/bin/ncat"))
+        assert changed.wait(5)
+        assert outcomes[-1] == (True, None)
+        assert len(rules.evaluate(exec_event("/usr/bin/ncat"))) == 1
+        changed.clear()
+        (tmp_path / "zz.yaml").write_text("- rule: [broken\n")  # a new bad file in the folder
+        assert changed.wait(5)
+        assert outcomes[-1][0] is False and "zz.yaml:1" in outcomes[-1][1]
+        assert len(rules.evaluate(exec_event("/usr/bin/ncat"))) == 1
+    finally:
+        watcher.stop()

@@ -128,6 +128,8 @@ def _yaml_nodes(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and mark is exc.problem_mark and mark.index >= len(text.rstrip()):
+            mark = exc.context_mark  # "unexpected end of file": where the open construct began
         line = mark.line + 1 if mark else 1
         raise PolicyError(f"YAML error: {exc.problem or exc.context or 'invalid YAML'}", file,
                           line) from None
