@@ -187,3 +187,29 @@ def test_sigkill_mid_stream_keeps_everything_flushed(tmp_path: Path) -> None:
     assert jsonl(replay.stdout)[-1]["events"] == len(events)
     assert cli("timeline", str(journal)).returncode == 0
     assert os.stat(journal).st_mode & 0o777 == 0o700
+
+
+def test_timeline_shows_what_the_model_asked(tmp_path: Path) -> None:
+    """A real SDK agent asks a local model API (real TLS, libssl uprobes) and runs the tool call:
+    the timeline puts "model asked: run ..." above the process the tool call started."""
+    from llm_fake_api import TOOL_COMMAND, FakeApi
+
+    tests = Path(__file__).resolve().parents[1]
+    (tmp_path / "api").mkdir()
+    server = FakeApi(tmp_path / "api").start()
+    try:
+        journal = tmp_path / "journal"
+        proc = cli("run", "--journal", str(journal), "-q", "--", sys.executable, str(tests / "llm_agent.py"),
+                   "--api", "anthropic", "--base-url", server.url, "--ca", str(server.ca_path))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        server.stop()
+    timeline = cli("timeline", str(journal), "--json")
+    assert timeline.returncode == 0, timeline.stderr
+    [doc] = jsonl(timeline.stdout)
+    tool = _find(doc["processes"], lambda p: p["args"] == TOOL_COMMAND.split())
+    assert tool["model_asked"] == f"run {TOOL_COMMAND}"
+    assert tool["caused_by"]
+    text = cli("timeline", str(journal)).stdout.splitlines()
+    asked = next(i for i, line in enumerate(text) if f"model asked: run {TOOL_COMMAND}" in line)
+    assert TOOL_COMMAND in text[asked + 1] and f"pid {tool['pid']}" in text[asked + 1]
