@@ -105,6 +105,7 @@ class Enricher:
         self.linker = linker
         self.procs: dict[int, ProcInfo] = {}
         self._exited: deque[int] = deque()
+        self._bound: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> bind's net map
 
     # -- table maintenance ------------------------------------------------------------
     def seed(self, pid: int) -> ProcInfo:
@@ -151,6 +152,8 @@ class Enricher:
             info.view = None
         elif kind == "exit":
             self._forget_later(info.pid)
+            for key in [k for k in self._bound if k[0] == info.pid]:
+                del self._bound[key]
 
     # -- the stage --------------------------------------------------------------------
     def enrich(self, event: Event) -> None:
@@ -165,7 +168,7 @@ class Enricher:
         self._update(event, info)
         if event.file is not None:
             self._resolve_file(event, info)
-        elif event.kind in ("listen", "bind") and event.net is not None and not event.net.get("port"):
+        elif event.kind in ("listen", "bind") and event.net is not None:
             self._resolve_local(event)
         if self.linker is not None:
             event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
@@ -177,11 +180,22 @@ class Enricher:
         event.process = self._process_view(event, info)
 
     def _resolve_local(self, event: Event) -> None:
+        """listen carries no address: take it from /proc, else from the socket's bind."""
+        net = event.net or {}
         fd = (event.hints or {}).get("fd")
-        local = socket_local_address(event.process["pid"], fd) if fd is not None else None
-        if local is not None and event.net is not None:
-            event.net["address"], event.net["port"] = local
-            event.net.setdefault("family", "inet6" if ":" in local[0] else "inet")
+        key = (event.process["pid"], fd if fd is not None else -1)
+        if event.kind == "bind" and net.get("port"):
+            self._bound[key] = dict(net)
+            return
+        local = socket_local_address(key[0], key[1]) if fd is not None else None
+        if local is not None:
+            net["address"], net["port"] = local
+            net.setdefault("family", "inet6" if ":" in local[0] else "inet")
+        elif event.kind == "listen" and key in self._bound:
+            for name in ("family", "address", "port"):
+                net.setdefault(name, self._bound[key][name])
+        if event.kind == "bind" and net.get("port"):
+            self._bound[key] = dict(net)
 
     def _resolve_file(self, event: Event, info: ProcInfo) -> None:
         hints = event.hints or {}

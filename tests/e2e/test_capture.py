@@ -114,8 +114,9 @@ def test_unix_socket_connect(tmp_path: Path) -> None:
 
 
 def _dns_listener() -> tuple[socket.socket, list[bytes]]:
+    """A UDP port-53 listener on a loopback address of its own (parallel runs never collide)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 53))
+    sock.bind((f"127.53.{os.getpid() % 250}.{int(time.time()) % 250 + 1}", 53))
     got: list[bytes] = []
 
     def serve() -> None:
@@ -132,16 +133,17 @@ def _dns_listener() -> tuple[socket.socket, list[bytes]]:
 
 def test_dns_query_names_sendto_and_connected() -> None:
     sock, got = _dns_listener()
+    address = sock.getsockname()[0]
     code = r"""
 import socket, struct
 def q(name):
     body = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
     return struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + body + struct.pack(">HH", 28, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.sendto(q("exfil.example.test"), ("127.0.0.1", 53))
+s.sendto(q("exfil.example.test"), (ADDRESS, 53))
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.connect(("127.0.0.1", 53)); c.send(q("connected.example.test"))
-"""
+c.connect((ADDRESS, 53)); c.send(q("connected.example.test"))
+""".replace("ADDRESS", repr(address))
     try:
         r = monitor_run([PY, "-c", code], "--no-rules")
     finally:
@@ -149,7 +151,7 @@ c.connect(("127.0.0.1", 53)); c.send(q("connected.example.test"))
     assert r.returncode == 0, r.stderr
     first = one(r.events("dns"), net__query="exfil.example.test")
     assert first["net"]["query_type"] == "AAAA" and first["net"]["port"] == 53
-    assert first["net"]["transport"] == "udp" and first["net"]["address"] == "127.0.0.1"
+    assert first["net"]["transport"] == "udp" and first["net"]["address"] == address
     one(r.events("dns"), net__query="connected.example.test")
 
 
@@ -159,6 +161,7 @@ import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.close()
+import time; time.sleep(0.3)  # the monitor reads a listener's port from /proc
 """
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"port-{os.getpid()}"
     proc = subprocess.Popen([MONITOR, "run", "--json", str(out), "-q", "--no-rules", "--", PY, "-c", code],
