@@ -450,6 +450,7 @@ class ProcNode:
     previous: list[str] = field(default_factory=list)  # images before an exec replaced them
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    llm: list[dict[str, Any]] = field(default_factory=list)  # its model calls (responses; alerted requests)
     alerts: list[str] = field(default_factory=list)
     children: list[ProcNode] = field(default_factory=list)
 
@@ -467,6 +468,7 @@ class ProcNode:
         out["alerts"] = self.alerts
         out["files"] = list(self.files.values())
         out["connections"] = list(self.connections.values())
+        out["llm"] = self.llm
         out["children"] = [c.to_dict() for c in self.children]
         return out
 
@@ -576,14 +578,23 @@ class TimelineBuilder:
         if kind == "sandbox_end":
             session.exit = event.detail
             return
+        text = ""
         if kind == "llm_response" and event.llm:
             text = _tool_call_text(event.llm)
             if text:
                 session.llm_calls[event.id] = text
-            return
         if kind == "sandbox_start" or not event.process:
             return
         alerts = self.alerts_by_event.get(event.id, [])
+        if kind in ("llm_request", "llm_response"):
+            node = self._node(session, event.process, event.time_ns)
+            if node is not None and (kind == "llm_response" or alerts):
+                llm = event.llm or {}
+                node.llm.append({"kind": kind, "id": event.id, "first_ns": event.time_ns,
+                                 "first": rfc3339(event.time_ns), "provider": llm.get("provider"),
+                                 "model": llm.get("model"), "stop_reason": llm.get("stop_reason"),
+                                 "asked": text, "alerts": [rule for rule, _ in alerts]})
+            return
         if kind == "fork" and event.detail and isinstance(event.detail.get("child_pid"), int):
             parent = self._node(session, event.process, event.time_ns)
             child_pid = event.detail["child_pid"]
@@ -711,7 +722,7 @@ def _short(args: list[str], executable: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-MAX_ITEMS_SHOWN = 40  # per process, in the terminal (--json has them all)
+MAX_READS_SHOWN = 20  # plain file reads per process in the terminal (--json has them all)
 
 
 def render_session(session: Session) -> Tree:
@@ -746,17 +757,21 @@ def _render_proc(parent: Tree, node: ProcNode) -> None:
     if node.alerts:
         label += f" [red]⚠ {escape(', '.join(dict.fromkeys(node.alerts)))}[/]"
     branch = parent.add(label)
-    items: list[tuple[int, str]] = []  # (first seen, line): shown in time order, children among them
+    # (first seen, line, always shown): connections, model calls, writes and alerted items always
+    # show; plain reads (mostly libraries) only up to MAX_READS_SHOWN.
+    items: list[tuple[int, str, bool]] = []
     for entry in node.files.values():
-        mark = f" [red]⚠ {escape(', '.join(entry['alerts']))}[/]" if entry["alerts"] else ""
+        mark = _alert_mark(entry["alerts"])
         verdict = f" [red]{entry['verdict']}[/]" if entry.get("verdict") else ""
         times = f" ×{entry['count']}" if entry["count"] > 1 else ""
         new = f" → {escape(str(entry['new_path']))}" if entry.get("new_path") else ""
         style = "red" if entry["alerts"] else ("yellow" if entry["write"] else "")
         path = f"[{style}]{escape(entry['path'])}[/]" if style else escape(entry["path"])
-        items.append((entry["first_ns"], f"[cyan]file[/] {'/'.join(entry['ops'])} {path}{new}{times}{verdict}{mark}"))
+        important = bool(entry["alerts"] or entry["write"] or entry["ops"] != ["read"] or entry.get("verdict"))
+        items.append((entry["first_ns"], f"[cyan]file[/] {'/'.join(entry['ops'])} {path}{new}{times}{verdict}{mark}",
+                      important))
     for entry in node.connections.values():
-        mark = f" [red]⚠ {escape(', '.join(entry['alerts']))}[/]" if entry["alerts"] else ""
+        mark = _alert_mark(entry["alerts"])
         verdict = f" [red]{entry['verdict']}[/]" if entry.get("verdict") else ""
         times = f" ×{entry['count']}" if entry["count"] > 1 else ""
         if entry["kind"] == "dns":
@@ -764,22 +779,36 @@ def _render_proc(parent: Tree, node: ProcNode) -> None:
         else:
             what = (f"{entry['kind']} {entry.get('transport', '')} "
                     f"{escape(str(entry.get('address', '')))}:{entry.get('port', '')}")
-        style = "red" if entry["alerts"] else ""
-        items.append((entry["first_ns"], f"[blue]net[/] [{style}]{what}[/]{times}{verdict}{mark}" if style
-                      else f"[blue]net[/] {what}{times}{verdict}{mark}"))
+        if entry["alerts"]:
+            what = f"[red]{what}[/]"
+        items.append((entry["first_ns"], f"[blue]net[/] {what}{times}{verdict}{mark}", True))
+    for call in node.llm:
+        model = "/".join(str(x) for x in (call.get("provider"), call.get("model")) if x)
+        what = f" → {escape(call['asked'][:120])}" if call.get("asked") else ""
+        stop = f" ({escape(str(call['stop_reason']))})" if call.get("stop_reason") else ""
+        verb = "model answered" if call["kind"] == "llm_response" else "model request"
+        items.append((call["first_ns"], f"[magenta]{verb}[/] {escape(model)}{stop}{what}{_alert_mark(call['alerts'])}",
+                      True))
     items.sort(key=lambda item: item[0])
     children = sorted(node.children, key=lambda c: c.start_ns)
-    shown = 0
-    for time_ns, line in items:
+    reads_hidden = 0
+    reads_shown = 0
+    for time_ns, line, important in items:
         while children and children[0].start_ns <= time_ns:
             _render_proc(branch, children.pop(0))
-        if shown < MAX_ITEMS_SHOWN:
+        if important or reads_shown < MAX_READS_SHOWN:
             branch.add(line)
-        shown += 1
-    if shown > MAX_ITEMS_SHOWN:
-        branch.add(f"[dim]… {shown - MAX_ITEMS_SHOWN} more files/connections (--json has them all)[/]")
+            reads_shown += not important
+        else:
+            reads_hidden += 1
+    if reads_hidden:
+        branch.add(f"[dim]… {reads_hidden} more files read (--json has them all)[/]")
     for child in children:
         _render_proc(branch, child)
+
+
+def _alert_mark(rules: list[str]) -> str:
+    return f" [red]⚠ {escape(', '.join(rules))}[/]" if rules else ""
 
 
 def add_timeline_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -307,6 +307,8 @@ def test_timeline_tree(journal: Path) -> None:
     assert "⚠ Curl run" in lines[asked + 1]
     assert any("/etc/passwd ×2" in line and "⚠ Passwd read" in line for line in lines)
     assert any("net connect tcp 127.0.0.1:9" in line for line in lines)
+    assert any("model answered anthropic/m → run curl http://127.0.0.1:9" in line for line in lines)
+    assert bash.llm[0]["asked"] == "run curl http://127.0.0.1:9"
     html = console.export_html()
     assert "color: #800000" in html or "color: #ff0000" in html  # alerts are red
 
@@ -338,3 +340,26 @@ def test_replay_speed_sanity(tmp_path: Path, rules_a: Path) -> None:
     result = replay_journal(ReplayOptions(str(directory), rules=[str(rules_a)]))
     assert result.events_seen == 20_000 and result.events_evaluated == 0
     assert time.perf_counter() - start < 5
+
+
+def test_timeline_keeps_what_matters_when_a_process_reads_a_lot(tmp_path: Path) -> None:
+    directory = tmp_path / "j"
+    sink = JournalSink(directory, max_bytes=None, max_age_s=None)
+    p = proc(9, 1, "/usr/bin/python3", ["python3", "agent.py"])
+    events = [Event("exec", T0, process=p, sandbox=SB)]
+    events += [Event("open", T0 + i, process=p, sandbox=SB, file={"path": f"/usr/lib/m{i}.py", "write": False})
+               for i in range(1, 31)]
+    events += [Event("open", T0 + 40, process=p, sandbox=SB, file={"path": "/w/late.txt", "write": True}),
+               Event("connect", T0 + 41, process=p, sandbox=SB,
+                     net={"transport": "tcp", "address": "127.0.0.1", "port": 443})]
+    for ev in events:
+        sink.on_event(ev)
+    sink.close()
+    [session] = build_timeline(str(directory))
+    console = Console(record=True, width=200)
+    console.print(render_session(session))
+    text = console.export_text()
+    assert text.count("file read /usr/lib/m") == 20
+    assert "… 10 more files read" in text
+    assert "file write /w/late.txt" in text and "net connect tcp 127.0.0.1:443" in text
+    assert len(session.roots[0].children[0].files) == 31  # --json keeps them all
