@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -255,3 +256,69 @@ def test_freeze_thaw_kill_process_and_kill() -> None:
         sandbox.wait(timeout=30)
         assert sandbox.exit_status() == 137
 
+
+
+@pytest.mark.docker
+def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path) -> None:
+    """`monitor gvisor install` against a real dockerd: a --runtime=runsc container reports to the
+    sink, its events carry the inventory's identity, and a kill rule stops it via the engine."""
+    from monitor.actions import Actions
+    from monitor.gvisor.install import install_docker_runtime, uninstall_docker_runtime
+    from monitor.gvisor.sink import TraceSink, registry_sandbox_for
+    from monitor.pipeline import Pipeline
+    from monitor.policy import DEFAULT_RULES_DIR, load_rules
+    from monitor.sandbox import SandboxRegistry
+    from monitor.sandbox.docker import DockerEnforcer, DockerInventory
+
+    sock = tmp_path / "trace.sock"
+    install_docker_runtime(daemon_json=docker_engine.config_path, socket_path=sock,
+                           pod_init_config=tmp_path / "pod-init.json", extra_args=["--network=none"])
+    rules = tmp_path / "kill.yaml"
+    rules.write_text("""
+- rule: Marker sleep in a container
+  description: test rule
+  when: [exec]
+  condition: '"4242" in event.process.args'
+  severity: high
+  action: kill
+""")
+    registry = SandboxRegistry()
+    sink = TraceSink(sock, sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
+    inventory = DockerInventory(registry, base_url=docker_engine.host, log=lambda _line: None)
+    # As `monitor daemon` does: a runsc container is the engine's to kill.
+    actions = Actions(registry, enforcers={"docker": DockerEnforcer(), "gvisor": DockerEnforcer()})
+    pipeline = Pipeline(None, load_rules([DEFAULT_RULES_DIR, str(rules)]), actions, [])
+    seen = []
+    try:
+        docker_engine.reload()
+        inventory.start()
+        assert inventory.connected.wait(30)
+        # runsc connects to the sink and waits for its handshake while the engine starts the
+        # container, so the start runs on a thread and this one serves the sink.
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(docker_engine.run, ["sh", "-c", "cat /etc/passwd > /dev/null; sleep 4242"],
+                                   name="gv-agent", labels={"team": "ml"}, runtime="runsc")
+            deadline = time.monotonic() + 60
+            state: dict = {"Running": True}
+            while time.monotonic() < deadline:
+                for event in sink.poll(100):
+                    seen.append(event)
+                    pipeline.process(event)
+                if starting.done():
+                    container_id = starting.result()
+                    state = docker_engine.client.api.inspect_container(container_id)["State"]
+                    if pipeline.actions and not state["Running"]:
+                        break
+        assert not state["Running"] and state["ExitCode"] == 137
+    finally:
+        inventory.stop()
+        sink.close()
+        uninstall_docker_runtime(daemon_json=docker_engine.config_path)
+        docker_engine.remove_all()
+    [record] = [r for r in pipeline.actions if r.rule == "Marker sleep in a container"]
+    assert record.outcome == "done" and record.target["sandbox"] == container_id
+    assert seen and all(e.sandbox["id"] == container_id for e in seen)
+    opened = [e for e in seen if e.kind == "open" and e.file["path"] == "/etc/passwd"]
+    assert opened and opened[0].sandbox["name"] == "gv-agent"
+    assert opened[0].sandbox["labels"] == {"team": "ml"} and opened[0].sandbox["image"] == docker_engine.image
+    assert opened[0].sandbox["runtime"] == "gvisor" and opened[0].source == "gvisor"
