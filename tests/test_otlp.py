@@ -452,3 +452,26 @@ def test_headers_and_compression_from_arguments_and_otel_variables(
     if transport == "http":
         assert all(h.get("content-encoding") == "gzip" for h in receiver.store.headers)
     assert len(receiver.store.spans()) == 6
+
+
+def test_fat_spans_fit_grpc_message_limits(receiver: OtlpReceiver) -> None:
+    """300 spans of 128 span events with long paths: ~12 MB, over gRPC's default 4 MiB per message
+    (the receiver keeps grpcio's default, as the Collector does); batches are cut by weight."""
+    sink = OtlpSink(receiver.grpc_url, signals=("traces",), close_timeout=20)
+    t0 = time.time_ns()
+    feed(sink, [Event("sandbox_start", t0, sandbox=SANDBOX)])
+    for pid in range(100, 400):
+        worker = proc(pid, 1, "/usr/bin/cc1")
+        events = [Event("exec", t0 + pid, process=worker, sandbox=SANDBOX)]
+        events += [Event("open", t0 + pid + i, process=worker, sandbox=SANDBOX,
+                         file={"path": f"/work/{'deep/' * 40}{pid}/{i}.h", "flags": ["O_RDONLY", "O_CLOEXEC"]})
+                   for i in range(128)]
+        feed(sink, events)
+        sink.wait_idle(10)  # no backlog, no shedding: every span keeps its 128 events
+    feed(sink, [Event("sandbox_end", t0 + 10**6, sandbox=SANDBOX)])  # all 301 spans end at once
+    summary: dict = {}
+    sink.close(summary)
+    stats = summary["sinks"]["otlp"]["traces"]
+    assert stats["failures"] == 0 and stats["exported"] == 301
+    spans = receiver.store.spans()
+    assert len(spans) == 301 and sum(len(s.events) for s in spans) == 300 * 128

@@ -60,6 +60,7 @@ _UNIQUE_CAP = 64                # files written / destinations kept per span
 _LRU_CAP = 4096
 _FAILING_DRAIN_S = 1.0          # close() waits no longer than this for a receiver already failing
 _ALERT_GRACE_S = 0.2            # an exited process's span waits this long for the exit's alerts
+_BATCH_WEIGHT = 4096            # spans + span events per export request (~1 MiB encoded)
 SIGNALS = ("traces", "metrics", "logs")
 
 # OpenTelemetry log severity numbers: INFO=9, WARN=13, ERROR=17, ERROR2=18, FATAL=21.
@@ -237,10 +238,7 @@ class ExportQueue:
                     self._wake.wait(self._delay_s)
                     self._wake.clear()
                     continue
-                count = min(self._batch_size, len(self._items))
-                taken = [self._items.popleft() for _ in range(count)]
-                self._weight -= sum(weight for _, weight in taken)
-                self._batch = [item for item, _ in taken]
+                self._batch = self._take_batch()
             if self._send(self._batch):
                 if not self._abort.is_set():
                     self.exported += len(self._batch)
@@ -255,6 +253,20 @@ class ExportQueue:
             self._retry_now.wait(backoff)
             self._retry_now.clear()
             backoff = min(backoff * 2, self._backoff_max_s)
+
+    def _take_batch(self) -> list[Any]:
+        """Up to batch_size items and _BATCH_WEIGHT weight (at least one item): a request stays
+        well under a collector's 4 MiB gRPC message limit."""
+        batch: list[Any] = []
+        weight = 0
+        while self._items and len(batch) < self._batch_size:
+            if batch and weight + self._items[0][1] > _BATCH_WEIGHT:
+                break
+            item, item_weight = self._items.popleft()
+            batch.append(item)
+            weight += item_weight
+        self._weight -= weight
+        return batch
 
     def _send(self, batch: Sequence[Any]) -> bool:
         try:
