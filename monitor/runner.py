@@ -171,7 +171,9 @@ def child_env(options: RunOptions, sandbox: Sandbox, extra: dict[str, str]) -> d
     return env
 
 
-def run(options: RunOptions) -> int:
+def run(options: RunOptions, sensor: Any = None) -> int:
+    """Run one sandboxed command. `sensor`: an already attached Sensor to reuse (benchmarks and
+    tests that run many sandboxes); it is left attached afterwards."""
     require_root()
     if options.runtime == "gvisor":
         from monitor.gvisor.run import run_gvisor  # the gVisor path has its own source
@@ -183,10 +185,12 @@ def run(options: RunOptions) -> int:
     policy = load_policy(options)
     from monitor.sensor import Sensor, SensorError
 
-    try:
-        sensor = Sensor()
-    except SensorError as exc:
-        raise RunError(f"{exc} (run `monitor doctor`)") from exc
+    owns_sensor = sensor is None
+    if sensor is None:
+        try:
+            sensor = Sensor()
+        except SensorError as exc:
+            raise RunError(f"{exc} (run `monitor doctor`)") from exc
     sinks = build_sinks(options)
     registry = SandboxRegistry()
     actions = Actions(registry, audit=options.audit)
@@ -196,7 +200,17 @@ def run(options: RunOptions) -> int:
     sensor.add_cgroup(sandbox.cgroup_id)
     apply_denies(policy, sensor, sandbox)
     session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
-    return _run_child(options, sandbox, session, actions, pipeline, sensor)
+    try:
+        return _run_child(options, sandbox, session, actions, pipeline, sensor)
+    finally:
+        for source in session.sources:
+            if source is not sensor:
+                source.close()
+        sensor.detach_net_deny(sandbox.cgroup_path)
+        sensor.clear_denies(sandbox.cgroup_id)
+        cg.remove(sandbox)
+        if owns_sensor:
+            sensor.close()
 
 
 def start_llm(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> list[Any]:
@@ -284,7 +298,4 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     for source in session.sources:
         if hasattr(source, "remove_cgroup"):
             source.remove_cgroup(sandbox.cgroup_id)
-    cg.remove(sandbox)
-    for source in session.sources:
-        source.close()
-    return status
+    return status  # run() closes the sources and removes the sandbox
