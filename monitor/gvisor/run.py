@@ -45,6 +45,10 @@ def run_gvisor(options: RunOptions) -> int:
     def note(record: ActionRecord) -> None:
         if record.action == "kill" and record.outcome == "done":
             killed_by.setdefault(record.target.get("sandbox") or "", record.rule)
+        if record.action == "freeze" and record.outcome == "done":
+            print(f"monitor: sandbox {sandbox.sandbox.id} is FROZEN (quarantined, runsc pause); resolve "
+                  f"with `{sandbox.control_command('resume')}` or `{sandbox.control_command('kill')}`",
+                  file=sys.stderr)
 
     actor = GvisorActor(sandbox, audit=options.audit, on_record=note)
     pipeline = Pipeline(None, policy, actor, sinks)

@@ -272,6 +272,12 @@ class GvisorSandbox:
             return "already_gone"
         raise GvisorError(f"{' '.join(command)}: {result.stderr.strip() or result.returncode}")
 
+    def control_command(self, verb: str) -> str:
+        """The runsc command line a person would type to resume or kill this sandbox."""
+        root, container_id = self._locate() or ("?", "?")
+        args = ["kill", "--all", container_id, "KILL"] if verb == "kill" else [verb, container_id]
+        return " ".join([self.runsc, f"--root={root}", *args])
+
     def kill(self) -> str:
         """Kill every process in the sandbox; runsc then exits and the session ends."""
         if self.proc is None or self.proc.poll() is not None:
