@@ -92,3 +92,10 @@ def test_attribute_names_are_known() -> None:
     assert m.is_known_attribute("sandbox.label.team")
     assert not m.is_known_attribute("alert.rulez")
     assert "service.name" in m.ATTRIBUTES and "text/plain" not in "".join(m.ATTRIBUTES)
+
+
+def test_docs_list_every_metric() -> None:
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "otlp.md").read_text()
+    for metric in m.METRICS:
+        assert f"`{metric.series()[0].removesuffix('_bucket')}`" in doc, metric.name
