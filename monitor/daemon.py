@@ -16,6 +16,10 @@ The config file (YAML; every key optional):
       host: unix:///var/run/docker.sock      # default: $DOCKER_HOST, else this
       watch: all                     # or a label selector: "agent.sandbox=true,team"
       kill_timeout: 2.0              # seconds before a kill falls back to cgroup.kill
+    gvisor:                          # gVisor's trace sessions (Docker's runsc runtime, see
+      enabled: true                  #   `monitor gvisor install`)
+      socket: /run/sandbox-monitor/gvisor.sock
+      hold_unknown_ms: 2000          # a container's first points wait this long for its identity
     cgroups:                         # plain cgroup-v2 directories to watch as sandboxes
       - {path: /sys/fs/cgroup/agents/a1, name: agent-1, labels: {team: ml}}
     sinks:
@@ -54,6 +58,7 @@ from monitor.sinks import Sink
 log = logging.getLogger("monitor.daemon")
 
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_GVISOR_SOCKET = "/run/sandbox-monitor/gvisor.sock"  # = monitor.gvisor.install.DEFAULT_SOCKET
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 HEARTBEAT_STALE_S = 5.0
 POLL_MS = 100
@@ -87,6 +92,9 @@ class DaemonConfig:
     json: str | None = None
     journal: str | None = None
     otlp: str | None = None
+    gvisor_enabled: bool = True
+    gvisor_socket: str = DEFAULT_GVISOR_SOCKET
+    gvisor_hold_ms: int = 2000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
 
@@ -95,6 +103,7 @@ _SCHEMA: dict[str, Any] = {
     "rules": "paths", "audit": bool, "probes": bool,
     "docker": {"enabled": bool, "host": str, "watch": str, "kill_timeout": "seconds"},
     "cgroups": "cgroups",
+    "gvisor": {"enabled": bool, "socket": "path", "hold_unknown_ms": "milliseconds"},
     "sinks": {"json": "path", "journal": "path", "otlp": str},
     "metrics": {"address": str},
 }
@@ -133,6 +142,10 @@ class _Reader:
         if kind is bool:
             if not isinstance(value, bool):
                 raise self.fail(node, f"{what} must be true or false")
+            return value
+        if kind == "milliseconds":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self.fail(node, f"{what} must be a whole number of milliseconds (>= 0)")
             return value
         if kind == "seconds":
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -196,6 +209,12 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         config.cgroups = reader.cgroups(top["cgroups"][1])
     if "docker" in top:
         _docker_section(reader, top["docker"][1], config)
+    if "gvisor" in top:
+        gvisor = reader.mapping(top["gvisor"][1], "gvisor", _SCHEMA["gvisor"])
+        for key, attr in (("enabled", "gvisor_enabled"), ("socket", "gvisor_socket"),
+                          ("hold_unknown_ms", "gvisor_hold_ms")):
+            if key in gvisor:
+                setattr(config, attr, reader.scalar(gvisor[key][1], f"gvisor.{key}", _SCHEMA["gvisor"][key]))
     if "sinks" in top:
         sinks = reader.mapping(top["sinks"][1], "sinks", _SCHEMA["sinks"])
         for key, (_, node) in sinks.items():
@@ -287,6 +306,8 @@ class Daemon:
         self._reload_requested = threading.Event()
         self._heartbeat = time.monotonic()
         self.sensor: Any = None
+        self.gvisor: Any = None
+        self.session: Any = None
         self.inventory: Any = None
         self.metrics_server: Any = None
         self.rule_watcher: Any = None
@@ -310,8 +331,7 @@ class Daemon:
         sinks: list[Sink] = [*self._build_sinks(), self.metrics, AlertLog()]
         self.enricher = Enricher(self.registry)
         self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
-        self.actions = Actions(self.registry, audit=cfg.audit,
-                               enforcers={"docker": self.docker_enforcer})
+        self.actions = Actions(self.registry, audit=cfg.audit, enforcers={"docker": self.docker_enforcer})
         self.pipeline = Pipeline(self.enricher, self.rules, self.actions, sinks)
         try:
             self.metrics_server = serve_metrics(self.metrics, cfg.metrics_port, cfg.metrics_host,
@@ -321,6 +341,10 @@ class Daemon:
                               f"{exc.strerror or exc}") from None
         if cfg.probes:
             self._attach_sensor()
+        if cfg.gvisor_enabled:
+            self._serve_gvisor()
+        from monitor.runner import Session
+        self.session = Session(self.pipeline, [s for s in (self.sensor, self.gvisor) if s is not None])
         for watch in cfg.cgroups:
             self._watch_cgroup(watch)
         if cfg.docker_enabled:
@@ -362,6 +386,20 @@ class Daemon:
             raise DaemonError(f"probes: {exc}") from None
         log.info("probes attached in %.1fs", getattr(self.sensor, "attach_seconds", 0.0))
 
+    def _serve_gvisor(self) -> None:
+        """gVisor's trace sessions: runsc containers report what their programs do here (the
+        host's probes only see gVisor itself). Not fatal when the socket cannot be served."""
+        from monitor.gvisor.sink import SinkError, TraceSink, registry_sandbox_for
+        path = Path(self.config.gvisor_socket)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.gvisor = TraceSink(path, registry_sandbox_for(self.registry),
+                                    hold_unknown_ms=self.config.gvisor_hold_ms)
+        except (SinkError, OSError) as exc:
+            log.warning("gvisor: trace socket not served (%s); runsc containers report nothing", exc)
+            return
+        log.info("gvisor: trace sessions on %s", path)
+
     def _watch_cgroup(self, watch: CgroupWatch) -> None:
         try:
             cgroup_id = os.stat(watch.path).st_ino
@@ -386,9 +424,14 @@ class Daemon:
 
     # inventory callbacks (inventory thread) ---------------------------------------------------
     def _sandbox_added(self, sandbox: Sandbox) -> None:
-        if self.sensor is not None and sandbox.cgroup_id:
+        # gVisor containers report through their trace session; in their cgroup the probes
+        # would only see gVisor's own work.
+        if self.sensor is not None and sandbox.cgroup_id and not self._on_gvisor(sandbox):
             self.sensor.add_cgroup(sandbox.cgroup_id)  # at once: every ms here is unwatched
         self._inbox.put(("added", sandbox))
+
+    def _on_gvisor(self, sandbox: Sandbox) -> bool:
+        return self.inventory is not None and self.inventory.is_gvisor(sandbox.id)
 
     def _sandbox_removed(self, sandbox: Sandbox) -> None:
         self._inbox.put(("removed", sandbox))
@@ -403,8 +446,8 @@ class Daemon:
     def run(self) -> None:
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
-            if self.sensor is not None:
-                self.pipeline.process_all(self.sensor.poll(POLL_MS))
+            if self.session.sources:
+                self.session.pump(POLL_MS)
             else:
                 self._stop.wait(POLL_MS / 1000)
             self._drain_inbox()
@@ -412,8 +455,8 @@ class Daemon:
                 self._reload_requested.clear()
                 ok = self.rules.reload()
                 self._on_rules_reloaded(ok, self.rules.last_reload_error)
-            if self.sensor is not None:
-                self.metrics.record_lost(self.sensor.lost())
+            if self.session.sources:
+                self.metrics.record_lost(self.session.lost())
 
     def _drain_inbox(self) -> None:
         while True:
@@ -423,7 +466,7 @@ class Daemon:
                 return
             if what == "event":
                 self.pipeline.process(item)
-            elif what == "added":
+            elif what == "added" and not self._on_gvisor(item):
                 self.enricher.seed_cgroup(item.cgroup_path)
                 self._apply_denies(item)
             elif what == "removed":
@@ -434,7 +477,7 @@ class Daemon:
 
     def _apply_denies(self, sandbox: Sandbox, replace: bool = False) -> None:
         """The rules' kernel-compilable `deny` entries into the probes' maps for one sandbox."""
-        if self.sensor is None or not sandbox.cgroup_id:
+        if self.sensor is None or not sandbox.cgroup_id or self._on_gvisor(sandbox):
             return
         from monitor.runner import apply_denies
         try:
@@ -447,8 +490,9 @@ class Daemon:
     def _forget(self, sandbox: Sandbox) -> None:
         # Events the container made before it died may still be in the ring buffer: take them
         # with its identity before the registry forgets it.
+        if self.session is not None and self.session.sources:
+            self.session.pump(0)
         if self.sensor is not None:
-            self.pipeline.process_all(self.sensor.poll(0))
             self.sensor.remove_cgroup(sandbox.cgroup_id)
             with contextlib.suppress(Exception):
                 self.sensor.clear_denies(sandbox.cgroup_id)
@@ -469,6 +513,8 @@ class Daemon:
             state = "connected" if self.inventory.connected.is_set() else "unavailable, reconnecting"
             parts.append(f"docker {state} ({self.inventory.base_url})")
         parts.append("probes attached" if self.sensor is not None else "probes off")
+        if self.gvisor is not None:
+            parts.append(f"gvisor sessions: {self.gvisor.open_sessions}")
         return True, "; ".join(parts)
 
     # shutdown ---------------------------------------------------------------------------------
@@ -479,17 +525,18 @@ class Daemon:
             self.rule_watcher.stop()
         summary: dict[str, Any] = {}
         if hasattr(self, "pipeline"):
-            if self.sensor is not None:
-                self.pipeline.process_all(self.sensor.poll(0))
+            if self.session is not None and self.session.sources:
+                self.session.drain()
             self._drain_inbox()
             summary = self.pipeline.summary()
-            if self.sensor is not None:
-                summary["lost"] = self.sensor.lost()
+            if self.session is not None and self.session.sources:
+                summary["lost"] = self.session.lost()
             self.pipeline.close(summary)
-        if self.sensor is not None:
-            with contextlib.suppress(Exception):
-                self.sensor.close()
-            self.sensor = None
+        for source in (self.gvisor, self.sensor):
+            if source is not None:
+                with contextlib.suppress(Exception):
+                    source.close()
+        self.sensor = self.gvisor = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

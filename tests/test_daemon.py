@@ -43,6 +43,7 @@ def test_full_config(tmp_path):
           host: unix:///run/docker.sock
           watch: "agent.sandbox=true,team"
           kill_timeout: 1.5
+        gvisor: {enabled: true, socket: run/gv.sock, hold_unknown_ms: 500}
         cgroups:
           - {path: /sys/fs/cgroup/agents/a1, name: agent-1, labels: {team: ml}}
           - path: /sys/fs/cgroup/agents/a2
@@ -63,6 +64,8 @@ def test_full_config(tmp_path):
     assert config.json == str(tmp_path / "out/events.jsonl")
     assert config.journal == "/var/lib/sm/journal" and config.otlp == "http://127.0.0.1:4317"
     assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9999)
+    assert (config.gvisor_enabled, config.gvisor_socket, config.gvisor_hold_ms) == (
+        True, str(tmp_path / "run/gv.sock"), 500)
 
 
 def test_empty_config_is_defaults(tmp_path):
@@ -86,6 +89,7 @@ def test_empty_config_is_defaults(tmp_path):
     ("- just\n- a list\n", 1, "must be a mapping"),
     ("audit: true\naudit: false\n", 2, "duplicate key 'audit'"),
     ("sinks:\n  json: out.jsonl\n  otlp: ftp://collector\n", 3, "sinks.otlp: OTLP endpoint"),
+    ("gvisor:\n  hold_unknown_ms: 1.5\n", 2, "whole number of milliseconds"),
 ])
 def test_config_errors_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(ConfigError) as info:
@@ -158,6 +162,7 @@ def daemon_files(tmp_path):
         docker: {{enabled: false}}
         sinks: {{json: {tmp_path / 'out.jsonl'}}}
         metrics: {{address: "127.0.0.1:0"}}
+        gvisor: {{socket: {tmp_path / 'run' / 'gvisor.sock'}}}
         """))
     return config, rules / "site.yaml", tmp_path / "out.jsonl"
 
@@ -168,7 +173,10 @@ def test_daemon_serves_health_and_metrics_reloads_and_stops(tmp_path, daemon_fil
     try:
         status, body = daemon.get("/healthz")
         assert status == 200 and body.startswith("ok: 0 sandboxes watched"), body
-        assert "probes off" in body
+        assert "probes off" in body and "gvisor sessions: 0" in body
+        sock = tmp_path / "run" / "gvisor.sock"
+        assert sock.is_socket() and oct(sock.stat().st_mode & 0o777) == "0o600"
+        assert oct(sock.parent.stat().st_mode & 0o777) == "0o700"
         status, body = daemon.get("/metrics")
         assert status == 200 and "sandbox_monitor_events_total" in body
         assert daemon.get("/nope")[0] == 404

@@ -144,6 +144,10 @@ class RecordedEngine:
     def inspect_image(self, ref):
         return {"RepoDigests": []}
 
+    def info(self):
+        return {"Runtimes": {"runc": {"path": "runc"}, "smrunc": {"path": "/tmp/dk/runc-wrap"},
+                             "gvisor-traced": {"path": "/usr/bin/runsc", "runtimeArgs": ["--platform=ptrace"]}}}
+
 
 def make_inventory(selector=None):
     registry = SandboxRegistry()
@@ -290,3 +294,15 @@ def test_an_odd_container_document_does_not_stop_the_watch():
                                 "Actor": {"ID": good["Id"]}})
     assert len(lines) == 1 and "not handled: KeyError" in lines[0]
     assert [s.id for s in added] == [good["Id"]]
+
+
+def test_runsc_runtime_container_is_marked_gvisor():
+    doc = inspect_doc("plain")
+    gvisor = dict(doc, Id="e" * 64, Name="/gv", HostConfig={**doc["HostConfig"], "Runtime": "gvisor-traced"})
+    inv, registry, added, _, _ = make_inventory()
+    inv.reconcile(RecordedEngine({doc["Id"]: doc, gvisor["Id"]: gvisor}))
+    assert {s.name for s in added} == {"plain", "gv"}
+    assert all(s.runtime == "docker" for s in added)  # the engine kills both
+    assert inv.is_gvisor(gvisor["Id"]) and not inv.is_gvisor(doc["Id"])
+    inv.remove(gvisor["Id"])
+    assert not inv.is_gvisor(gvisor["Id"])

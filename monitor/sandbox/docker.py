@@ -183,6 +183,8 @@ class DockerInventory:
         self.remove_from_registry = remove_from_registry
         self.resolve_cgroup = resolve_cgroup or self._cgroup_of_pid
         self._ids: set[str] = set()  # container ids this inventory registered
+        self._engine_runtimes: dict[str, str] = {}  # runtime name -> binary path, per engine
+        self._gvisor_ids: set[str] = set()  # containers on a runsc runtime
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -319,6 +321,9 @@ class DockerInventory:
                      "directory (exited already?); not watched")
             return None
         sandbox = sandbox_from_inspect(inspect, cgroup, self._repo_digests(client, inspect))
+        if self._is_gvisor(client, (inspect.get("HostConfig") or {}).get("Runtime")):
+            with self._lock:
+                self._gvisor_ids.add(container_id)
         with self._lock:
             if container_id in self._ids:
                 return None
@@ -331,6 +336,24 @@ class DockerInventory:
                         process={"pid": sandbox.root_pid} if sandbox.root_pid else {}))
         self.emit(container_start_event(inspect, sandbox))
         return sandbox
+
+    def is_gvisor(self, container_id: str) -> bool:
+        """The container runs on a runsc runtime: its programs' events come from gVisor's trace
+        session (the sandbox stays runtime "docker": the engine kills it; the trace source marks
+        its events' identity "gvisor"), and in its cgroup the host's probes see only gVisor."""
+        with self._lock:
+            return container_id in self._gvisor_ids
+
+    def _is_gvisor(self, client: docker.APIClient, runtime_name: str | None) -> bool:
+        if not runtime_name:
+            return False
+        if runtime_name not in self._engine_runtimes:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                runtimes = client.info().get("Runtimes") or {}
+                self._engine_runtimes = {name: str((entry or {}).get("path") or name)
+                                         for name, entry in runtimes.items()}
+        path = self._engine_runtimes.get(runtime_name, runtime_name)
+        return "runsc" in os.path.basename(path) or "runsc" in runtime_name
 
     def _cgroup_of_pid(self, pid: int) -> CgroupRef | None:
         return cgroup_of_pid(pid, self.cgroup_root) if self.cgroup_root and pid > 0 else None
@@ -348,6 +371,7 @@ class DockerInventory:
             if container_id not in self._ids:
                 return None
             self._ids.discard(container_id)
+            self._gvisor_ids.discard(container_id)
         _engine_of.pop(container_id, None)
         sandbox = (self.registry.remove(container_id) if self.remove_from_registry
                    else self.registry.by_id(container_id))
