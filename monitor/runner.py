@@ -163,6 +163,14 @@ class Session:
         return lost
 
 
+def monitor_cost() -> dict[str, float]:
+    """The monitor's own CPU seconds and peak RSS so far (for the summary and benchmarks)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
 def child_env(options: RunOptions, sandbox: Sandbox, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
@@ -292,7 +300,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary = pipeline.summary()
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
-                    "lost": session.lost(), "killed_by": killed_by,
+                    "lost": session.lost(), "killed_by": killed_by, "monitor": monitor_cost(),
                     "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()}})
     pipeline.close(summary)
     for source in session.sources:

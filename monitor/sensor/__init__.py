@@ -38,6 +38,12 @@ class SensorError(RuntimeError):
     pass
 
 
+def _release_compiler_memory() -> None:
+    """clang/LLVM leave tens of MB of freed heap behind after a compile: give it back."""
+    with contextlib.suppress(OSError, AttributeError):
+        ct.CDLL("libc.so.6").malloc_trim(0)
+
+
 def bpf_source(probe_dir: Path = PROBES_DIR) -> str:
     return wire.c_defines() + "".join((probe_dir / name).read_text() for name in PROBE_FILES)
 
@@ -56,6 +62,7 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"BPF compile/attach failed: {exc}") from exc
         self.attach_seconds = time.monotonic() - started
+        _release_compiler_memory()
         self._watched = self.bpf["watched"]
         self._lost = self.bpf["lost"]
         self._records: list[bytes] = []

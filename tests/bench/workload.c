@@ -55,6 +55,23 @@ int main(int argc, char **argv) {
                 close(fd);
         }
         end = now_ns();
+    } else if (!strcmp(argv[1], "open-distinct")) {
+        /* N opens of distinct missing paths at RATE per second (defeats in-kernel folding) */
+        long rate = argc > 3 ? atol(argv[3]) : 0;
+        char path[64];
+        start = now_ns();
+        for (long i = 0; i < n; i++) {
+            snprintf(path, sizeof(path), "/nonexistent/capacity/%ld", i);
+            int fd = open(path, O_RDONLY);
+            if (fd >= 0)
+                close(fd);
+            if (rate > 0 && (i % 64) == 63) {
+                long long due = start + (i + 1) * 1000000000LL / rate;
+                while (now_ns() < due) {
+                }
+            }
+        }
+        end = now_ns();
     } else if (!strcmp(argv[1], "connect")) {
         int server = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

@@ -1,0 +1,101 @@
+"""Capacity and cost of the monitor itself.
+
+  capacity  distinct opens (no in-kernel folding) at rising rates through `monitor run` with the
+            default pack: events/s that reach rule evaluation with 0 lost, where loss starts, and
+            the lost count (exact, from the kernel's per-probe counters) beyond it
+  cost      the monitor's CPU seconds and peak RSS per 100k events (from its summary)
+  sandboxes RSS of one monitor watching 100 concurrent sandboxes (one sensor, one pipeline each)
+  start     probes compiled and attached (bcc), seconds
+
+    python -m tests.bench.capacity [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench.common import build_workload, run_monitored, save
+
+RATES = (25_000, 50_000, 100_000, 200_000, 400_000)
+
+
+def capacity(binary: str, smoke: bool) -> dict[str, Any]:
+    rows = []
+    duration_s = 0.5 if smoke else 2.0
+    for rate in RATES[:2] if smoke else RATES:
+        n = int(rate * duration_s)
+        run = run_monitored([binary, "open-distinct", str(n), str(rate)])
+        s = run.summary
+        lost = sum((s.get("lost") or {}).values())
+        opens = (s.get("events_by_kind") or {}).get("open", 0)
+        cost = s.get("monitor") or {}
+        rows.append({"offered_per_s": rate, "achieved_per_s": round(n / (run.elapsed_ns / 1e9)),
+                     "opens_seen": opens, "lost": lost, "monitor_cpu_s": cost.get("cpu_s"),
+                     "monitor_max_rss_mb": cost.get("max_rss_mb"),
+                     "cpu_s_per_100k_events": round(cost.get("cpu_s", 0) / max(s.get("events", 1), 1) * 1e5, 2)})
+        print(f"offered {rate:>7}/s achieved {rows[-1]['achieved_per_s']:>7}/s  seen {opens:>7}  lost {lost:>7}"
+              f"  monitor cpu {cost.get('cpu_s')} s rss {cost.get('max_rss_mb')} MB", flush=True)
+    clean = [r["offered_per_s"] for r in rows if r["lost"] == 0]
+    lossy = [r["offered_per_s"] for r in rows if r["lost"] > 0]
+    return {"rows": rows, "max_rate_without_loss": max(clean, default=0),
+            "loss_starts_at": min(lossy, default=None)}
+
+
+def sandboxes_rss(count: int) -> dict[str, Any]:
+    """One monitor process (sensor + enrich + policy) watching `count` live sandboxes."""
+    code = f"""
+import os, subprocess, resource
+from monitor.sensor import Sensor
+from monitor.sandbox import SandboxRegistry, cgroup as cg
+from monitor.enrich import Enricher
+from monitor.pipeline import Pipeline
+from monitor.policy import load_rules, DEFAULT_RULES_DIR
+sensor = Sensor(); registry = SandboxRegistry()
+pipeline = Pipeline(Enricher(registry), load_rules([DEFAULT_RULES_DIR]), None, [])
+boxes, procs = [], []
+for i in range({count}):
+    box = cg.create(f"rss-{{i}}"); registry.add(box); sensor.add_cgroup(box.cgroup_id); boxes.append(box)
+    procs.append(subprocess.Popen(["bash", "-c", "for i in 1 2 3; do /bin/true; done; sleep 3"], preexec_fn=cg.joiner(box)))
+for _ in range(60):
+    pipeline.process_all(sensor.poll(50))
+import psutil
+info = psutil.Process().memory_full_info()
+for box in boxes: cg.remove(box)
+print(info.rss / 2**20, info.uss / 2**20, sum(pipeline.events_by_kind.values()))
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([str(root / ".venv/bin/python"), "-c", code], capture_output=True, text=True, cwd=root)
+    rss, uss, events = out.stdout.split()[-3:]
+    print(f"{count} concurrent sandboxes: monitor RSS {float(rss):.0f} MB, USS {float(uss):.0f} MB"
+          f" (RSS counts libLLVM/libbcc pages shared with every other bcc process) ({events} events)")
+    return {"sandboxes": count, "rss_mb": round(float(rss), 1), "uss_mb": round(float(uss), 1),
+            "events": int(events)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="capacity and cost of the monitor")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("capacity: needs root")
+        return {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="smcap-") as tmp:
+        binary = build_workload(Path(tmp))
+        result = {"capacity": capacity(binary, args.smoke),
+                  "sandboxes": sandboxes_rss(10 if args.smoke else 100)}
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if not args.smoke:
+        print(f"saved {save('capacity', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
