@@ -475,3 +475,17 @@ def test_fat_spans_fit_grpc_message_limits(receiver: OtlpReceiver) -> None:
     assert stats["failures"] == 0 and stats["exported"] == 301
     spans = receiver.store.spans()
     assert len(spans) == 301 and sum(len(s.events) for s in spans) == 300 * 128
+
+
+def test_stragglers_after_the_end_are_counted_and_a_restart_is_a_new_trace(receiver: OtlpReceiver) -> None:
+    sink = OtlpSink(receiver.http_url, signals=("traces",))
+    t0 = time.time_ns()
+    first = session_events(t0)
+    straggler = Event("open", t0 + 20_000, process=proc(10, 1, "/bin/sh"), file={"path": "/x"}, sandbox=SANDBOX)
+    feed(sink, [*first, straggler, *session_events(t0 + 10**6)])  # same sandbox id: a restarted container
+    summary: dict = {}
+    sink.close(summary)
+    assert summary["sinks"]["otlp"]["late_events"] == 1
+    assert receiver.store.wait_for(lambda s: len(s.spans()) >= 6, 10)
+    roots = [s for s in receiver.store.spans() if not s.parent_span_id]
+    assert len(roots) == 2 and roots[0].trace_id != roots[1].trace_id

@@ -590,6 +590,7 @@ class TraceBuilder:
         self.late = 0
         self.shedding = False  # set by the sink while its inbox is backed up
         self.shed = 0
+        self._with_pending: set[str] = set()  # sandbox ids with exited processes' spans to end
 
     def adopt(self, sandbox_id: str, ctx: SessionContext) -> None:
         with self._adopt_lock:
@@ -605,8 +606,10 @@ class TraceBuilder:
         session = self._sessions.get(sandbox_id)
         if session is None:
             if sandbox_id in self._finished:
-                self.late += 1
-                return None
+                if event.kind != "sandbox_start":  # a restarted container is a new session
+                    self.late += 1
+                    return None
+                del self._finished[sandbox_id]
             session = self._start_session(dict(sandbox or {}), event.time_ns)
             self._sessions[sandbox_id] = session
         return session
@@ -634,8 +637,7 @@ class TraceBuilder:
 
     # events
     def on_event(self, event: Event) -> None:
-        for session in self._sessions.values():
-            self._flush(session)
+        self.flush_pending()
         session = self._session(event)
         if session is None:
             return
@@ -718,6 +720,7 @@ class TraceBuilder:
         proc.end_at = event.time_ns
         proc.end_queued = time.monotonic()
         session.pending_end.append(proc)
+        self._with_pending.add(str(session.sandbox["id"]))
 
     def _flush(self, session: _Session, older_than_s: float = 0.0) -> None:
         """End the spans of exited processes. Alerts on an event arrive before the next event, so
@@ -737,8 +740,12 @@ class TraceBuilder:
         session.pending_end[:] = keep
 
     def flush_pending(self, older_than_s: float = 0.0) -> None:
-        for session in self._sessions.values():
-            self._flush(session, older_than_s)
+        for sandbox_id in list(self._with_pending):
+            session = self._sessions.get(sandbox_id)
+            if session is not None:
+                self._flush(session, older_than_s)
+            if session is None or not session.pending_end:
+                self._with_pending.discard(sandbox_id)
 
     def _span_event(self, proc: _ProcSpan, event: Event) -> None:
         file, net = event.file or {}, event.net or {}
