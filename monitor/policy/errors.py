@@ -14,7 +14,7 @@ class PolicyError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
-        where = f"{self.file}:{self.line}: " if self.file else ""
+        where = (f"{self.file}:{self.line}: " if self.line > 0 else f"{self.file}: ") if self.file else ""
         who = f"rule {self.rule!r}: " if self.rule else ""
         return f"{where}{who}{self.message}"
 

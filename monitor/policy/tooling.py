@@ -98,8 +98,9 @@ def lint(paths: list[str], out: TextIO | None = None) -> int:
             messages.append(str(PolicyError(problem, rule.file, rule.line, rule.name)))
     for message in messages:
         print(message, file=out)
+    if len(messages) > 1:
+        print(f"{len(messages)} problems", file=out)
     if messages:
-        print(f"{len(messages)} problem(s)", file=out)
         return 1
     print(f"ok: {len(rules)} rules", file=out)
     return 0
