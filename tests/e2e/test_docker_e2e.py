@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -90,15 +91,36 @@ def watched(docker_engine, tmp_path_factory):
           json: {tmp / 'out.jsonl'}
         metrics:
           address: 127.0.0.1:0
+        gvisor:
+          socket: {tmp / 'gvisor.sock'}
         """))
     daemon = DaemonProcess(config, tmp / "daemon.log")
     output = Output(tmp / "out.jsonl")
+    gvisor_runtime = _install_runsc(docker_engine, tmp)
     try:
-        yield daemon, output, early
+        yield daemon, output, early, gvisor_runtime
     finally:
         code = daemon.stop()
         docker_engine.remove_all()
+        if gvisor_runtime:
+            from monitor.gvisor.install import uninstall_docker_runtime
+            uninstall_docker_runtime(daemon_json=docker_engine.config_path, name=gvisor_runtime)
         assert code == 0, daemon.log()
+
+
+GVISOR_RUNTIME = "runsc-e2e"
+
+
+def _install_runsc(docker_engine, tmp: Path) -> str | None:
+    """runsc as an engine runtime whose trace session reports to the daemon's socket."""
+    if shutil.which("runsc") is None:
+        return None
+    from monitor.gvisor.install import install_docker_runtime
+    install_docker_runtime(daemon_json=docker_engine.config_path, name=GVISOR_RUNTIME,
+                           socket_path=tmp / "gvisor.sock", pod_init_config=tmp / "pod-init.json",
+                           extra_args=["--network=none"])
+    docker_engine.reload()
+    return GVISOR_RUNTIME
 
 
 def docker_exec(docker_engine, container_id: str, script: str) -> int:
@@ -107,7 +129,7 @@ def docker_exec(docker_engine, container_id: str, script: str) -> int:
 
 
 def test_events_of_a_container_found_at_start_carry_its_identity(docker_engine, watched):
-    daemon, output, early = watched
+    daemon, output, early, _ = watched
     wait_for(lambda: output.events(early, "container_start"), 30, "container_start of e2e-early")
     docker_exec(docker_engine, early,
                 "cat /etc/passwd > /dev/null; echo x > /tmp/e2e-written; "
@@ -131,7 +153,7 @@ def test_events_of_a_container_found_at_start_carry_its_identity(docker_engine, 
 
 
 def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, watched):
-    _, output, _ = watched
+    _, output, _, _ = watched
     image_id = docker_engine.client.images.get(docker_engine.image).id
     priv = docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True)
     hardened = docker_engine.client.containers.run(
@@ -148,7 +170,7 @@ def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, w
 
 
 def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched):
-    _, output, _ = watched
+    _, output, _, _ = watched
     victim = docker_engine.run(["sleep", "600"], name="e2e-victim", labels=AGENT)
     wait_for(lambda: output.events(victim, "container_start"), 30, "victim watched")
     since = int(time.time()) - 1
@@ -168,7 +190,7 @@ def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched
 
 
 def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watched):
-    _, output, _ = watched
+    _, output, _, _ = watched
     denied = docker_engine.run(["sleep", "600"], name="e2e-denied", labels=AGENT)
     wait_for(lambda: output.events(denied, "container_start"), 30, "watched")
     time.sleep(0.5)  # deny maps are loaded on the daemon's next loop pass after discovery
@@ -181,8 +203,26 @@ def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watc
     assert docker_engine.client.containers.get(denied).status == "running"  # only the exec died
 
 
+def test_gvisor_container_reports_through_its_trace_session(docker_engine, watched):
+    _, output, _, gvisor_runtime = watched
+    if gvisor_runtime is None:
+        pytest.skip("runsc not installed (scripts/setup.sh installs it)")
+    cid = docker_engine.run(["sh", "-c", "cat /etc/passwd > /dev/null; sleep 600"], name="e2e-gvisor",
+                            labels={**AGENT, "team": "gv"}, runtime=gvisor_runtime)
+
+    def opened() -> list[dict]:
+        return [e for e in output.events(cid, "open") if e["file"]["path"] == "/etc/passwd"]
+    wait_for(opened, 60, "the gVisor container's open of /etc/passwd")
+    event = opened()[0]
+    assert event["source"] == "gvisor" and event["sandbox"]["runtime"] == "gvisor"
+    assert event["sandbox"]["name"] == "e2e-gvisor" and event["sandbox"]["labels"] == {**AGENT, "team": "gv"}
+    # the host's probes were not pointed at gVisor's own processes
+    assert [e for e in output.events(cid) if e["source"] == "ebpf"] == []
+    assert output.events(cid, "container_start")
+
+
 def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, watched):
-    daemon, output, _ = watched
+    daemon, output, _, _ = watched
     docker_engine.stop_daemon()
     try:
         def docker_down() -> bool:
