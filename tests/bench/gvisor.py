@@ -9,7 +9,9 @@ Workloads (inside `runsc --network=none do`):
   opens           python3 opening one file in a loop (repeats folded by the mapper, see mapping.py)
   distinct_opens  python3 opening distinct files under /usr/share (one event per open)
   execs           a shell running /bin/true in a loop (clone + exec + exit + the loader's opens)
-Each is run `repeat` times alternating bare / traced; medians are compared. Prints one JSON object.
+Each is run `repeat` times alternating bare / traced-without-rules / traced; medians are compared:
+wall-time ratio, the sandbox's own CPU ratio (what the trace session costs gVisor itself, robust
+on a busy host) and the monitor's CPU. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -58,8 +61,16 @@ def load_policy() -> Any:
     return load_rules([DEFAULT_RULES_DIR])
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(cmd: list[str], traced: bool, policy: Any) -> dict[str, Any]:
+    """Wall time, the sandbox's CPU (runsc and its children, reaped: RUSAGE_CHILDREN) and the
+    monitor's own CPU (this process: the sink, decoding, rules)."""
     pipeline = Pipeline(None, policy, None, [])
+    children0, self0 = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     started = time.perf_counter()
     with GvisorSandbox(cmd, "bench", trace=traced) as sandbox:
         while not sandbox.finished:
@@ -71,24 +82,30 @@ def run_once(cmd: list[str], traced: bool, policy: Any) -> dict[str, Any]:
         lost = sandbox.lost()
     if status != 0:
         raise SystemExit(f"workload {cmd[:2]} exited {status}")
-    return {"wall_s": wall, "events": sum(pipeline.events_by_kind.values()),
+    return {"wall_s": wall, "sandbox_cpu_s": _cpu(resource.RUSAGE_CHILDREN) - children0,
+            "monitor_cpu_s": _cpu(resource.RUSAGE_SELF) - self0,
+            "events": sum(pipeline.events_by_kind.values()),
             "dropped": lost.get("gvisor_dropped", 0), "malformed": lost.get("gvisor_malformed", 0)}
 
 
 def compare(name: str, cmd: list[str], repeat: int, policy: Any) -> dict[str, Any]:
-    bare: list[float] = []
+    bare: list[dict[str, Any]] = []
     decode_only: list[float] = []
     traced: list[dict[str, Any]] = []
     for _ in range(repeat):
-        bare.append(run_once(cmd, False, policy)["wall_s"])
+        bare.append(run_once(cmd, False, policy))
         decode_only.append(run_once(cmd, True, None)["wall_s"])
         traced.append(run_once(cmd, True, policy))
-    bare_s = statistics.median(bare)
+    bare_s = statistics.median(b["wall_s"] for b in bare)
     traced_s = statistics.median(t["wall_s"] for t in traced)
+    bare_cpu = statistics.median(b["sandbox_cpu_s"] for b in bare)
+    traced_cpu = statistics.median(t["sandbox_cpu_s"] for t in traced)
     events = max(t["events"] for t in traced)
     return {"workload": name, "bare_s": round(bare_s, 3), "traced_s": round(traced_s, 3),
             "ratio": round(traced_s / bare_s, 3), "overhead_pct": round((traced_s / bare_s - 1) * 100, 1),
             "ratio_without_rules": round(statistics.median(decode_only) / bare_s, 3),
+            "sandbox_cpu_ratio": round(traced_cpu / bare_cpu, 3) if bare_cpu else None,
+            "monitor_cpu_s": round(statistics.median(t["monitor_cpu_s"] for t in traced), 3),
             "events": events, "events_per_s": round(events / traced_s),
             "dropped": sum(t["dropped"] for t in traced), "malformed": sum(t["malformed"] for t in traced)}
 
