@@ -29,10 +29,11 @@ _SKIP = object()
 
 
 def _paths_through_index(root: ast.Node) -> list[tuple[str, ...]]:
-    """Field paths, reading `event.a.b[0].c` as a.b.c (list elements share the list's fields)."""
+    """Field paths, reading `event.a.b[0].c` as a.b.c (list items share the list's fields), and a
+    comprehension variable as its list (`event.process.ancestors.exists(p, p.exe ..)`: ancestors.exe)."""
     found: list[tuple[str, ...]] = []
 
-    def path_of(node: ast.Node) -> tuple[str, ...] | None:
+    def path_of(node: ast.Node, scope: dict[str, tuple[str, ...]]) -> tuple[str, ...] | None:
         parts: list[str] = []
         while True:
             if isinstance(node, ast.Select):
@@ -45,16 +46,29 @@ def _paths_through_index(root: ast.Node) -> list[tuple[str, ...]]:
                 break
         if isinstance(node, ast.Ident) and node.name == "event" and parts:
             return tuple(reversed(parts))
+        if isinstance(node, ast.Ident) and node.name in scope:
+            return scope[node.name] + tuple(reversed(parts))
         return None
 
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        path = path_of(node)
+    def walk(node: ast.Node, scope: dict[str, tuple[str, ...]]) -> None:
+        path = path_of(node, scope)
         if path is not None:
-            found.append(path)
-            continue
-        stack.extend(ast.children(node))
+            if path:
+                found.append(path)
+            return
+        if (isinstance(node, ast.Call) and node.function in ast.COMPREHENSIONS and node.target is not None
+                and node.args and isinstance(node.args[0], ast.Ident)):
+            walk(node.target, scope)
+            target = path_of(node.target, scope)
+            inner = {**scope, node.args[0].name: target} if target else \
+                {k: v for k, v in scope.items() if k != node.args[0].name}
+            for arg in node.args[1:]:
+                walk(arg, inner)
+            return
+        for child in ast.children(node):
+            walk(child, scope)
+
+    walk(root, {})
     return found
 
 
