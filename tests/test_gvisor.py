@@ -475,3 +475,25 @@ def test_deny_rules_are_refused_with_a_reason() -> None:
     messages = deny_rules_refused([Rule("ok", "kill"), Rule("no miners", "deny"), {"rule": "d", "action": "deny"}])
     assert len(messages) == 2 and "no miners" in messages[0] and DENY_REFUSED in messages[0]
     assert "host kernel never sees" in DENY_REFUSED
+
+
+@pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc not installed (scripts/setup.sh installs it)")
+def test_actor_refuses_deny_and_honours_audit(tmp_path: Path) -> None:
+    from monitor.event import Alert, Event
+    from monitor.gvisor.runner import GvisorActor, GvisorSandbox
+
+    sandbox = GvisorSandbox(["/bin/true"], "actor", runtime_base=tmp_path)  # never started
+    event = Event(kind="exec", process={"pid": 3}, sandbox=sandbox.sandbox.identity(), source="gvisor")
+    actor = GvisorActor(sandbox)
+
+    def alert(action: str, mode: str = "enforce") -> Alert:
+        return Alert(rule=f"r-{action}", severity="high", action=action, tags=[], event=event, mode=mode)
+
+    assert actor.take(alert("alert")) is None
+    denied = actor.take(alert("deny"))
+    assert denied.outcome == "refused" and denied.message == DENY_REFUSED
+    assert actor.take(alert("kill", mode="audit")).outcome == "audit"
+    assert actor.take(alert("kill")).outcome == "already_gone"
+    record = actor.take(alert("kill_process"))
+    assert record.target == {"sandbox": sandbox.sandbox.id, "pid": 3} and record.outcome == "already_gone"
+    assert GvisorActor(sandbox, audit=True).take(alert("freeze")).outcome == "audit"
