@@ -497,3 +497,22 @@ def test_actor_refuses_deny_and_honours_audit(tmp_path: Path) -> None:
     record = actor.take(alert("kill_process"))
     assert record.target == {"sandbox": sandbox.sandbox.id, "pid": 3} and record.outcome == "already_gone"
     assert GvisorActor(sandbox, audit=True).take(alert("freeze")).outcome == "audit"
+
+
+def test_stale_session_dirs_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    from monitor.gvisor.runner import cleanup_stale
+
+    stale = tmp_path / "gv-dead"
+    stale.mkdir()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dead.bind(str(stale / "trace.sock"))
+    dead.close()
+    (stale / "pod-init.json").write_text("{}")
+    live_dir = tmp_path / "gv-live"
+    live_dir.mkdir()
+    server = TraceSink(live_dir / "trace.sock")
+    try:
+        assert cleanup_stale(tmp_path) == ["gv-dead"]
+        assert not stale.exists() and (live_dir / "trace.sock").exists()
+    finally:
+        server.close()

@@ -29,7 +29,7 @@ import psutil
 
 from monitor.event import ActionRecord, Alert, Event
 from monitor.gvisor.config import write_pod_init_config
-from monitor.gvisor.sink import SinkError, TraceSink
+from monitor.gvisor.sink import SinkError, TraceSink, prepare_socket_path
 from monitor.sandbox import Sandbox, SandboxRegistry
 
 RUNSC_MISSING = ("runsc not found: gVisor is not installed; install Debian's 'runsc' package "
@@ -67,6 +67,25 @@ def runtime_dir(base: str | os.PathLike[str] | None = None) -> Path:
         raise GvisorError(f"{path}: owned by uid {st.st_uid}, not us; refusing to use it")
     os.chmod(path, 0o700)
     return path
+
+
+def cleanup_stale(base: Path) -> list[str]:
+    """Remove session dirs a dead monitor left (no live server on any socket in them)."""
+    removed = []
+    for session_dir in sorted(base.glob("gv-*")):
+        sockets = list(session_dir.glob("*.sock"))
+        try:
+            for sock in sockets:
+                prepare_socket_path(sock)  # unlinks a stale socket, raises on a live one
+        except SinkError:
+            continue
+        for leftover in session_dir.glob("*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            session_dir.rmdir()
+            removed.append(session_dir.name)
+    return removed
 
 
 def deny_rules_refused(rules: Iterable[Any]) -> list[str]:
@@ -140,6 +159,7 @@ class GvisorSandbox:
         if executable is None:
             self.not_found = True  # like a shell: 127, and nothing is started
             return
+        cleanup_stale(self.dir.parent)
         self.dir.mkdir(mode=0o700)
         argv = [self.runsc, f"--network={self.network}", *self.runsc_args]
         if self.trace:
