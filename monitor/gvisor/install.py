@@ -165,7 +165,7 @@ def doctor_checks(daemon_json: Path = DAEMON_JSON) -> list[Check]:
         ok, detail = platform_works(runsc, "ptrace")
         checks.append(Check("gVisor platform ptrace", ok, "starts a sandbox" if ok else detail))
         if os.path.exists("/dev/kvm"):
-            ok, detail = platform_works(runsc, "kvm")
+            ok, detail = platform_works(runsc, "kvm", timeout_s=5.0)
             checks.append(Check("gVisor platform kvm", ok, "starts a sandbox" if ok else detail))
         else:
             checks.append(Check("gVisor platform kvm", False, "no /dev/kvm", "ptrace is used"))
