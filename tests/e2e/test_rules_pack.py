@@ -255,6 +255,15 @@ sed -i 's/hello/world/' src/hello.c && cc -O2 -o hello src/hello.c && ./hello >/
 grep -rn add src >/dev/null; ls -la >/dev/null; find . -name '*.py' >/dev/null
 git add -A && git commit -qm "first" && git log --oneline >/dev/null && git status --short >/dev/null
 rm -rf build && mkdir build && cp hello build/ && rm -rf build
+printf 'all: hello\nhello: src/hello.c\n\tcc -o hello src/hello.c\nclean:\n\trm -f hello\n' > Makefile
+make -s clean && make -s >/dev/null
+git checkout -q -b feature && echo '// note' >> src/hello.c && git diff >/dev/null && git stash -q && git stash pop -q
+git commit -qam "note" && git checkout -q - && git merge -q --no-edit feature >/dev/null
+tar czf $WS/src.tgz src && mkdir -p $WS/unpacked && tar xzf $WS/src.tgz -C $WS/unpacked && rm -rf $WS/unpacked $WS/src.tgz
+/usr/bin/python3 -m venv --without-pip $WS/venv && $WS/venv/bin/python -c 'import sys; print(sys.prefix)' >/dev/null
+rm -rf $WS/venv
+if command -v node >/dev/null; then node -e 'console.log(1 + 1)' >/dev/null; npm --version >/dev/null; fi
+if command -v pip >/dev/null; then pip --version >/dev/null; fi
 """
 
 
