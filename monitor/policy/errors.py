@@ -18,11 +18,3 @@ class PolicyError(Exception):
         who = f"rule {self.rule!r}: " if self.rule else ""
         return f"{where}{who}{self.message}"
 
-
-class PolicyErrors(PolicyError):
-    """Several errors found in one pass (lint reports them all; load raises the first)."""
-
-    def __init__(self, errors: list[PolicyError]) -> None:
-        self.errors = errors
-        first = errors[0]
-        super().__init__(first.message, first.file, first.line, first.rule)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.policy.ast import Call, Ident, ListLit, Lit, Node, Select, field_path, literal_list
+from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
 
 Predicate = Callable[[dict[str, Any]], bool]
 MISSING = object()
@@ -455,4 +455,4 @@ def kinds_of(root: Node) -> set[str] | None:
     return walk(need)
 
 
-__all__ = ["necessary", "kinds_of", "getter", "MISSING", "ListLit"]
+__all__ = ["MISSING", "compile_regex", "getter", "kinds_of", "merge_guards", "necessary"]

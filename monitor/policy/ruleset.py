@@ -14,7 +14,7 @@ from monitor.event import KINDS, Alert, Event, rfc3339
 from monitor.policy import ast
 from monitor.policy.deny import DenySpec, NotCompilable, compile_deny
 from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
-from monitor.policy.errors import PolicyError, PolicyErrors
+from monitor.policy.errors import PolicyError
 from monitor.policy.expand import Expander
 from monitor.policy.loader import ListEntry, MacroEntry, RuleEntry, Selector, expand_paths, load_file
 from monitor.policy.prefilter import (
@@ -475,4 +475,4 @@ class RuleWatcher:
             self._thread.join(timeout=5)
 
 
-__all__ = ["Rule", "RuleSet", "RuleWatcher", "load_rules", "lint_paths", "PolicyErrors"]
+__all__ = ["Rule", "RuleSet", "RuleWatcher", "event_view", "lint_paths", "load_rules"]
