@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import re
+import shutil
 import struct
 import subprocess
 import time
@@ -75,6 +76,21 @@ def system_libssl() -> list[str]:
             path = line.split("=>", 1)[1].strip()
             if os.path.exists(path) and os.path.realpath(path) not in map(os.path.realpath, found):
                 found.append(path)
+    return found
+
+
+# Runtimes that link OpenSSL statically and export its symbols (Node: for native addons). The
+# coding agents most often run on Node, so it is attached at start, not at its first exec.
+STATIC_TLS_RUNTIMES = ("node", "nodejs")
+
+
+def static_tls_runtimes() -> list[str]:
+    """The host's Node binaries (resolved on PATH, deduplicated)."""
+    found: list[str] = []
+    for name in STATIC_TLS_RUNTIMES:
+        path = shutil.which(name)
+        if path and os.path.realpath(path) not in found:
+            found.append(os.path.realpath(path))
     return found
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from monitor.event import Event
 from monitor.llm.http import Exchange, HttpConversation
-from monitor.llm.probe import DIR_CLOSE, DIR_WRITE, TlsProbe, TlsRecord, system_libssl
+from monitor.llm.probe import DIR_CLOSE, DIR_WRITE, TlsProbe, TlsRecord, static_tls_runtimes, system_libssl
 from monitor.llm.providers import RequestInfo, parse_request, parse_response
 from monitor.llm.redact import CAPTURE_MODES, DEFAULT_CAPTURE, apply_capture
 
@@ -203,7 +203,7 @@ class LlmSource:
             raise ValueError("llm capture is off: do not create an LlmSource")
         self.probe = TlsProbe(chunk=chunk, max_chunks=max_chunks, ringbuf_pages=ringbuf_pages)
         self.decoder = TlsDecoder(capture, self.probe.mono_to_wall, chunk * max_chunks)
-        for path in system_libssl():
+        for path in system_libssl() + static_tls_runtimes():
             self.probe.attach(path)
         self.cgroups: dict[int, str | None] = {}
         self.scan_interval_s = scan_interval_s
