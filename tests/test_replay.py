@@ -199,6 +199,17 @@ def test_otlp_reexport_reaches_a_real_receiver(journal: Path, rules_a: Path) -> 
     assert min(sp.start_ns for sp in roots) == T0  # the recorded times, not the replay's
 
 
+def test_cli_otlp_flag_exports_the_sessions(journal: Path, rules_a: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with OtlpReceiver() as receiver:
+        assert main(["replay", str(journal), "--rules", str(rules_a), "--otlp", receiver.http_url,
+                     "--sandbox", "sb-bb", "--json", "-"]) == 0
+        assert receiver.store.wait_for(lambda s: any(not sp.parent_span_id for sp in s.spans()), timeout=20)
+        roots = [sp for sp in receiver.store.spans() if not sp.parent_span_id]
+    assert [sp.name for sp in roots] == ["sandbox agent-b"]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["events"] == 15
+
+
 def test_otlp_bad_url_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         otlp_sink("ftp://127.0.0.1:1")
