@@ -142,6 +142,7 @@ class TlsProbe:
         self.bpf["tls_events"].open_ring_buffer(self._on_record)
         self._checked: dict[tuple[int, int], bool] = {}  # file identity -> has SSL_write
         self.attached_paths: list[str] = []
+        self.attach_errors: list[str] = []  # failures other than "this file has no such symbol"
         self.mono_to_wall = time.time_ns() - time.monotonic_ns()
 
     def _on_record(self, _ctx: object, data: int, size: int) -> None:
@@ -161,7 +162,9 @@ class TlsProbe:
                 if ret:
                     self.bpf.attach_uretprobe(name=path, sym=sym, fn_name=ret)
                 attached += 1
-            except Exception:  # bcc raises plain Exception when a symbol is absent
+            except Exception as exc:  # bcc raises plain Exception, a missing symbol included
+                if "could not determine address of symbol" not in str(exc):
+                    self.attach_errors.append(f"{path}: {sym}: {exc}")
                 continue
         has_ssl = attached > 0
         self._checked[key] = has_ssl

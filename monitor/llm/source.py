@@ -263,7 +263,7 @@ class LlmSource:
 
     def stats(self) -> dict[str, Any]:
         return {**dict(self.decoder.counters), "attached": list(self.probe.attached_paths),
-                "capture": self.decoder.capture}
+                "attach_errors": list(self.probe.attach_errors[-10:]), "capture": self.decoder.capture}
 
     def close(self) -> None:
         self.probe.close()
