@@ -133,13 +133,13 @@ class TlsProbe:
             raise ValueError("chunk must be a power of two")
         defines = (f"#define CHUNK {chunk}\n#define MAX_CHUNKS {max_chunks}\n"
                    f"#define RINGBUF_PAGES {ringbuf_pages}\n")
-        self.bpf = BPF(text=defines + PROBE_SOURCE.read_text())
+        self.bpf = BPF(text=(defines + PROBE_SOURCE.read_text()).encode())
         for _sym, enter, ret in _PROBES:  # load now: a verifier error must not pass for "no symbol"
-            self.bpf.load_func(enter, BPF.KPROBE)
+            self.bpf.load_func(enter.encode(), BPF.KPROBE)
             if ret:
-                self.bpf.load_func(ret, BPF.KPROBE)
+                self.bpf.load_func(ret.encode(), BPF.KPROBE)
         self._pending: list[TlsRecord] = []
-        self.bpf["tls_events"].open_ring_buffer(self._on_record)
+        self.bpf[b"tls_events"].open_ring_buffer(self._on_record)
         self._checked: dict[tuple[int, int], bool] = {}  # file identity -> has SSL_write
         self.attached_paths: list[str] = []
         self.attach_errors: list[str] = []  # failures other than "this file has no such symbol"
@@ -158,9 +158,9 @@ class TlsProbe:
         attached = 0
         for sym, enter, ret in _PROBES:
             try:
-                self.bpf.attach_uprobe(name=path, sym=sym, fn_name=enter)
+                self.bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=enter.encode())
                 if ret:
-                    self.bpf.attach_uretprobe(name=path, sym=sym, fn_name=ret)
+                    self.bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=ret.encode())
                 attached += 1
             except Exception as exc:  # bcc raises plain Exception, a missing symbol included
                 if "could not determine address of symbol" not in str(exc):
@@ -180,11 +180,11 @@ class TlsProbe:
         return self.attached_paths[before:]
 
     def add_cgroup(self, cgroup_id: int) -> None:
-        self.bpf["watched"][ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(1)
+        self.bpf[b"watched"][ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(1)
 
     def remove_cgroup(self, cgroup_id: int) -> None:
         with contextlib.suppress(KeyError):
-            del self.bpf["watched"][ctypes.c_uint64(cgroup_id)]
+            del self.bpf[b"watched"][ctypes.c_uint64(cgroup_id)]
 
     def poll(self, timeout_ms: int) -> list[TlsRecord]:
         self.bpf.ring_buffer_poll(timeout_ms)
@@ -192,7 +192,7 @@ class TlsProbe:
         return out
 
     def lost(self) -> dict[str, int]:
-        table = self.bpf["tls_lost"]
+        table = self.bpf[b"tls_lost"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(LOST_NAMES)}
 
     def close(self) -> None:
