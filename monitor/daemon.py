@@ -350,7 +350,7 @@ class Daemon:
         if cfg.docker_enabled:
             self._start_docker()
         self.rule_watcher = RuleWatcher(self.rules, on_reload=self._on_rules_reloaded).start()
-        log.info("monitor daemon: %d rules, metrics on http://%s:%d/metrics", len(self.rules.rules),
+        log.info("started: %d rules, metrics on http://%s:%d/metrics", len(self.rules.rules),
                  cfg.metrics_host, self.metrics_port)
 
     @property

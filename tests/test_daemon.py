@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daemon_process import ROOT, DaemonProcess, daemon_cmd
 
-from monitor.daemon import ConfigError, parse_config
+from monitor.daemon import ConfigError, Daemon, DaemonConfig, parse_config
 
 ONE_RULE = """\
 - rule: Daemon test marker
@@ -245,3 +245,13 @@ def test_watched_cgroup_is_a_sandbox(tmp_path, daemon_files):
               if '"sandbox_start"' in line]
     assert starts and starts[0]["sandbox"]["name"] == "plain-one"
     assert starts[0]["sandbox"]["cgroup_id"] == starts[0]["sandbox"]["cgroup_id"] > 0
+
+
+def test_health_reports_a_stalled_main_loop():
+    daemon = Daemon(DaemonConfig(probes=False, docker_enabled=False, gvisor_enabled=False))
+    ok, reason = daemon.health()
+    assert ok and reason == "ok: 0 sandboxes watched; probes off"
+    daemon._heartbeat -= 10
+    ok, reason = daemon.health()
+    assert not ok and reason.startswith("main loop stalled for 10s")
+
