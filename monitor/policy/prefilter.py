@@ -367,16 +367,26 @@ def compile_need(need: Need) -> Predicate:
     return lambda data: any(p(data) for p in parts)
 
 
-def _drop_kind_tests(need: Need, kinds: set[str]) -> Need | None:
-    """Kind tests the index already guarantees cost time and decide nothing."""
+_IMPOSSIBLE = Opaque(lambda data: False)
+
+
+def _for_kind(need: Need, kind: str) -> Need | None:
+    """`need` for events of one kind: `event.kind` tests are decided (true: dropped, false: the
+    branch is impossible), so a rule's guard for `open` never waits on its `exec` branch."""
     if isinstance(need, FieldTest) and need.path == ("kind",) and not (
-            need.starts or need.ends or need.contains or need.regexes) and kinds <= need.equals:
-        return None
+            need.starts or need.ends or need.contains or need.regexes or need.has_item):
+        return None if kind in need.equals else _IMPOSSIBLE
     if isinstance(need, AllOf):
-        parts = [p for p in (_drop_kind_tests(x, kinds) for x in need.parts) if p is not None]
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else AllOf(parts)
+        parts = [p for p in (_for_kind(x, kind) for x in need.parts) if p is not None]
+        if any(p is _IMPOSSIBLE for p in parts):
+            return _IMPOSSIBLE
+        return None if not parts else parts[0] if len(parts) == 1 else AllOf(parts)
+    if isinstance(need, AnyOf):
+        parts = [_for_kind(x, kind) for x in need.parts]
+        if any(p is None for p in parts):
+            return None  # a branch with no test left: anything may match
+        possible = [p for p in parts if p is not _IMPOSSIBLE]
+        return _IMPOSSIBLE if not possible else possible[0] if len(possible) == 1 else AnyOf(possible)
     return need
 
 
@@ -419,15 +429,14 @@ def _selectivity(guard: Guard) -> int:
     return weakest
 
 
-def necessary(root: Node, kinds: set[str]) -> tuple[Predicate | None, Guard | None]:
-    """(pre-filter, guard) of a condition; either may be None (no cheap test derivable)."""
+def necessary(root: Node, kinds: list[str]) -> dict[str, tuple[Predicate | None, Guard | None]]:
+    """Per event kind, (pre-filter, guard) of a condition; either may be None (nothing cheap)."""
     need = _need(root)
-    if need is None:
-        return None, None
-    need = _drop_kind_tests(need, kinds)
-    if need is None:
-        return None, None
-    return compile_need(need), _guard(need)
+    out: dict[str, tuple[Predicate | None, Guard | None]] = {}
+    for kind in kinds:
+        specific = _for_kind(need, kind) if need is not None else None
+        out[kind] = (None, None) if specific is None else (compile_need(specific), _guard(specific))
+    return out
 
 
 def merge_guards(tests: list[FieldTest]) -> Predicate:

@@ -60,8 +60,7 @@ class _Compiled:
     rule: Rule
     program: Program
     reads: set[tuple[str, ...]] | None  # event field paths the condition reads; None: all
-    prefilter: Predicate | None
-    guard: Guard | None
+    prefilters: dict[str, tuple[Predicate | None, Guard | None]]  # per kind: (pre-filter, guard)
     selector: Callable[[Any], bool] | None
     field_getters: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
 
@@ -78,9 +77,7 @@ def _selector_predicate(selector: Selector) -> Callable[[Any], bool]:
             return False
         if labels:
             have = sandbox.get("labels") or {}
-            if not all(str(have.get(k)) == v for k, v in labels.items() if k in have) or \
-                    not all(k in have for k in labels):
-                return False
+            return all(key in have and str(have[key]) == value for key, value in labels.items())
         return True
     return matches
 
@@ -115,33 +112,38 @@ def event_view(event: Event) -> dict[str, Any]:
     return out
 
 
+_Planned = tuple[int, _Compiled, Predicate | None]  # rule index, rule, its pre-filter for the kind
+
+
 @dataclass(slots=True)
 class _KindPlan:
     """How one event kind is evaluated: merged guard checks (one per field) select the rules worth
     looking at (plus the unguarded ones), then each rule's own pre-filter, then CEL."""
-    unguarded: tuple[tuple[int, _Compiled], ...]
+    unguarded: tuple[_Planned, ...]
     guard_checks: tuple[Predicate, ...]
-    guarded: tuple[tuple[tuple[int, _Compiled], ...], ...]  # per guard check, the rules it selects
+    guarded: tuple[tuple[_Planned, ...], ...]  # per guard check, the rules it selects
     project: Callable[[dict[str, Any]], dict[str, Any]]
 
     @property
     def entries(self) -> list[tuple[_Compiled, tuple[int, ...]]]:
-        found: dict[int, _Compiled] = dict(self.unguarded)
+        found = {index: entry for index, entry, _ in self.unguarded}
         for group in self.guarded:
-            found.update(group)
+            found.update((index, entry) for index, entry, _ in group)
         return [(found[i], ()) for i in sorted(found)]
 
 
-def _plan(entries: list[_Compiled]) -> _KindPlan:
+def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
     by_path: dict[tuple[Any, ...], list[Any]] = {}
-    for entry in entries:
-        for path, test in (entry.guard or {}).items():
+    planned: list[tuple[_Planned, Guard | None]] = []
+    for index, entry in enumerate(entries):
+        prefilter, guard = entry.prefilters.get(kind, (None, None))
+        planned.append(((index, entry, prefilter), guard))
+        for path, test in (guard or {}).items():
             by_path.setdefault(path, []).append(test)
     paths = list(by_path)
     checks = tuple(merge_guards(by_path[p]) for p in paths)
-    unguarded = tuple((i, e) for i, e in enumerate(entries) if not e.guard)
-    guarded = tuple(tuple((i, e) for i, e in enumerate(entries) if e.guard and path in e.guard)
-                    for path in paths)
+    unguarded = tuple(item for item, guard in planned if not guard)
+    guarded = tuple(tuple(item for item, guard in planned if guard and path in guard) for path in paths)
     return _KindPlan(unguarded, checks, guarded, _projection(entries))
 
 
@@ -252,11 +254,11 @@ class _Compiler:
             except (NotCompilable, ast.Unsupported) as exc:
                 self.fail(PolicyError(f"action deny: cannot be compiled into the kernel: {exc}", **where))
                 return None
-        prefilter, guard = necessary(tree, set(when)) if tree is not None else (None, None)
-        rule.prefiltered = prefilter is not None
+        prefilters = necessary(tree, when) if tree is not None else {k: (None, None) for k in when}
+        rule.prefiltered = any(p is not None for p, _ in prefilters.values())
         selector = _selector_predicate(entry.sandboxes) if entry.sandboxes else None
         reads = ast.activation_paths(tree) if tree is not None else None
-        return _Compiled(rule, program, reads, prefilter, guard, selector, _field_getters(paths))
+        return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths))
 
 
 def _collect(paths: list[str | Path], compiler: _Compiler) -> tuple[
@@ -303,24 +305,25 @@ def compile_paths(paths: list[str | Path], keep_going: bool = False) -> tuple[li
 class RuleSet:
     """Compiled rules, indexed by event kind. `evaluate` is the hot path (one activation per event)."""
 
-    def __init__(self, compiled: list[_Compiled], paths: list[str | Path], audit: bool = False) -> None:
+    def __init__(self, compiled: list[_Compiled], paths: list[str | Path], audit: bool = False,
+                 engine: CelEngine | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.audit = audit
         self.eval_errors: dict[str, int] = {}
         self.last_reload_error: str | None = None
-        self._engine = CelEngine()
         self._lock = threading.Lock()
-        self._install(compiled)
+        self._install(compiled, engine or CelEngine())
         self._signature = self._files_signature()
 
-    def _install(self, compiled: list[_Compiled]) -> None:
+    def _install(self, compiled: list[_Compiled], engine: CelEngine) -> None:
+        """Activations come from the environment that compiled the programs."""
         by_kind: dict[str, list[_Compiled]] = {}
         for entry in compiled:
             for kind in entry.rule.when:
                 by_kind.setdefault(kind, []).append(entry)
-        plans = {kind: _plan(entries) for kind, entries in by_kind.items()}
+        plans = {kind: _plan(kind, entries) for kind, entries in by_kind.items()}
         # one assignment: evaluate() on another thread sees the old or the new set, never a mix
-        self._state = (tuple(c.rule for c in compiled), plans)
+        self._state = (tuple(c.rule for c in compiled), plans, engine)
 
     def disable_prefilters(self) -> None:
         """CEL decides alone (benchmarks and the differential test compare against this)."""
@@ -328,10 +331,9 @@ class RuleSet:
         order = {id(rule): index for index, rule in enumerate(self._state[0])}
         unique.sort(key=lambda c: order[id(c.rule)])
         for entry in unique:
-            entry.prefilter = None
-            entry.guard = None
+            entry.prefilters = {kind: (None, None) for kind in entry.rule.when}
             entry.rule.prefiltered = False
-        self._install(unique)
+        self._install(unique, self._state[2])
 
     @property
     def rules(self) -> list[Rule]:
@@ -342,7 +344,8 @@ class RuleSet:
         return [c.rule for c, _ in plan.entries] if plan else []
 
     def evaluate(self, event: Event) -> list[Alert]:
-        plan = self._state[1].get(event.kind)
+        _, plans, engine = self._state
+        plan = plans.get(event.kind)
         if plan is None:
             return []
         data = event_view(event)
@@ -353,16 +356,16 @@ class RuleSet:
                 several = bool(selected)
                 selected = selected + group
         if several:  # a rule guarded on two fields may be selected twice; keep rule order
-            selected = tuple(sorted(dict(selected).items()))
+            selected = tuple(sorted({item[0]: item for item in selected}.values()))
         activation = None
         alerts: list[Alert] = []
-        for _, entry in selected:
-            if entry.prefilter is not None and not entry.prefilter(data):
+        for _, entry, prefilter in selected:
+            if prefilter is not None and not prefilter(data):
                 continue
             if entry.selector is not None and not entry.selector(data.get("sandbox")):
                 continue
             if activation is None:
-                activation = self._engine.activation(plan.project(data))
+                activation = engine.activation(plan.project(data))
             try:
                 matched = entry.program.eval(activation)
             except EvalError as exc:
@@ -410,14 +413,14 @@ class RuleSet:
         with self._lock:
             signature = self._files_signature()
             try:
-                compiled, _ = compile_paths(self.paths)
+                compiled, compiler = compile_paths(self.paths)
             except PolicyError as exc:
                 self.last_reload_error = str(exc)
                 self._signature = signature
                 log.warning("rules reload failed, keeping the previous %d rules: %s",
                             len(self._state[0]), exc)
                 return False
-            self._install(compiled)
+            self._install(compiled, compiler.engine)
             self._signature = signature
             self.last_reload_error = None
             log.info("rules reloaded: %d rules from %s", len(compiled), ", ".join(self.paths))
@@ -435,8 +438,8 @@ def load_rules(paths: list[str | Path] | str | Path, audit: bool = False) -> Rul
     """Load, validate and compile rule files/folders; PolicyError (one line, file:line) if any is bad."""
     if isinstance(paths, str | Path):
         paths = [paths]
-    compiled, _ = compile_paths(list(paths))
-    return RuleSet(compiled, list(paths), audit=audit)
+    compiled, compiler = compile_paths(list(paths))
+    return RuleSet(compiled, list(paths), audit=audit, engine=compiler.engine)
 
 
 def lint_paths(paths: list[str | Path]) -> tuple[list[PolicyError], list[Rule]]:

@@ -181,8 +181,8 @@ def test(paths: list[str], out: TextIO | None = None) -> int:
 
 def _test(paths: list[str], out: TextIO) -> int:
     try:
-        compiled, _ = compile_paths(list(paths))
-        ruleset = RuleSet(compiled, list(paths))
+        compiled, compiler = compile_paths(list(paths))
+        ruleset = RuleSet(compiled, list(paths), engine=compiler.engine)
         files = expand_paths(list(paths))
     except PolicyError as exc:
         print(exc, file=out)

@@ -1,10 +1,12 @@
 """Benchmark: the whole default rule pack against a recorded mix of agent events, on one core.
 
-The mix (tests/bench/data/agent_mix.jsonl.zst) is the event stream `monitor run --json` recorded
-for an ordinary agent workflow (git, gcc, pytest, pip, editing) with a few suspicious acts, plus
-every fixture event of the pack (so every rule and kind is exercised). Prints events/s and the
-mean and p99 evaluation time per event (RuleSet.evaluate: to_dict, index, pre-filters, one CEL
-activation, programs). Target: >= 200,000 events/s.
+Two mixes: the event stream `monitor run --json` recorded for an ordinary agent workflow (git,
+gcc, pytest, pip, editing) with a few suspicious acts (tests/bench/data/agent_mix.jsonl.zst), and
+the same plus every fixture event of the pack (suspicious-heavy: most reach CEL). Prints events/s
+per CPU-second of this process pinned to one core (the wall-clock rate beside it includes whatever
+else the machine runs), and the mean and p99 time of RuleSet.evaluate per event (event view, kind
+index, guards and pre-filters, one CEL activation, programs, alerts). Target: >= 200,000 events/s
+on the recorded mix.
 
     python tests/bench/policy.py [--seconds 5] [--rules PATH]... [--smoke] [--no-prefilter]
 """
@@ -56,8 +58,9 @@ def run(paths: list[str], seconds: float, prefilter: bool, with_fixtures: bool) 
     evaluate = ruleset.evaluate
     alerts = sum(len(evaluate(e)) for e in events)  # warm-up, and the alert count of one pass
 
-    # throughput: whole passes, no per-event clock
-    passes, start = 0, time.perf_counter()
+    # throughput: whole passes, no per-event clock. CPU time of this process (one core) is the
+    # measure; wall time is printed too (it includes whatever else the machine is running).
+    passes, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         for event in events:
             evaluate(event)
@@ -65,7 +68,9 @@ def run(paths: list[str], seconds: float, prefilter: bool, with_fixtures: bool) 
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
-    throughput = passes * len(events) / elapsed
+    cpu = time.process_time() - cpu_start
+    throughput = passes * len(events) / cpu
+    wall_throughput = passes * len(events) / elapsed
 
     # latency per event: one pass with a clock around each evaluation
     clock = time.perf_counter_ns
@@ -76,7 +81,7 @@ def run(paths: list[str], seconds: float, prefilter: bool, with_fixtures: bool) 
         samples.append(clock() - t0)
     samples.sort()
     return {"rules": len(ruleset.rules), "events_in_mix": len(events), "alerts_per_pass": alerts,
-            "events_per_s": throughput, "mean_us": sum(samples) / len(samples) / 1000,
+            "events_per_s": throughput, "wall_events_per_s": wall_throughput, "mean_us": sum(samples) / len(samples) / 1000,
             "p99_us": samples[int(len(samples) * 0.99)] / 1000,
             "eval_errors": sum(ruleset.eval_errors.values())}
 
@@ -98,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(paths, seconds, not args.no_prefilter, with_fixtures)
         print(f"{label}: {result['rules']} rules, {result['events_in_mix']} events, "
               f"{result['alerts_per_pass']} alerts per pass")
-        print(f"  events/s: {result['events_per_s']:,.0f}  mean: {result['mean_us']:.2f} us  "
-              f"p99: {result['p99_us']:.2f} us  (target >= {TARGET_EVENTS_PER_S:,} events/s on the recorded mix)")
+        print(f"  events/s: {result['events_per_s']:,.0f} per CPU-second ({result['wall_events_per_s']:,.0f} wall)  "
+              f"mean: {result['mean_us']:.2f} us  p99: {result['p99_us']:.2f} us  "
+              f"(target >= {TARGET_EVENTS_PER_S:,} events/s on the recorded mix)")
         if result["alerts_per_pass"] == 0:
             print("error: the mix produced no alert; the pack or the mix is broken", file=sys.stderr)
             status = 1
