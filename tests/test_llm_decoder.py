@@ -141,3 +141,14 @@ def test_connections_are_kept_apart() -> None:
     (b,) = dec.feed(rec(DIR_READ, http_response(dict(RESP, model="other")), 3, ssl=2))
     (a,) = dec.feed(rec(DIR_READ, http_response(RESP), 4, ssl=1))
     assert (a.llm["model"], b.llm["model"]) == ("claude-x", "other")
+
+
+def test_flush_at_the_end_emits_what_a_killed_agent_left_mid_stream() -> None:
+    dec = TlsDecoder()
+    dec.feed(rec(DIR_WRITE, http_request(dict(REQ, stream=True)), 1))
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    stream = (b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_k", '
+              b'"model": "claude-x", "content": [], "usage": {"input_tokens": 2}}}\n\n')
+    dec.feed(rec(DIR_READ, head + f"{len(stream):x}\r\n".encode() + stream + b"\r\n", 2))
+    (event,) = dec.flush(3)
+    assert event.llm["id"] == "msg_k" and event.llm["truncated"] and dec.conns == {}

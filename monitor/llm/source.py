@@ -54,6 +54,13 @@ class TlsDecoder:
         self.conns: dict[tuple[int, int], _Conn] = {}
         self.counters: Counter[str] = Counter()
 
+    def flush(self, ts_mono: int) -> list[Event]:
+        """Close every connection (the sandbox is gone): responses cut short come out truncated."""
+        events: list[Event] = []
+        for key in list(self.conns):
+            events += self._forget(key, ts_mono)
+        return events
+
     def gap_all(self) -> None:
         """Records were lost somewhere: no open connection's framing can be trusted."""
         for conn in self.conns.values():
@@ -212,7 +219,8 @@ class LlmSource:
         self._lost_seen = 0
 
     def add_cgroup(self, cgroup_id: int, cgroup_path: str | None = None) -> None:
-        """Watch a sandbox's cgroup (its id is the inode of its cgroup-v2 directory)."""
+        """Watch a sandbox's cgroup (its id is the inode of its cgroup-v2 directory). May be
+        called from another thread than the poller (a container inventory)."""
         self.probe.add_cgroup(cgroup_id)
         self.cgroups[cgroup_id] = cgroup_path or find_cgroup_path(cgroup_id)
         self._next_scan = 0.0
@@ -252,6 +260,10 @@ class LlmSource:
         for rec in records:
             events += self.decoder.feed(rec)
         return events
+
+    def drain(self) -> list[Event]:
+        """At the end of a run: what is left of open connections (an agent killed mid-stream)."""
+        return self.decoder.flush(time.monotonic_ns())
 
     def lost(self) -> dict[str, int]:
         """Non-zero counts only: records the kernel dropped or truncated, and streams or responses
