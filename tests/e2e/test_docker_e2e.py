@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -80,6 +81,10 @@ def watched(docker_engine, tmp_path_factory):
     # started before the daemon: must be found on start-up
     early = docker_engine.run(["sleep", "600"], name="e2e-early", labels={**AGENT, "team": "ml"})
     (tmp / "e2e.yaml").write_text(KILL_RULE)
+    # a plain cgroup sandbox beside the containers: watched whatever the engine does
+    from monitor.sandbox.docker import cgroup2_root
+    plain = Path(cgroup2_root() or "/nonexistent") / f"sm-e2e-plain-{os.getpid()}"
+    plain.mkdir()
     from monitor.policy import DEFAULT_RULES_DIR
     config = tmp / "daemon.yaml"
     config.write_text(textwrap.dedent(f"""\
@@ -93,14 +98,22 @@ def watched(docker_engine, tmp_path_factory):
           address: 127.0.0.1:0
         gvisor:
           socket: {tmp / 'gvisor.sock'}
+        cgroups:
+          - {{path: {plain}, name: e2e-plain}}
         """))
     daemon = DaemonProcess(config, tmp / "daemon.log")
     output = Output(tmp / "out.jsonl")
     gvisor_runtime = _install_runsc(docker_engine, tmp)
     try:
-        yield daemon, output, early, gvisor_runtime
+        yield daemon, output, early, gvisor_runtime, plain
     finally:
         code = daemon.stop()
+        for _ in range(100):
+            try:
+                plain.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
         docker_engine.remove_all()
         if gvisor_runtime:
             from monitor.gvisor.install import uninstall_docker_runtime
@@ -129,7 +142,7 @@ def docker_exec(docker_engine, container_id: str, script: str) -> int:
 
 
 def test_events_of_a_container_found_at_start_carry_its_identity(docker_engine, watched):
-    daemon, output, early, _ = watched
+    daemon, output, early, _, _ = watched
     wait_for(lambda: output.events(early, "container_start"), 30, "container_start of e2e-early")
     docker_exec(docker_engine, early,
                 "cat /etc/passwd > /dev/null; echo x > /tmp/e2e-written; "
@@ -153,7 +166,7 @@ def test_events_of_a_container_found_at_start_carry_its_identity(docker_engine, 
 
 
 def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, watched):
-    _, output, _, _ = watched
+    _, output, _, _, _ = watched
     image_id = docker_engine.client.images.get(docker_engine.image).id
     priv = docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True)
     hardened = docker_engine.client.containers.run(
@@ -170,7 +183,7 @@ def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, w
 
 
 def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched):
-    _, output, _, _ = watched
+    _, output, _, _, _ = watched
     victim = docker_engine.run(["sleep", "600"], name="e2e-victim", labels=AGENT)
     wait_for(lambda: output.events(victim, "container_start"), 30, "victim watched")
     since = int(time.time()) - 1
@@ -190,7 +203,7 @@ def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched
 
 
 def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watched):
-    _, output, _, _ = watched
+    _, output, _, _, _ = watched
     denied = docker_engine.run(["sleep", "600"], name="e2e-denied", labels=AGENT)
     wait_for(lambda: output.events(denied, "container_start"), 30, "watched")
     time.sleep(0.5)  # deny maps are loaded on the daemon's next loop pass after discovery
@@ -204,7 +217,7 @@ def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watc
 
 
 def test_gvisor_container_reports_through_its_trace_session(docker_engine, watched):
-    _, output, _, gvisor_runtime = watched
+    _, output, _, gvisor_runtime, _ = watched
     if gvisor_runtime is None:
         pytest.skip("runsc not installed (scripts/setup.sh installs it)")
     cid = docker_engine.run(["sh", "-c", "cat /etc/passwd > /dev/null; sleep 600"], name="e2e-gvisor",
@@ -222,7 +235,7 @@ def test_gvisor_container_reports_through_its_trace_session(docker_engine, watch
 
 
 def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, watched):
-    daemon, output, _, _ = watched
+    daemon, output, _, _, plain = watched
     docker_engine.stop_daemon()
     try:
         def docker_down() -> bool:
@@ -232,6 +245,16 @@ def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, w
         time.sleep(1.5)  # a few reconnect attempts
         assert daemon.proc.poll() is None
         assert daemon.log().count("unavailable (") == 1, daemon.log()
+        # the plain cgroup sandbox is still watched while the engine is away
+        subprocess.run(["sh", "-c", f"echo $$ > {plain}/cgroup.procs && exec cat /etc/hostname"],
+                       check=True, capture_output=True)
+
+        def plain_events() -> list[dict]:
+            return [r for r in output.records() if r.get("type") == "event" and r["kind"] == "open"
+                    and (r.get("sandbox") or {}).get("name") == "e2e-plain"
+                    and r["file"]["path"] == "/etc/hostname"]
+        wait_for(plain_events, 15, "the plain cgroup's open while the engine is down")
+        assert plain_events()[0]["sandbox"]["runtime"] == "cgroup"
     finally:
         docker_engine.start_daemon()
     wait_for(lambda: "docker connected" in daemon.get("/healthz")[1], 40, "reconnected")
