@@ -18,14 +18,17 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
 
 API_KEY = "sk-ant-test-SECRET-abcdef0123456789"
+THINK_S = 0.0  # pause before running a tool (an agent deliberating, or asking for permission)
 
 
 def run_tool(arguments: Any) -> str:
+    time.sleep(THINK_S)
     if isinstance(arguments, str):
         arguments = json.loads(arguments)
     result = subprocess.run(shlex.split(arguments["command"]), capture_output=True, text=True)
@@ -136,7 +139,10 @@ def main() -> int:
     parser.add_argument("--ca", required=True)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--model", default="")
+    parser.add_argument("--think", type=float, default=0.0, help="seconds before each tool runs")
     args = parser.parse_args()
+    global THINK_S
+    THINK_S = args.think
     client = httpx.Client(verify=ssl.create_default_context(cafile=args.ca), timeout=10)
     ran: list[str] = []
     if args.api == "anthropic":

@@ -182,6 +182,23 @@ def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: Fak
     assert raw and API_KEY.encode() not in everything and SECRET_PART.encode() not in everything
 
 
+def test_a_kill_rule_on_the_tool_call_stops_the_sandbox_before_the_command_runs(api: FakeApi,
+                                                                              tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "- rule: E2E kill on shadow tool call\n  description: test rule\n  when: [llm_response]\n"
+        "  condition: has(event.llm.tool_calls) && event.llm.tool_calls.exists(t, "
+        "t.arguments_json.contains(\"/etc/shadow\"))\n  severity: critical\n  action: kill\n  tags: [T1552]\n")
+    # the agent takes a second before running a tool, as one deliberating or asking permission does
+    result = monitor_run(agent(api, "anthropic", "--think", "1.5"), "--rules", str(rules))
+    assert result.returncode == 137, result.stderr[-2000:]
+    assert result.summary["killed_by"] == "E2E kill on shadow tool call"
+    (action,) = [a for a in result.actions if a["rule"] == "E2E kill on shadow tool call"]
+    assert action["action"] == "kill" and action["outcome"] == "done"
+    assert not result.execs("/cat"), "the command the model asked for never ran"
+    assert len(result.events("llm_response")) == 1
+
+
 def test_llm_unit_helpers_are_importable_without_root() -> None:
     # the package imports without bcc (the source loads it lazily)
     out = subprocess.run([sys.executable, "-c", "import monitor.llm as m; print(m.DEFAULT_CAPTURE)"],
