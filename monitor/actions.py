@@ -106,7 +106,15 @@ class Actions:
         return "refused", f"unknown action {action!r}"
 
     def _kill_process(self, sandbox: Sandbox, pid: int) -> tuple[str, str]:
-        if sandbox.runtime == "cgroup" and pid not in cg.pids(sandbox.cgroup_path):
+        if sandbox.runtime == "gvisor":
+            # a gVisor pid lives in the sandbox's own namespace: the same number on the host is
+            # somebody else. Only the runtime can kill it.
+            enforcer = self.enforcers.get("gvisor")
+            kill_process = getattr(enforcer, "kill_process", None)
+            if kill_process is None:
+                return "refused", "kill_process needs the gVisor runtime's own kill (runsc kill --pid)"
+            return kill_process(sandbox, pid), f"sandbox pid {pid}"
+        if sandbox.cgroup_path and pid not in cg.pids(sandbox.cgroup_path):
             return "already_gone", f"pid {pid} no longer in the sandbox"
         return kill_pid(pid), f"pid {pid}"
 

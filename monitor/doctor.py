@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,10 +82,9 @@ def _probe_checks(tracefs: bool) -> list[Check]:
 
 
 def _optional_checks() -> list[Check]:
-    checks = []
-    runsc = shutil.which("runsc")
-    checks.append(Check("gVisor (runsc)", bool(runsc), runsc or "not installed",
-                        "apt-get install runsc (or EXTRAS=gvisor scripts/setup.sh)", required=False))
+    from monitor.gvisor.install import doctor_checks
+
+    checks = [Check(c.name, c.ok, c.detail, c.fix, required=False) for c in doctor_checks()]
     docker = Path("/var/run/docker.sock").exists()
     checks.append(Check("Docker engine", docker, "/var/run/docker.sock" if docker else "no engine socket",
                         "apt-get install docker.io and start dockerd", required=False))

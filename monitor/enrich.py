@@ -157,6 +157,10 @@ class Enricher:
 
     # -- the stage --------------------------------------------------------------------
     def enrich(self, event: Event) -> None:
+        if event.source == "gvisor":
+            # pids are the sandbox's own namespace: /proc here would describe host processes.
+            # The gVisor mapper fills process and sandbox from the trace session itself.
+            return
         if event.sandbox is None and event.cgroup_id:
             sandbox = self.registry.by_cgroup(event.cgroup_id)
             if sandbox is not None:
