@@ -466,11 +466,15 @@ class ProcNode:
         if self.previous:
             out["previous_images"] = self.previous
         out["alerts"] = self.alerts
-        out["files"] = list(self.files.values())
-        out["connections"] = list(self.connections.values())
-        out["llm"] = self.llm
+        out["files"] = [_with_time(e) for e in self.files.values()]
+        out["connections"] = [_with_time(e) for e in self.connections.values()]
+        out["llm"] = [_with_time(e) for e in self.llm]
         out["children"] = [c.to_dict() for c in self.children]
         return out
+
+
+def _with_time(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "first": rfc3339(entry["first_ns"])}
 
 
 @dataclass
@@ -591,7 +595,7 @@ class TimelineBuilder:
             if node is not None and (kind == "llm_response" or alerts):
                 llm = event.llm or {}
                 node.llm.append({"kind": kind, "id": event.id, "first_ns": event.time_ns,
-                                 "first": rfc3339(event.time_ns), "provider": llm.get("provider"),
+                                 "provider": llm.get("provider"),
                                  "model": llm.get("model"), "stop_reason": llm.get("stop_reason"),
                                  "asked": text, "alerts": [rule for rule, _ in alerts]})
             return
@@ -633,7 +637,7 @@ class TimelineBuilder:
         entry = node.files.get(path)
         if entry is None:
             entry = node.files[path] = {"path": path, "ops": [], "write": False, "count": 0, "alerts": [],
-                                        "first": rfc3339(event.time_ns), "first_ns": event.time_ns}
+                                        "first_ns": event.time_ns}
         entry["count"] += 1
         op = kind if kind != "open" else ("write" if file.get("write") else "read")
         if op not in entry["ops"]:
@@ -657,7 +661,7 @@ class TimelineBuilder:
         entry = node.connections.get(key)
         if entry is None:
             entry = node.connections[key] = {"kind": kind, "count": 0, "alerts": [],
-                                             "first": rfc3339(event.time_ns), "first_ns": event.time_ns,
+                                             "first_ns": event.time_ns,
                                              **{k: net[k] for k in ("transport", "address", "port", "direction",
                                                                     "query", "family") if k in net}}
         entry["count"] += 1
@@ -700,17 +704,15 @@ def _is_descendant(candidate: ProcNode, node: ProcNode, session: Session) -> boo
 
 def build_timeline(journal: str, sandbox: str | None = None,
                    on_warning: Callable[[str], None] | None = None) -> list[Session]:
-    reader = JournalReader(journal, on_warning=on_warning)
     builder = TimelineBuilder()
     alert_counts: Counter[str] = Counter()
-    records = list(reader.records(sandbox=sandbox, types={"event", "alert"}))
-    for rec in records:  # alerts first: they are journaled after their event
-        if rec.type == "alert":
-            builder.add_alert(rec.value)
-            alert_counts[rec.sandbox_id or "-"] += 1
-    for rec in records:
-        if rec.type == "event":
-            builder.add_event(rec.value)
+    # Two passes, nothing held but the tree: the alerts first (journaled after their events; the
+    # event rows are skipped undecoded), then the events.
+    for rec in JournalReader(journal).records(sandbox=sandbox, types={"alert"}):
+        builder.add_alert(rec.value)
+        alert_counts[rec.sandbox_id or "-"] += 1
+    for event in JournalReader(journal, on_warning=on_warning).events(sandbox=sandbox):
+        builder.add_event(event)
     sessions = builder.finish()
     for session in sessions:
         session.alerts = alert_counts[str(session.sandbox.get("id"))]
@@ -725,6 +727,15 @@ def _short(args: list[str], executable: str, limit: int = 100) -> str:
 MAX_READS_SHOWN = 20  # plain file reads per process in the terminal (--json has them all)
 
 
+MAX_ITEMS_PER_SESSION = 3000  # files/connections/model calls in the terminal; alerted ones always
+
+
+@dataclass
+class _Budget:
+    items: int
+    hidden: int = 0
+
+
 def render_session(session: Session) -> Tree:
     sb = session.sandbox
     span = ""
@@ -737,12 +748,16 @@ def render_session(session: Session) -> Tree:
     alerts = f", [red]{session.alerts} alert(s)[/]" if session.alerts else ""
     tree = Tree(f"[bold]sandbox {escape(str(sb.get('name') or sb.get('id')))}[/] [dim]({escape(str(sb.get('id')))}"
                 f" {escape(str(sb.get('runtime', '')))}){escape(span)}[/] {session.events} events{status}{alerts}")
+    budget = _Budget(MAX_ITEMS_PER_SESSION)
     for root in session.roots:
-        _render_proc(tree, root)
+        _render_proc(tree, root, budget)
+    if budget.hidden:
+        tree.add(f"[dim]… {budget.hidden} files/connections not shown past the first "
+                 f"{MAX_ITEMS_PER_SESSION} (--json has them all)[/]")
     return tree
 
 
-def _render_proc(parent: Tree, node: ProcNode) -> None:
+def _render_proc(parent: Tree, node: ProcNode, budget: _Budget) -> None:
     label = ""
     if node.model_asked:
         label += f"[magenta]model asked: {escape(node.model_asked[:160])}[/]\n"
@@ -759,7 +774,7 @@ def _render_proc(parent: Tree, node: ProcNode) -> None:
     branch = parent.add(label)
     # (first seen, line, always shown): connections, model calls, writes and alerted items always
     # show; plain reads (mostly libraries) only up to MAX_READS_SHOWN.
-    items: list[tuple[int, str, bool]] = []
+    items: list[tuple[int, str, bool, bool]] = []  # + alerted
     for entry in node.files.values():
         mark = _alert_mark(entry["alerts"])
         verdict = f" [red]{entry['verdict']}[/]" if entry.get("verdict") else ""
@@ -769,7 +784,7 @@ def _render_proc(parent: Tree, node: ProcNode) -> None:
         path = f"[{style}]{escape(entry['path'])}[/]" if style else escape(entry["path"])
         important = bool(entry["alerts"] or entry["write"] or entry["ops"] != ["read"] or entry.get("verdict"))
         items.append((entry["first_ns"], f"[cyan]file[/] {'/'.join(entry['ops'])} {path}{new}{times}{verdict}{mark}",
-                      important))
+                      important, bool(entry["alerts"])))
     for entry in node.connections.values():
         mark = _alert_mark(entry["alerts"])
         verdict = f" [red]{entry['verdict']}[/]" if entry.get("verdict") else ""
@@ -781,30 +796,33 @@ def _render_proc(parent: Tree, node: ProcNode) -> None:
                     f"{escape(str(entry.get('address', '')))}:{entry.get('port', '')}")
         if entry["alerts"]:
             what = f"[red]{what}[/]"
-        items.append((entry["first_ns"], f"[blue]net[/] {what}{times}{verdict}{mark}", True))
+        items.append((entry["first_ns"], f"[blue]net[/] {what}{times}{verdict}{mark}", True, bool(entry["alerts"])))
     for call in node.llm:
         model = "/".join(str(x) for x in (call.get("provider"), call.get("model")) if x)
         what = f" → {escape(call['asked'][:120])}" if call.get("asked") else ""
         stop = f" ({escape(str(call['stop_reason']))})" if call.get("stop_reason") else ""
         verb = "model answered" if call["kind"] == "llm_response" else "model request"
         items.append((call["first_ns"], f"[magenta]{verb}[/] {escape(model)}{stop}{what}{_alert_mark(call['alerts'])}",
-                      True))
+                      True, bool(call["alerts"])))
     items.sort(key=lambda item: item[0])
     children = sorted(node.children, key=lambda c: c.start_ns)
     reads_hidden = 0
     reads_shown = 0
-    for time_ns, line, important in items:
+    for time_ns, line, important, alerted in items:
         while children and children[0].start_ns <= time_ns:
-            _render_proc(branch, children.pop(0))
-        if important or reads_shown < MAX_READS_SHOWN:
+            _render_proc(branch, children.pop(0), budget)
+        if alerted or (budget.items > 0 and (important or reads_shown < MAX_READS_SHOWN)):
             branch.add(line)
+            budget.items -= 1
             reads_shown += not important
-        else:
+        elif budget.items > 0:
             reads_hidden += 1
+        else:
+            budget.hidden += 1
     if reads_hidden:
         branch.add(f"[dim]… {reads_hidden} more files read (--json has them all)[/]")
     for child in children:
-        _render_proc(branch, child)
+        _render_proc(branch, child, budget)
 
 
 def _alert_mark(rules: list[str]) -> str:

@@ -374,3 +374,15 @@ def test_timeline_keeps_what_matters_when_a_process_reads_a_lot(tmp_path: Path) 
     assert "… 10 more files read" in text
     assert "file write /w/late.txt" in text and "net connect tcp 127.0.0.1:443" in text
     assert len(session.roots[0].children[0].files) == 31  # --json keeps them all
+
+
+def test_timeline_terminal_budget_keeps_alerts(journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.replay as replay
+    monkeypatch.setattr(replay, "MAX_ITEMS_PER_SESSION", 2)
+    [session] = build_timeline(str(journal), sandbox="sb-aa")
+    console = Console(record=True, width=200)
+    console.print(render_session(session))
+    text = console.export_text()
+    assert "files/connections not shown past the first 2" in text
+    assert "/etc/passwd ×2" in text and "⚠ Passwd read" in text  # alerted: shown whatever the budget
+    assert "/w/out.txt" not in text
