@@ -333,12 +333,6 @@ class Daemon:
         self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
         self.actions = Actions(self.registry, audit=cfg.audit, enforcers={"docker": self.docker_enforcer})
         self.pipeline = Pipeline(self.enricher, self.rules, self.actions, sinks)
-        try:
-            self.metrics_server = serve_metrics(self.metrics, cfg.metrics_port, cfg.metrics_host,
-                                                health=self.health)
-        except OSError as exc:
-            raise DaemonError(f"metrics: cannot listen on {cfg.metrics_host}:{cfg.metrics_port}: "
-                              f"{exc.strerror or exc}") from None
         if cfg.probes:
             self._attach_sensor()
         if cfg.gvisor_enabled:
@@ -350,6 +344,12 @@ class Daemon:
         if cfg.docker_enabled:
             self._start_docker()
         self.rule_watcher = RuleWatcher(self.rules, on_reload=self._on_rules_reloaded).start()
+        try:  # last: /healthz answers once everything above is in place
+            self.metrics_server = serve_metrics(self.metrics, cfg.metrics_port, cfg.metrics_host,
+                                                health=self.health)
+        except OSError as exc:
+            raise DaemonError(f"metrics: cannot listen on {cfg.metrics_host}:{cfg.metrics_port}: "
+                              f"{exc.strerror or exc}") from None
         log.info("started: %d rules, metrics on http://%s:%d/metrics", len(self.rules.rules),
                  cfg.metrics_host, self.metrics_port)
 
