@@ -101,6 +101,53 @@ def events(draw) -> dict:
     return event
 
 
+def _fixture_events() -> list[dict]:
+    found = []
+    for rule_file in expand_paths([DEFAULT_RULES_DIR, DEFAULT_RULES_DIR / "enforce"]):
+        if fixture_file(rule_file).is_file():
+            for entry in load_fixtures(fixture_file(rule_file)):
+                found += entry.get("match", []) + entry.get("no_match", [])
+    return found
+
+
+FIXTURE_EVENTS = _fixture_events()
+ANY_POOL = sorted({v for pool in POOLS.values() for v in pool}, key=str)
+
+
+def _mutate(draw, value):
+    """Perturb a fixture value near the rules' boundaries: drop, swap, trim, extend, retype."""
+    if isinstance(value, dict):
+        out = {}
+        for key, inner in value.items():
+            if key != "kind" and draw(st.integers(0, 9)) == 0:
+                continue  # field dropped: has() and missing-key errors
+            out[key] = _mutate(draw, inner) if draw(st.integers(0, 3)) == 0 else inner
+        return out
+    if isinstance(value, list):
+        return [_mutate(draw, v) for v in value if draw(st.integers(0, 5))]
+    if isinstance(value, str):
+        choice = draw(st.integers(0, 4))
+        if choice == 0:
+            return draw(st.sampled_from(ANY_POOL))
+        if choice == 1:
+            return value[: draw(st.integers(0, len(value)))]
+        if choice == 2:
+            return value + draw(text)
+        if choice == 3:
+            return draw(text) + value
+        return value.upper()
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return draw(st.sampled_from([0, 1, -1, value + 1, value - 1, 1024, 2048, 65534, 3333, 53]))
+    return value
+
+
+@st.composite
+def mutated_fixture_events(draw) -> dict:
+    return _mutate(draw, draw(st.sampled_from(FIXTURE_EVENTS)))
+
+
 def oracle_verdicts(event: Event) -> list[str]:
     activation = {"event": json_to_cel(event.to_dict())}
     matched = []
@@ -117,6 +164,15 @@ def oracle_verdicts(event: Event) -> list[str]:
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events())
 def test_engine_and_reference_agree_on_every_rule(data):
+    event = Event.from_dict(data)
+    engine = [alert.rule for alert in RULES.evaluate(event)]
+    assert engine == oracle_verdicts(event), data
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_fixture_events())
+def test_engine_and_reference_agree_near_the_fixtures(data):
+    """Fixture events perturbed around what each rule tests: where verdicts flip, both must flip."""
     event = Event.from_dict(data)
     engine = [alert.rule for alert in RULES.evaluate(event)]
     assert engine == oracle_verdicts(event), data
