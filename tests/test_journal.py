@@ -395,3 +395,14 @@ def test_huge_records_split_blocks_and_an_oversized_one_is_counted(tmp_path: Pat
     sink = write_journal(tmp_path / "k", [monster, events[0]])
     assert sink.stats()["records_too_large"] == 1
     assert [e.id for e in JournalReader(tmp_path / "k").events()] == [events[0].id]
+
+
+def test_records_after_close_are_counted_not_written(tmp_path: Path) -> None:
+    sink = write_journal(tmp_path / "j", make_events(3))
+    sink.close({"again": True})  # a second close is harmless
+    for ev in make_events(5000):
+        sink.on_event(ev)
+    sink.flush()
+    assert sink.stats()["records_after_close"] == 5000
+    assert len(list((tmp_path / "j").glob("*.seg"))) == 1
+    assert len(list(JournalReader(tmp_path / "j").events())) == 3

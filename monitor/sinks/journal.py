@@ -369,6 +369,7 @@ class JournalSink(Sink):
         self._pending: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()  # serialises block writes, rolls and retention
         self._closed = False
+        self._finished = False  # close() is done: the segment is closed for good
         self._dirty = False  # written since the last fsync
         self._fd = -1
         self._segment = ""
@@ -408,6 +409,7 @@ class JournalSink(Sink):
         with self._lock:
             self._flush_locked()
             self._close_segment()
+            self._finished = True
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"directory": self.directory, **self.counters}
@@ -422,6 +424,10 @@ class JournalSink(Sink):
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        if self._finished:  # records after close() have nowhere to go: counted, not written
+            self.counters["records_after_close"] += len(self._pending)
+            self._pending.clear()
+            return
         while self._pending:
             n = min(len(self._pending), self.block_records)
             popleft = self._pending.popleft
