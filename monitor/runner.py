@@ -301,7 +301,8 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
                     "lost": session.lost(), "killed_by": killed_by, "monitor": monitor_cost(),
-                    "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()}})
+                    "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()},
+                    "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)
     for source in session.sources:
         if hasattr(source, "remove_cgroup"):
