@@ -121,7 +121,7 @@ class _BlockEncoder:
     """Turns pending records into one block (format 2):
 
         header  [2, procs, sandboxes, kinds, times, event_sandboxes]   (one msgpack array)
-        rows    one msgpack array per record, concatenated after the header
+        rows    one msgpack array of the records' rows, after the header
 
     procs/sandboxes: each distinct process/sandbox map once (msgpack bytes), referenced by index.
     kinds: one entry per row: the event kind, or None for an alert/action/summary row.
@@ -175,7 +175,21 @@ class _BlockEncoder:
         return pidx, sidx
 
     def event_row(self, ev: Event) -> list[Any]:
-        pidx, sidx = self._refs(ev)
+        # the hot path: _refs inlined for the usual identity hits
+        proc = ev.process
+        if proc:
+            pidx = self.proc_by_obj.get(id(proc))
+            if pidx is None:
+                pidx = self._intern(proc, self.proc_by_obj, self.proc_by_bytes, self.procs)
+        else:
+            pidx = None
+        sb = ev.sandbox
+        if sb is not None:
+            sidx = self.sb_by_obj.get(id(sb))
+            if sidx is None:
+                sidx = self._intern(sb, self.sb_by_obj, self.sb_by_bytes, self.sandboxes)
+        else:
+            sidx = None
         self.kinds.append(ev.kind)
         self.times.append(ev.time_ns)
         self.event_sandboxes.append(sidx)
@@ -207,11 +221,11 @@ class _BlockEncoder:
         rows = [event_row(item) if type(item) is Event else row(item) for item in items]
         pack = self.packer.pack
         try:
-            body = b"".join(map(pack, rows))
+            body = pack(rows)
         except (OverflowError, ValueError, TypeError):
             self.packer = _new_packer()
             pack = self.packer.pack
-            body = b"".join(pack(_sanitize(r)) for r in rows)
+            body = pack([_sanitize(r) for r in rows])
         times = self.times
         deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
         if times:
@@ -671,7 +685,8 @@ class _Block:
         fmt, packed_procs, packed_sandboxes, kinds, deltas, event_sandboxes = self.unpacker.unpack()
         if fmt != BLOCK_FORMAT:
             raise ValueError(f"block format {fmt}, this reader knows {BLOCK_FORMAT}")
-        if len(deltas) != len(event_sandboxes) or len(deltas) > len(kinds):
+        if len(deltas) != len(event_sandboxes) or len(deltas) > len(kinds) or \
+                self.unpacker.read_array_header() != len(kinds):
             raise ValueError("block columns disagree")
         self.packed_procs: list[bytes] = packed_procs
         self.procs: list[Any] = [None] * len(packed_procs)  # decoded on first use
