@@ -300,7 +300,10 @@ def _http_handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout, shutdown)
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass

@@ -489,3 +489,24 @@ def test_stragglers_after_the_end_are_counted_and_a_restart_is_a_new_trace(recei
     assert receiver.store.wait_for(lambda s: len(s.spans()) >= 6, 10)
     roots = [s for s in receiver.store.spans() if not s.parent_span_id]
     assert len(roots) == 2 and roots[0].trace_id != roots[1].trace_id
+
+
+def test_repeats_of_a_recorded_event_are_counted_not_recorded(receiver: OtlpReceiver) -> None:
+    sink = OtlpSink(receiver.http_url, signals=("traces",))
+    t0 = time.time_ns()
+    cc = proc(50, 1, "/usr/bin/cc")
+    header = {"path": "/usr/include/stdio.h", "flags": ["O_RDONLY"], "write": False}
+    events = [Event("sandbox_start", t0, sandbox=SANDBOX), Event("exec", t0 + 1, process=cc, sandbox=SANDBOX)]
+    events += [Event("open", t0 + 2 + i, process=cc, file=header, result=3, sandbox=SANDBOX) for i in range(1000)]
+    events += [Event("open", t0 + 2_000, process=cc, file=header, result=-2, sandbox=SANDBOX),  # a failure differs
+               Event("open", t0 + 2_001, process=cc, file={**header, "path": "/usr/include/stdlib.h"}, sandbox=SANDBOX),
+               Event("exit", t0 + 3_000, process=cc, detail={"code": 0}, sandbox=SANDBOX),
+               Event("sandbox_end", t0 + 4_000, sandbox=SANDBOX)]
+    feed(sink, events)
+    sink.close({})
+    assert receiver.store.wait_for(lambda s: "cc" in by_name(s.spans()), 10)
+    span = by_name(receiver.store.spans())["cc"]
+    opens = [(attrs[m.FILE_PATH], attrs.get(m.EVENT_RESULT)) for name, _, attrs in span.events if name == "open"]
+    assert opens == [("/usr/include/stdio.h", 3), ("/usr/include/stdio.h", -2), ("/usr/include/stdlib.h", None)]
+    assert span.attributes[m.EVENTS_REPEATED] == 999
+    assert span.events[-1] == (m.SPAN_EVENT_CAPPED, t0 + 3_000, {m.EVENTS_REPEATED_PREFIX + "open": 999})

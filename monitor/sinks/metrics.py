@@ -155,6 +155,8 @@ EVENT_VERDICT = "monitor.verdict"
 DETAIL_PREFIX = "monitor.detail."
 EVENTS_CAPPED = "monitor.events.capped"          # span attribute: events not recorded one by one
 EVENTS_CAPPED_PREFIX = "monitor.events.capped."  # span event "events.capped": count per kind
+EVENTS_REPEATED = "monitor.events.repeated"      # span attribute: repeats of a recorded event, counted
+EVENTS_REPEATED_PREFIX = "monitor.events.repeated."
 FILES_WRITTEN = "monitor.files.written"          # span attribute: unique paths opened for write
 NET_DESTINATIONS = "monitor.net.destinations"    # span attribute: unique "address:port" egress
 ALERT_COUNT = "monitor.alerts"                   # root span: alerts in the session
@@ -195,7 +197,8 @@ SPAN_EVENT_ACTION = "action"
 SPAN_EVENT_CAPPED = "events.capped"
 SPAN_EVENT_TOOL_CALL = "gen_ai.tool.call"
 
-_PREFIXES = (SANDBOX_LABEL_PREFIX, DETAIL_PREFIX, EVENTS_CAPPED_PREFIX, ALERT_MATCHED_PREFIX)
+_PREFIXES = (SANDBOX_LABEL_PREFIX, DETAIL_PREFIX, EVENTS_CAPPED_PREFIX, EVENTS_REPEATED_PREFIX,
+             ALERT_MATCHED_PREFIX)
 ATTRIBUTES: frozenset[str] = frozenset(
     value for name, value in list(globals().items())
     if name not in _NAMES_BEFORE_ATTRIBUTES and name.isupper() and isinstance(value, str) and "." in value and value not in _PREFIXES

@@ -422,7 +422,9 @@ class _ProcSpan:
     span: Any
     pid: int
     recorded: int = 0
-    capped: Counter[str] = field(default_factory=Counter)
+    capped: Counter[str] = field(default_factory=Counter)    # past the per-span cap (or shed)
+    repeated: Counter[str] = field(default_factory=Counter)  # same kind + target as a recorded one
+    seen: set[tuple[Any, ...]] = field(default_factory=set)
     files_written: dict[str, None] = field(default_factory=dict)
     destinations: dict[str, None] = field(default_factory=dict)
     worst_alert: tuple[int, str] | None = None
@@ -514,8 +516,9 @@ def _process_attrs(process: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _event_attrs(event: Event, span_pid: int) -> dict[str, Any]:
-    """A span event's attributes (its name is the kind; the pid only when not the span's own)."""
-    attrs: dict[str, Any] = {m.EVENT_ID: event.id}
+    """A span event's attributes (its name is the kind; the pid only when not the span's own).
+    Lean on purpose: encoding costs the exporter ~2 us per attribute."""
+    attrs: dict[str, Any] = {}
     pid = event.process.get("pid")
     if pid is not None and pid != span_pid:
         attrs[m.PROCESS_PID] = pid
@@ -755,11 +758,17 @@ class TraceBuilder:
             proc.destinations[f"{net['address']}:{net.get('port', '')}"] = None
         if event.kind == "dns" and net.get("query") and len(proc.destinations) < _UNIQUE_CAP:
             proc.destinations[f"dns:{net['query']}"] = None
+        key = (event.kind, event.process.get("pid"), file.get("path"), file.get("new_path"), file.get("write"),
+               net.get("address"), net.get("port"), net.get("query"), event.result, event.verdict)
+        if key in proc.seen:
+            proc.repeated[event.kind] += 1
+            return
         if proc.recorded >= self._max_span_events or self.shedding:
             proc.capped[event.kind] += 1
             self.shed += self.shedding
             return
         proc.recorded += 1
+        proc.seen.add(key)
         proc.span.add_event(event.kind, _event_attrs(event, proc.pid), timestamp=event.time_ns)
 
     def _end(self, proc: _ProcSpan, end_ns: int) -> None:
@@ -768,10 +777,14 @@ class TraceBuilder:
             span.set_attribute(m.FILES_WRITTEN, list(proc.files_written))
         if proc.destinations:
             span.set_attribute(m.NET_DESTINATIONS, list(proc.destinations))
-        if proc.capped:
-            span.set_attribute(m.EVENTS_CAPPED, sum(proc.capped.values()))
-            span.add_event(m.SPAN_EVENT_CAPPED, {m.EVENTS_CAPPED_PREFIX + k: n for k, n in proc.capped.items()},
-                           timestamp=end_ns)
+        if proc.capped or proc.repeated:
+            if proc.capped:
+                span.set_attribute(m.EVENTS_CAPPED, sum(proc.capped.values()))
+            if proc.repeated:
+                span.set_attribute(m.EVENTS_REPEATED, sum(proc.repeated.values()))
+            counts = {m.EVENTS_CAPPED_PREFIX + k: n for k, n in proc.capped.items()}
+            counts.update({m.EVENTS_REPEATED_PREFIX + k: n for k, n in proc.repeated.items()})
+            span.add_event(m.SPAN_EVENT_CAPPED, counts, timestamp=end_ns)
         span.end(end_time=max(end_ns, span.start_time or end_ns))
 
     # model calls
