@@ -49,7 +49,12 @@ START_TIMEOUT_S = 60.0
 
 
 class EngineUnavailable(Exception):
-    """No engine can be started here; the message says why (a test skip reason)."""
+    """This machine lacks what an engine needs (root, docker.io, busybox-static, cgroup v2);
+    the message says which (a test skip reason)."""
+
+
+class EngineStartError(RuntimeError):
+    """Everything is installed, yet dockerd did not come up: a failure, not a skip."""
 
 
 def unavailable_reason() -> str | None:
@@ -207,13 +212,13 @@ class DockerEngine:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EngineUnavailable(f"dockerd exited with {self.proc.returncode}: "
+                raise EngineStartError(f"dockerd exited with {self.proc.returncode}: "
                                         f"{self._log_tail()}")
             if self.ping():
                 return
             time.sleep(0.2)
         self.stop_daemon()
-        raise EngineUnavailable(f"dockerd did not answer within {timeout_s:g}s: {self._log_tail()}")
+        raise EngineStartError(f"dockerd did not answer within {timeout_s:g}s: {self._log_tail()}")
 
     def ping(self) -> bool:
         import docker
@@ -291,7 +296,8 @@ class DockerEngine:
 
 
 def start_engine(root: str | None = None) -> DockerEngine:
-    """Start a private engine and build the test image; raises EngineUnavailable with the reason."""
+    """Start a private engine and build the test image. EngineUnavailable: this machine lacks a
+    prerequisite (skip); EngineStartError: it has them all and dockerd still failed (fail)."""
     reason = unavailable_reason()
     if reason:
         raise EngineUnavailable(reason)
