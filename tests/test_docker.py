@@ -306,3 +306,18 @@ def test_runsc_runtime_container_is_marked_gvisor():
     assert inv.is_gvisor(gvisor["Id"]) and not inv.is_gvisor(doc["Id"])
     inv.remove(gvisor["Id"])
     assert not inv.is_gvisor(gvisor["Id"])
+
+
+def test_the_monitors_own_container_is_never_watched():
+    doc = inspect_doc("plain")
+    own_pid = doc["State"]["Pid"]
+    lines: list[str] = []
+    registry = SandboxRegistry()
+    # the container's init shares the monitor's cgroup: the monitor runs inside it
+    inv = DockerInventory(registry, base_url="unix:///nonexistent.sock", log=lines.append,
+                          resolve_cgroup=lambda pid: CgroupRef("/cg/self", 7) if pid in (own_pid, os.getpid())
+                          else CgroupRef(f"/cg/{pid}", pid))
+    inv.reconcile(RecordedEngine({doc["Id"]: doc}))
+    assert registry.all() == []
+    assert lines and "the monitor's own" in lines[0]
+

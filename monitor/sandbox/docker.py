@@ -320,6 +320,11 @@ class DockerInventory:
             self.log(f"docker: container {inspect.get('Name', container_id)} has no cgroup-v2 "
                      "directory (exited already?); not watched")
             return None
+        if cgroup.id == self._own_cgroup_id():
+            # The monitor itself runs in this container: watching it would feed on its own events.
+            self.log(f"docker: container {inspect.get('Name', container_id)} is the monitor's own; "
+                     "not watched")
+            return None
         sandbox = sandbox_from_inspect(inspect, cgroup, self._repo_digests(client, inspect))
         if self._is_gvisor(client, (inspect.get("HostConfig") or {}).get("Runtime")):
             with self._lock:
@@ -354,6 +359,10 @@ class DockerInventory:
                                          for name, entry in runtimes.items()}
         path = self._engine_runtimes.get(runtime_name, runtime_name)
         return "runsc" in os.path.basename(path) or "runsc" in runtime_name
+
+    def _own_cgroup_id(self) -> int:
+        own = self.resolve_cgroup(os.getpid())
+        return own.id if own else -1
 
     def _cgroup_of_pid(self, pid: int) -> CgroupRef | None:
         return cgroup_of_pid(pid, self.cgroup_root) if self.cgroup_root and pid > 0 else None
