@@ -293,6 +293,31 @@ class AlertLog(Sink):
                     record.target.get("sandbox"), record.outcome, record.message)
 
 
+class TimedPolicy:
+    """The rule set, timed per event for sandbox_monitor_rule_eval_duration_seconds, its
+    evaluation errors counted in sandbox_monitor_rule_errors (on /metrics and OTLP alike)."""
+
+    def __init__(self, rules: Any, recorders: list[Any]) -> None:
+        self.rules = rules
+        self.recorders = recorders
+        self._errors_seen: dict[str, int] = {}
+
+    def evaluate(self, event: Event) -> list[Alert]:
+        started = time.perf_counter()
+        alerts = self.rules.evaluate(event)
+        elapsed = time.perf_counter() - started
+        for recorder in self.recorders:
+            recorder.record_rule_eval(event.kind, elapsed)
+        errors = self.rules.eval_errors
+        if errors != self._errors_seen:
+            for rule, count in list(errors.items()):
+                for _ in range(count - self._errors_seen.get(rule, 0)):
+                    for recorder in self.recorders:
+                        recorder.record_rule_error(rule)
+            self._errors_seen = dict(errors)
+        return alerts
+
+
 class DaemonError(Exception):
     """A start-up failure, reported as one line."""
 
@@ -332,7 +357,8 @@ class Daemon:
         self.enricher = Enricher(self.registry)
         self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
         self.actions = Actions(self.registry, audit=cfg.audit, enforcers={"docker": self.docker_enforcer})
-        self.pipeline = Pipeline(self.enricher, self.rules, self.actions, sinks)
+        recorders = [sink for sink in sinks if hasattr(sink, "record_rule_eval")]
+        self.pipeline = Pipeline(self.enricher, TimedPolicy(self.rules, recorders), self.actions, sinks)
         if cfg.probes:
             self._attach_sensor()
         if cfg.gvisor_enabled:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daemon_process import ROOT, DaemonProcess, daemon_cmd
 
-from monitor.daemon import ConfigError, Daemon, DaemonConfig, parse_config
+from monitor.daemon import ConfigError, Daemon, DaemonConfig, TimedPolicy, parse_config
 
 ONE_RULE = """\
 - rule: Daemon test marker
@@ -254,4 +254,23 @@ def test_health_reports_a_stalled_main_loop():
     daemon._heartbeat -= 10
     ok, reason = daemon.health()
     assert not ok and reason.startswith("main loop stalled for 10s")
+
+
+def test_timed_policy_feeds_rule_metrics(tmp_path):
+    from monitor.event import Event
+    from monitor.policy import load_rules
+    from monitor.sinks.metrics import MetricsSink
+    rules_file = tmp_path / "r.yaml"
+    rules_file.write_text(TWO_RULES + """- rule: Daemon test type error
+  when: [exec]
+  condition: event.process.pid > "x"
+""")
+    metrics = MetricsSink()
+    policy = TimedPolicy(load_rules([rules_file]), [metrics])
+    event = Event(kind="exec", process={"pid": 5, "executable": "/nonexistent/marker"})
+    assert [a.rule for a in policy.evaluate(event)] == ["Daemon test marker"]
+    policy.evaluate(event)
+    text = metrics.exposition().decode()
+    assert 'sandbox_monitor_rule_eval_duration_seconds_count{kind="exec"} 2.0' in text
+    assert 'sandbox_monitor_rule_errors_total{rule="Daemon test type error"} 2.0' in text
 
