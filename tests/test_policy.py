@@ -193,6 +193,7 @@ BAD = [
     ("- rule: x\n  when: exec\n  condition: event.process.args.size() > 2\n  action: deny\n",
      r"rule 'x': action deny: cannot be compiled into the kernel"),
     ("- rule: x\n  condition: 'true'\n- rule: x\n  condition: 'true'\n", r"r\.yaml:3: rule 'x': defined twice"),
+    ("- rule: x\n  when: open\n  condition: event.kind == 'exec'\n", r"rule 'x': the condition needs event.kind in \['exec'\]"),
     ("rule: x\n", r"r\.yaml:1: a rule file is a YAML list"),
     (b"- rule: x\n  description: caf\xe9\n", r"r\.yaml:2: not UTF-8"),
     ("- rule: x\n  when: open\n  condition: event.file.path.matches('(a')\n",

@@ -237,6 +237,10 @@ class _Compiler:
             return None
         when = list(entry.when)
         pinned = kinds_of(tree) if tree is not None else None
+        if when and pinned is not None and not set(when) & pinned:
+            self.fail(PolicyError(f"the condition needs event.kind in {sorted(pinned)} but when: lists "
+                                  f"{when}: the rule can never match", **where))
+            return None
         if not when:
             when = sorted(pinned) if pinned else list(KINDS)
         paths = ast.referenced_fields(tree) if tree is not None else []
