@@ -152,3 +152,29 @@ def test_flush_at_the_end_emits_what_a_killed_agent_left_mid_stream() -> None:
     dec.feed(rec(DIR_READ, head + f"{len(stream):x}\r\n".encode() + stream + b"\r\n", 2))
     (event,) = dec.flush(3)
     assert event.llm["id"] == "msg_k" and event.llm["truncated"] and dec.conns == {}
+
+
+def test_a_batch_parses_runs_of_records_like_one_by_one() -> None:
+    stream = b"".join(
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": '
+        b'{"type": "text_delta", "text": "w' + str(i).encode() + b' "}}\n\n' for i in range(50))
+    start = (b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_b", '
+             b'"model": "claude-x", "content": [], "usage": {"input_tokens": 1}}}\n\n')
+    stop = b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    body = start + stream + stop
+    wire = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    records = [rec(DIR_WRITE, http_request(dict(REQ, stream=True)), 1)]
+    records += [rec(DIR_READ, wire[i:i + 100], 2 + i) for i in range(0, len(wire), 100)]
+    records += [rec(DIR_WRITE, http_request(REQ), 10_000), rec(DIR_READ, http_response(RESP), 10_001),
+                rec(DIR_CLOSE, b"", 10_002)]
+    one_by_one, batched = TlsDecoder("full"), TlsDecoder("full")
+    singles = [e for r in records for e in one_by_one.feed(r)]
+    batch = batched.feed_batch(records)
+    def view(events: list) -> list:  # event ids differ between the two decoders
+        return [(e.kind, {k: v for k, v in e.llm.items() if k != "request_event_id"}) for e in events]
+
+    assert view(batch) == view(singles)
+    assert [e.kind for e in batch] == ["llm_request", "llm_response", "llm_request", "llm_response"]
+    assert batch[1].llm["text"] == "".join(f"w{i} " for i in range(50))
+    assert batched.counters == one_by_one.counters

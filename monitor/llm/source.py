@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from monitor.event import Event
@@ -67,30 +68,58 @@ class TlsDecoder:
             conn.conv.mark_gap()
 
     def feed(self, rec: TlsRecord) -> list[Event]:
-        key = (rec.pid, rec.ssl)
-        if rec.direction == DIR_CLOSE:
-            return self._forget(key, rec.ts_mono)
-        conn = self.conns.get(key)
-        if conn is None:
-            if len(self.conns) >= MAX_CONNECTIONS:
-                self._forget(min(self.conns, key=lambda k: self.conns[k].last_seen), rec.ts_mono)
-            conn = self.conns[key] = _Conn(rec)
-        conn.tid, conn.last_seen = rec.tid, rec.ts_mono
-        self.counters["tls_records"] += 1
-        self.counters["tls_bytes"] += len(rec.data)
-        outgoing = rec.direction == DIR_WRITE
-        d = 0 if outgoing else 1
+        return self.feed_batch([rec])
+
+    def feed_batch(self, records: Iterable[TlsRecord]) -> list[Event]:
+        """Events from records in arrival order. Consecutive records of one connection and
+        direction (a streamed response read piece by piece) are parsed as one run of bytes."""
         events: list[Event] = []
-        if rec.offset == 0:
-            events += self._fill(conn, outgoing, conn.total[d] - conn.expect[d], rec.ts_mono)
-            conn.total[d], conn.expect[d] = rec.total, 0
-        elif rec.offset != conn.expect[d]:
-            conn.conv.mark_gap()  # a chunk of this call was lost
-        events += self._feed(conn, outgoing, rec.data, rec.ts_mono)
-        conn.expect[d] = rec.offset + len(rec.data)
-        if rec.truncated and conn.expect[d] >= self.call_cap:
-            events += self._fill(conn, outgoing, conn.total[d] - conn.expect[d], rec.ts_mono)
-            conn.expect[d] = conn.total[d]
+        run: list[bytes] = []
+        run_conn: _Conn | None = None
+        run_out, run_ts = False, 0
+
+        def flush() -> None:
+            nonlocal run
+            if run and run_conn is not None:
+                events.extend(self._feed(run_conn, run_out, b"".join(run), run_ts))
+            run = []
+
+        for rec in records:
+            key = (rec.pid, rec.ssl)
+            if rec.direction == DIR_CLOSE:
+                flush()
+                events.extend(self._forget(key, rec.ts_mono))
+                continue
+            conn = self.conns.get(key)
+            if conn is None:
+                flush()
+                if len(self.conns) >= MAX_CONNECTIONS:
+                    events.extend(self._forget(min(self.conns, key=lambda k: self.conns[k].last_seen),
+                                               rec.ts_mono))
+                conn = self.conns[key] = _Conn(rec)
+            conn.tid, conn.last_seen = rec.tid, rec.ts_mono
+            self.counters["tls_records"] += 1
+            self.counters["tls_bytes"] += len(rec.data)
+            outgoing = rec.direction == DIR_WRITE
+            d = 0 if outgoing else 1
+            if conn is not run_conn or outgoing != run_out:
+                flush()
+            if rec.offset == 0:
+                if conn.total[d] > conn.expect[d]:
+                    flush()
+                    events.extend(self._fill(conn, outgoing, conn.total[d] - conn.expect[d], rec.ts_mono))
+                conn.total[d], conn.expect[d] = rec.total, 0
+            elif rec.offset != conn.expect[d]:
+                flush()
+                conn.conv.mark_gap()  # a chunk of this call was lost
+            run.append(rec.data)
+            run_conn, run_out, run_ts = conn, outgoing, rec.ts_mono
+            conn.expect[d] = rec.offset + len(rec.data)
+            if rec.truncated and conn.expect[d] >= self.call_cap:
+                flush()
+                events.extend(self._fill(conn, outgoing, conn.total[d] - conn.expect[d], rec.ts_mono))
+                conn.expect[d] = conn.total[d]
+        flush()
         return events
 
     def _fill(self, conn: _Conn, outgoing: bool, missing: int, ts: int) -> list[Event]:
@@ -256,10 +285,7 @@ class LlmSource:
         if lost_records != self._lost_seen:
             self._lost_seen = lost_records
             self.decoder.gap_all()
-        events: list[Event] = []
-        for rec in records:
-            events += self.decoder.feed(rec)
-        return events
+        return self.decoder.feed_batch(records)
 
     def drain(self) -> list[Event]:
         """At the end of a run: what is left of open connections (an agent killed mid-stream)."""
