@@ -1092,7 +1092,10 @@ class OtlpSink(Sink):
             queue.drain(deadline)
         if self._meter_provider is not None:
             self._shutdown_metrics(deadline)
-        summary.setdefault("sinks", {})[self.name] = self.stats()
+        stats = summary.setdefault("sinks", {})[self.name] = self.stats()
+        if stats["not_exported"]:
+            log.warning("OTLP export to %s: %d items not exported (%s)", self._endpoint_text,
+                        stats["not_exported"], stats.get("last_error") or "queues full")
 
     def _shutdown_metrics(self, deadline: float) -> None:
         """A last collection and export, bounded by the deadline (a dead receiver must not hold exit)."""

@@ -101,3 +101,19 @@ def test_monitor_run_trace_is_the_process_tree_and_agent_joins(scheme: str) -> N
     assert alert["rule"] in record.body
     # the file written by sh's redirection is on sh's span
     assert "/tmp/otlp-e2e-out" in by_pid[sh_pid].attributes.get(m.FILES_WRITTEN, [])
+
+
+@needs_root
+def test_monitor_run_with_the_collector_down_runs_and_says_so() -> None:
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    started = time.monotonic()
+    result = monitor_run("for i in 1 2 3 4 5; do /bin/true; done; exit 7", "--otlp", f"http://127.0.0.1:{dead}")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 7, result.stderr
+    assert len(result.execs("/true")) == 5  # capture and the JSON output are complete
+    assert "items not exported" in result.stderr and "Traceback" not in result.stderr
+    assert elapsed < 60
