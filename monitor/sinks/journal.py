@@ -58,7 +58,7 @@ FRAME_META = 1  # JSON, uncompressed: segment metadata
 FRAME_BLOCK = 2  # zstd(msgpack(block))
 MAX_FRAME_BYTES = 64 << 20
 MAX_BLOCK_RAW_BYTES = 8 << 20  # a block over this (before compression) is split in two
-BLOCK_FORMAT = 2
+BLOCK_FORMAT = 3
 
 # Record tags (first element of each row in a block).
 REC_EVENT, REC_ALERT, REC_ACTION, REC_SUMMARY = 0, 1, 2, 3
@@ -118,9 +118,9 @@ def frame(frame_type: int, payload: bytes) -> bytes:
 
 
 class _BlockEncoder:
-    """Turns pending records into one block (format 2):
+    """Turns pending records into one block (format 3):
 
-        header  [2, procs, sandboxes, kinds, times, event_sandboxes]   (one msgpack array)
+        header  [3, procs, sandboxes, kinds, times, event_sandboxes]   (one msgpack array)
         rows    one msgpack array of the records' rows, after the header
 
     procs/sandboxes: each distinct process/sandbox map once (msgpack bytes), referenced by index.
