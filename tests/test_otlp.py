@@ -510,3 +510,13 @@ def test_repeats_of_a_recorded_event_are_counted_not_recorded(receiver: OtlpRece
     assert opens == [("/usr/include/stdio.h", 3), ("/usr/include/stdio.h", -2), ("/usr/include/stdlib.h", None)]
     assert span.attributes[m.EVENTS_REPEATED] == 999
     assert span.events[-1] == (m.SPAN_EVENT_CAPPED, t0 + 3_000, {m.EVENTS_REPEATED_PREFIX + "open": 999})
+
+
+def test_credentials_never_reach_the_summary_and_bad_interval_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = OtlpSink(f"http://user:s3cret@127.0.0.1:{free_port()}", signals=("traces",), close_timeout=0.5)
+    summary: dict = {}
+    sink.close(summary)
+    assert "s3cret" not in str(summary) and summary["sinks"]["otlp"]["endpoint"].startswith("http://127.0.0.1:")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
+    with pytest.raises(OtlpConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
+        OtlpSink(f"http://127.0.0.1:{free_port()}")

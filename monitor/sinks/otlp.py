@@ -917,7 +917,9 @@ class OtlpSink(Sink):
         if unknown:
             raise OtlpConfigError(f"unknown OTLP signal(s): {', '.join(sorted(unknown))}")
         self.endpoint = resolve_endpoint(endpoint, protocol)
-        self._endpoint_text = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "(OTEL defaults)")
+        interval_s = metric_interval_s if metric_interval_s is not None else _env_interval_s()
+        self._endpoint_text = _without_userinfo(endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")) \
+            or "(OTEL defaults)"
         self.close_timeout = close_timeout
         self._max_queue = max_queue
         _quiet_sdk_loggers()
@@ -952,9 +954,7 @@ class OtlpSink(Sink):
         self._metrics: m.MetricsRecorder | None = None
         if "metrics" in signals:
             self._metric_exporter = _CountingMetricExporter(exporters["metrics"])
-            interval = metric_interval_s if metric_interval_s is not None else float(
-                os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "10000")) / 1000.0
-            reader = PeriodicExportingMetricReader(self._metric_exporter, export_interval_millis=interval * 1000)
+            reader = PeriodicExportingMetricReader(self._metric_exporter, export_interval_millis=interval_s * 1000)
             self._meter_provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
             self._metrics = _OtelMetrics(self._meter_provider, self.export_stats)
         else:
@@ -1144,6 +1144,25 @@ class OtlpSink(Sink):
         if errors:
             out["last_error"] = errors[0]
         return out
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL fit for logs and summaries: no user:password@."""
+    parsed = urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _env_interval_s() -> float:
+    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "10000")
+    try:
+        interval_ms = float(raw)
+    except ValueError:
+        raise OtlpConfigError(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r}: not a number of milliseconds") from None
+    if interval_ms <= 0:
+        raise OtlpConfigError(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r}: must be positive")
+    return interval_ms / 1000.0
 
 
 def _version() -> str:
