@@ -46,12 +46,15 @@ def test_events_alerts_actions_and_sandboxes_are_counted() -> None:
     assert got[("sandbox_monitor_action_duration_seconds_count", (("action", "kill"),))] == 1
 
 
-def test_lost_totals_are_absolute_and_monotonic() -> None:
+def test_lost_and_rule_error_totals_are_absolute_and_monotonic() -> None:
     sink = m.MetricsSink()
     sink.record_lost({"exec": 5, "open": 1})
     sink.record_lost({"exec": 3})  # a smaller reading never makes a counter go back
     sink.close({"lost": {"open": 4}})
+    sink.record_rule_errors({"Bad rule": 2})
+    sink.record_rule_errors({"Bad rule": 1})
     got = samples(sink.exposition().decode())
+    assert got[("sandbox_monitor_rule_errors_total", (("rule", "Bad rule"),))] == 2
     assert got[("sandbox_monitor_lost_events_total", (("probe", "exec"),))] == 5
     assert got[("sandbox_monitor_lost_events_total", (("probe", "open"),))] == 4
 

@@ -75,7 +75,7 @@ LOST_EVENTS = MetricDef("sandbox_monitor_lost_events", OBSERVED_COUNTER, "{event
 RULE_EVAL_DURATION = MetricDef("sandbox_monitor_rule_eval_duration_seconds", HISTOGRAM, "s",
                                "Time to evaluate the rules indexed for one event, by event kind.",
                                ("kind",), _LATENCY_BUCKETS)
-RULE_ERRORS = MetricDef("sandbox_monitor_rule_errors", COUNTER, "{error}",
+RULE_ERRORS = MetricDef("sandbox_monitor_rule_errors", OBSERVED_COUNTER, "{error}",
                         "Rule evaluations that raised (bad field type, CEL runtime error).",
                         ("rule",))
 SANDBOXES_WATCHED = MetricDef("sandbox_monitor_sandboxes_watched", GAUGE, "{sandbox}",
@@ -220,12 +220,13 @@ class MetricsRecorder(Sink):
     """Turns events, alerts and actions into metric updates; subclasses store them somewhere.
 
     Inputs the pipeline does not carry arrive through `record_lost` (sources' loss totals),
-    `record_rule_eval` / `record_rule_error` (the policy engine) and `add_export_source`.
+    `record_rule_errors` (the rule set's `eval_errors`), `record_rule_eval` (evaluation time) and
+    `add_export_source` (an OTLP sink's queues).
     """
 
     def __init__(self) -> None:
         self._active: dict[str, str] = {}  # sandbox id -> runtime, for SANDBOXES_WATCHED
-        self._lost: dict[str, int] = {}
+        self._totals: dict[MetricDef, dict[tuple[str, ...], int]] = {LOST_EVENTS: {}, RULE_ERRORS: {}}
         self._export_sources: list[Callable[[], Mapping[str, Mapping[str, Any]]]] = []
         self._lock = threading.Lock()
 
@@ -278,15 +279,21 @@ class MetricsRecorder(Sink):
     # inputs from outside the sink interface
     def record_lost(self, totals_by_probe: Mapping[str, int]) -> None:
         """Absolute loss totals per probe (as `Source.lost()` returns them)."""
+        self._record_totals(LOST_EVENTS, totals_by_probe)
+
+    def record_rule_errors(self, totals_by_rule: Mapping[str, int]) -> None:
+        """Absolute evaluation-error totals per rule (the rule set's `eval_errors`)."""
+        self._record_totals(RULE_ERRORS, totals_by_rule)
+
+    def _record_totals(self, metric: MetricDef, totals: Mapping[str, int]) -> None:
+        """A total never goes back (a source restarted from zero must not make a counter drop)."""
         with self._lock:
-            for probe, total in totals_by_probe.items():
-                self._lost[str(probe)] = max(int(total), self._lost.get(str(probe), 0))
+            into = self._totals[metric]
+            for key, total in totals.items():
+                into[(str(key),)] = max(int(total), into.get((str(key),), 0))
 
     def record_rule_eval(self, kind: str, seconds: float) -> None:
         self._observe(RULE_EVAL_DURATION, (kind,), seconds)
-
-    def record_rule_error(self, rule: str) -> None:
-        self._add(RULE_ERRORS, (rule,))
 
     def add_export_source(self, stats: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
         """A callable returning {signal: {queued, exported, dropped_queue_full, dropped_shutdown,
@@ -300,9 +307,10 @@ class MetricsRecorder(Sink):
             counts[runtime] = counts.get(runtime, 0) + 1
         return counts
 
-    def lost_totals(self) -> dict[str, int]:
+    def observed_totals(self, metric: MetricDef) -> dict[tuple[str, ...], int]:
+        """LOST_EVENTS or RULE_ERRORS as recorded: labels -> total."""
         with self._lock:
-            return dict(self._lost)
+            return dict(self._totals[metric])
 
     def export_readings(self) -> dict[MetricDef, dict[tuple[str, ...], float]]:
         readings: dict[MetricDef, dict[tuple[str, ...], float]] = {m: {} for m in EXPORT_METRICS}
@@ -377,7 +385,7 @@ class MetricsSink(MetricsRecorder):
 
 
 class _ObservedCollector:
-    """Lost-event and export metrics: absolute values read at scrape time."""
+    """Lost events, rule errors and export metrics: absolute values read at scrape time."""
 
     def __init__(self, sink: MetricsRecorder) -> None:
         self._sink = sink
@@ -386,10 +394,11 @@ class _ObservedCollector:
         return []
 
     def collect(self) -> Iterable[Any]:
-        lost = CounterMetricFamily(LOST_EVENTS.name, LOST_EVENTS.description, labels=LOST_EVENTS.labels)
-        for probe, total in sorted(self._sink.lost_totals().items()):
-            lost.add_metric((probe,), total)
-        yield lost
+        for metric in (LOST_EVENTS, RULE_ERRORS):
+            family = CounterMetricFamily(metric.name, metric.description, labels=metric.labels)
+            for labels, total in sorted(self._sink.observed_totals(metric).items()):
+                family.add_metric(labels, total)
+            yield family
         for metric, values in self._sink.export_readings().items():
             family: Any
             if metric.kind == GAUGE:

@@ -375,8 +375,8 @@ class _OtelMetrics(m.MetricsRecorder):
         from opentelemetry.metrics import Observation
         meter = provider.get_meter("sandbox-monitor")
         self._histograms: dict[m.MetricDef, Any] = {}
-        self._totals: dict[m.MetricDef, dict[tuple[str, ...], float]] = {}
-        self._totals_lock = threading.Lock()
+        self._counts: dict[m.MetricDef, dict[tuple[str, ...], float]] = {}
+        self._counts_lock = threading.Lock()
         self.add_export_source(export_stats)
 
         def observe(read: Callable[[], Mapping[tuple[str, ...], float]], metric: m.MetricDef) -> Callable[[Any], list[Any]]:
@@ -391,24 +391,24 @@ class _OtelMetrics(m.MetricsRecorder):
                     explicit_bucket_boundaries_advisory=metric.buckets)
                 continue
             if metric.kind == m.COUNTER:
-                self._totals[metric] = {}
-                read = (lambda metric=metric: self._copy_totals(metric))  # noqa: E731
+                self._counts[metric] = {}
+                read = (lambda metric=metric: self._copy_counts(metric))  # noqa: E731
             elif metric is m.SANDBOXES_WATCHED:
                 read = lambda: {(k,): v for k, v in self.sandboxes_by_runtime().items()}  # noqa: E731
-            elif metric is m.LOST_EVENTS:
-                read = lambda: {(k,): v for k, v in self.lost_totals().items()}  # noqa: E731
+            elif metric in (m.LOST_EVENTS, m.RULE_ERRORS):
+                read = (lambda metric=metric: self.observed_totals(metric))  # noqa: E731
             else:  # export metrics
                 read = (lambda metric=metric: self.export_readings()[metric])  # noqa: E731
             create = meter.create_observable_gauge if metric.kind == m.GAUGE else meter.create_observable_counter
             create(metric.name, [observe(read, metric)], metric.unit, metric.description)
 
-    def _copy_totals(self, metric: m.MetricDef) -> dict[tuple[str, ...], float]:
-        with self._totals_lock:
-            return dict(self._totals[metric])
+    def _copy_counts(self, metric: m.MetricDef) -> dict[tuple[str, ...], float]:
+        with self._counts_lock:
+            return dict(self._counts[metric])
 
     def _add(self, metric: m.MetricDef, labels: tuple[str, ...], amount: float = 1) -> None:
-        totals = self._totals[metric]
-        with self._totals_lock:
+        totals = self._counts[metric]
+        with self._counts_lock:
             totals[labels] = totals.get(labels, 0) + amount
 
     def _observe(self, metric: m.MetricDef, labels: tuple[str, ...], value: float) -> None:
@@ -1020,8 +1020,9 @@ class OtlpSink(Sink):
     def record_rule_eval(self, kind: str, seconds: float) -> None:
         self._put("rule_eval", (kind, seconds))
 
-    def record_rule_error(self, rule: str) -> None:
-        self._put("rule_error", rule)
+    def record_rule_errors(self, totals_by_rule: Mapping[str, int]) -> None:
+        if self._metrics is not None:
+            self._metrics.record_rule_errors(totals_by_rule)
 
     # the builder thread
     def _run(self) -> None:
@@ -1060,8 +1061,6 @@ class OtlpSink(Sink):
             self._traces.on_action(item)
         elif kind == "rule_eval" and metrics is not None:
             metrics.record_rule_eval(*item)
-        elif kind == "rule_error" and metrics is not None:
-            metrics.record_rule_error(item)
 
     def _emit_alert_log(self, alert: Alert, span_context: Any) -> None:
         if self._logger is None:

@@ -120,7 +120,7 @@ def test_prometheus_scrapes_every_defined_series(prometheus: tuple[Any, int]) ->
         ])
         sink.record_lost({"open": 2})
         sink.record_rule_eval("open", 3e-6)
-        sink.record_rule_error("Broken rule")
+        sink.record_rule_errors({"Broken rule": 2})
         otlp.wait_idle()
         server = m.serve_metrics(sink, 0, health=lambda: (True, "ok"))
         try:
@@ -141,6 +141,8 @@ def test_prometheus_scrapes_every_defined_series(prometheus: tuple[Any, int]) ->
             assert alerts["metric"]["rule"] == "Shadow password file read" and alerts["value"][1] == "3"
             (actions,) = query(api_port, "sandbox_monitor_actions_total")
             assert (actions["metric"]["action"], actions["metric"]["outcome"], actions["value"][1]) == ("kill", "done", "3")
+            (errors,) = query(api_port, "sandbox_monitor_rule_errors_total")
+            assert (errors["metric"]["rule"], errors["value"][1]) == ("Broken rule", "2")
             (lost,) = query(api_port, "sandbox_monitor_lost_events_total")
             assert (lost["metric"]["probe"], lost["value"][1]) == ("open", "2")
             (watched,) = query(api_port, "sandbox_monitor_sandboxes_watched")
