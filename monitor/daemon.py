@@ -19,7 +19,7 @@ The config file (YAML; every key optional):
     gvisor:                          # gVisor's trace sessions (Docker's runsc runtime, see
       enabled: true                  #   `monitor gvisor install`)
       socket: /run/sandbox-monitor/gvisor.sock
-      hold_unknown_ms: 2000          # a container's first points wait this long for its identity
+      hold_unknown_ms: 5000          # a container's first points wait this long for its identity
     cgroups:                         # plain cgroup-v2 directories to watch as sandboxes
       - {path: /sys/fs/cgroup/agents/a1, name: agent-1, labels: {team: ml}}
     sinks:
@@ -94,7 +94,7 @@ class DaemonConfig:
     otlp: str | None = None
     gvisor_enabled: bool = True
     gvisor_socket: str = DEFAULT_GVISOR_SOCKET
-    gvisor_hold_ms: int = 2000
+    gvisor_hold_ms: int = 5000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
 

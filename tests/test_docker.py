@@ -321,3 +321,19 @@ def test_the_monitors_own_container_is_never_watched():
     assert registry.all() == []
     assert lines and "the monitor's own" in lines[0]
 
+
+
+def test_a_container_at_the_cgroup_root_has_no_cgroup_to_watch():
+    """runsc on a hybrid host leaves its sandbox in the v2 root: never watch or kill the root."""
+    doc = inspect_doc("plain")
+    gvisor = dict(doc, Id="e" * 64, Name="/gv", HostConfig={**doc["HostConfig"], "Runtime": "gvisor-traced"})
+    lines: list[str] = []
+    registry = SandboxRegistry()
+    inv = DockerInventory(registry, base_url="unix:///nonexistent.sock", log=lines.append,
+                          cgroup_root="/sys/fs/cgroup/unified",
+                          resolve_cgroup=lambda pid: CgroupRef("/sys/fs/cgroup/unified", 1))
+    inv.reconcile(RecordedEngine({doc["Id"]: doc, gvisor["Id"]: gvisor}))
+    [sandbox] = registry.all()
+    assert sandbox.name == "gv" and sandbox.cgroup_id == 0 and sandbox.cgroup_path == ""
+    assert inv.is_gvisor(sandbox.id)
+    assert any("plain" in line and "no cgroup-v2 directory of its own" in line for line in lines)

@@ -315,18 +315,23 @@ class DockerInventory:
         state = inspect.get("State") or {}
         if not selector_matches(self.selector, labels) or not state.get("Running"):
             return None
+        name = (inspect.get("Name") or container_id).lstrip("/")
+        gvisor = self._is_gvisor(client, (inspect.get("HostConfig") or {}).get("Runtime"))
         cgroup = self.resolve_cgroup(int(state.get("Pid") or 0))
-        if cgroup is None:
-            self.log(f"docker: container {inspect.get('Name', container_id)} has no cgroup-v2 "
-                     "directory (exited already?); not watched")
+        if cgroup is not None and self.cgroup_root and cgroup.path == os.path.normpath(self.cgroup_root):
+            # Not a cgroup of its own (runsc on a hybrid host leaves its sandbox at the v2 root):
+            # nothing to watch or kill there.
+            cgroup = None
+        if cgroup is None and not gvisor:  # gVisor's trace session needs no cgroup
+            self.log(f"docker: container {name} has no cgroup-v2 directory of its own "
+                     "(exited already?); not watched")
             return None
-        if cgroup.id == self._own_cgroup_id():
+        if cgroup is not None and cgroup.id == self._own_cgroup_id():
             # The monitor itself runs in this container: watching it would feed on its own events.
-            self.log(f"docker: container {inspect.get('Name', container_id)} is the monitor's own; "
-                     "not watched")
+            self.log(f"docker: container {name} is the monitor's own; not watched")
             return None
         sandbox = sandbox_from_inspect(inspect, cgroup, self._repo_digests(client, inspect))
-        if self._is_gvisor(client, (inspect.get("HostConfig") or {}).get("Runtime")):
+        if gvisor:
             with self._lock:
                 self._gvisor_ids.add(container_id)
         with self._lock:

@@ -220,15 +220,20 @@ def test_gvisor_container_reports_through_its_trace_session(docker_engine, watch
     _, output, _, gvisor_runtime, _ = watched
     if gvisor_runtime is None:
         pytest.skip("runsc not installed (scripts/setup.sh installs it)")
-    cid = docker_engine.run(["sh", "-c", "cat /etc/passwd > /dev/null; sleep 600"], name="e2e-gvisor",
-                            labels={**AGENT, "team": "gv"}, runtime=gvisor_runtime)
+    script = "cat /etc/passwd > /dev/null; sleep 3; cat /etc/hostname > /dev/null; sleep 600"
+    cid = docker_engine.run(["sh", "-c", script], name="e2e-gvisor", labels={**AGENT, "team": "gv"},
+                            runtime=gvisor_runtime)
 
-    def opened() -> list[dict]:
-        return [e for e in output.events(cid, "open") if e["file"]["path"] == "/etc/passwd"]
-    wait_for(opened, 60, "the gVisor container's open of /etc/passwd")
-    event = opened()[0]
+    def opened(path: str) -> list[dict]:
+        return [e for e in output.events(cid, "open") if e["file"]["path"] == path]
+    # at start: held until the inventory knows the container (a provisional identity after
+    # gvisor.hold_unknown_ms on a slow start); later: the inventory's identity, always
+    wait_for(lambda: opened("/etc/passwd"), 60, "the gVisor container's open of /etc/passwd")
+    wait_for(lambda: opened("/etc/hostname"), 30, "the gVisor container's open of /etc/hostname")
+    event = opened("/etc/hostname")[0]
     assert event["source"] == "gvisor" and event["sandbox"]["runtime"] == "gvisor"
     assert event["sandbox"]["name"] == "e2e-gvisor" and event["sandbox"]["labels"] == {**AGENT, "team": "gv"}
+    assert opened("/etc/passwd")[0]["source"] == "gvisor"
     # the host's probes were not pointed at gVisor's own processes
     assert [e for e in output.events(cid) if e["source"] == "ebpf"] == []
     assert output.events(cid, "container_start")
