@@ -86,3 +86,13 @@ def test_watched_cgroup_only_and_a_big_call_truncated_with_its_model(api: FakeAp
         assert collect(source, 4) == []
     finally:
         source.close()
+
+
+def test_doctor_checks_report_uprobes_libssl_and_a_working_attach() -> None:
+    from monitor.llm.probe import doctor_checks
+
+    checks = {c.name: c for c in doctor_checks()}
+    assert checks["uprobes (model-call capture)"].ok
+    assert "libssl.so" in checks["libssl (model-call capture)"].detail
+    attach = checks["TLS probes compile + attach"]
+    assert attach.ok and "file(s)" in attach.detail

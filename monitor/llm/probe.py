@@ -197,3 +197,39 @@ class TlsProbe:
 
     def close(self) -> None:
         self.bpf.cleanup()
+
+
+@dataclass(slots=True)
+class Check:
+    """One `monitor doctor` line (the doctor's own Check has the same fields)."""
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def doctor_checks() -> list[Check]:
+    """For `monitor doctor`: uprobes, which TLS libraries the llm source attaches at start, and
+    (as root) whether probes/ssl.c compiles and attaches."""
+    uprobes = os.path.exists("/sys/kernel/tracing/uprobe_events") or \
+        os.path.exists("/sys/kernel/debug/tracing/uprobe_events")
+    checks = [Check("uprobes (model-call capture)", uprobes, "uprobe_events in tracefs" if uprobes else "absent",
+                    "a kernel with CONFIG_UPROBE_EVENTS; mount tracefs")]
+    libs = system_libssl()
+    checks.append(Check("libssl (model-call capture)", bool(libs), ", ".join(libs) or "none found by ldconfig",
+                        "apt-get install libssl3"))
+    node = static_tls_runtimes()
+    checks.append(Check("node TLS (model-call capture)", bool(node),
+                        ", ".join(node) if node else "no node on PATH",
+                        "only needed for Node agents (EXTRAS=node scripts/setup.sh)"))
+    if os.geteuid() == 0 and uprobes:
+        try:
+            started = time.monotonic()
+            probe = TlsProbe()
+            attached = [p for p in libs + node if probe.attach(p)]
+            probe.close()
+            checks.append(Check("TLS probes compile + attach", bool(attached),
+                                f"{time.monotonic() - started:.2f} s; {len(attached)} file(s)"))
+        except Exception as exc:
+            checks.append(Check("TLS probes compile + attach", False, str(exc)[:200], "run scripts/setup.sh as root"))
+    return checks
