@@ -46,3 +46,4 @@ def test_daemonset_manifest():
     assert set(mounts) == volumes
     assert mounts["cgroup"] == "/sys/fs/cgroup"
     assert mounts["docker-sock"] == config.docker_host.removeprefix("unix://")
+    assert mounts["run"] == str(Path(config.gvisor_socket).parent)  # runsc on the host connects there
