@@ -65,7 +65,8 @@ class Layout:
 
 
 def prom(expr: str, legend: str = "", instant: bool = False, ref: str = "A") -> dict[str, Any]:
-    target: dict[str, Any] = {"refId": ref, "datasource": PROM, "expr": expr, "legendFormat": legend or "__auto"}
+    target: dict[str, Any] = {"refId": ref, "datasource": PROM, "expr": expr, "legendFormat": legend or "__auto",
+                              "editorMode": "code"}
     if instant:
         target.update({"instant": True, "range": False, "format": "table"})
     else:

@@ -29,7 +29,7 @@ STACK = DASHBOARDS / "stack"
 PANEL_TYPES = {"row", "stat", "timeseries", "table", "bargauge", "logs", "heatmap", "text", "gauge", "traces"}
 GRAFANA_VARS = {"__rate_interval", "__range", "__interval", "__tags"}
 # Tempo intrinsics and resource attributes the monitor sets.
-RESOURCE_ATTRIBUTES = {m.R_SERVICE_NAME, m.R_HOST_NAME, "service.version"}
+RESOURCE_ATTRIBUTES = {m.R_SERVICE_NAME, m.R_HOST_NAME, m.R_SERVICE_INSTANCE, "service.version"}
 LOKI_LABELS = {"service_name"}  # Loki's OTLP ingestion makes service.name this index label
 
 DASHBOARD_FILES = sorted(JSON_DIR.glob("*.json"))

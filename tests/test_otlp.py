@@ -109,6 +109,7 @@ def test_session_trace_is_the_process_tree(receiver: OtlpReceiver, transport: st
     assert (root.start_ns, root.end_ns) == (t0, t0 + 11_000)
     assert (cat.start_ns, cat.end_ns) == (t0 + 3_000, t0 + 5_000)
     assert root.resource["service.name"] == "sandbox-monitor" and root.resource["host.name"]
+    assert root.resource["service.instance.id"] == receiver.store.points()[0].resource["service.instance.id"]
     assert root.attributes[m.SANDBOX_ID] == "sb-test1" and root.attributes[m.SANDBOX_RUNTIME] == "cgroup"
     assert root.attributes[m.SANDBOX_LABEL_PREFIX + "team"] == "red"
     assert cat.attributes[m.PROCESS_COMMAND_ARGS] == ["cat", "/etc/shadow"]

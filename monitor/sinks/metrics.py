@@ -114,6 +114,7 @@ SERVICE_NAME = "sandbox-monitor"
 
 R_SERVICE_NAME = "service.name"
 R_HOST_NAME = "host.name"
+R_SERVICE_INSTANCE = "service.instance.id"
 
 SANDBOX_ID = "sandbox.id"
 SANDBOX_NAME = "sandbox.name"

@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -923,8 +924,11 @@ class OtlpSink(Sink):
         self.close_timeout = close_timeout
         self._max_queue = max_queue
         _quiet_sdk_loggers()
+        # service.instance.id: one per monitor process, so two monitors' cumulative metrics never
+        # land in the same series (Prometheus' `instance` label after a Collector).
         resource = Resource.create({m.R_SERVICE_NAME: m.SERVICE_NAME, m.R_HOST_NAME: socket.gethostname(),
-                                    "service.version": _version(), **dict(resource_attrs or {})})
+                                    m.R_SERVICE_INSTANCE: str(uuid.uuid4()), "service.version": _version(),
+                                    **dict(resource_attrs or {})})
         exporters = _exporters(self.endpoint, headers, export_timeout)
         self._queues: dict[str, ExportQueue] = {}
         for signal in ("traces", "logs"):
