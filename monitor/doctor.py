@@ -88,9 +88,9 @@ def _optional_checks() -> list[Check]:
     docker = Path("/var/run/docker.sock").exists()
     checks.append(Check("Docker engine", docker, "/var/run/docker.sock" if docker else "no engine socket",
                         "apt-get install docker.io and start dockerd", required=False))
-    libssl = any(Path(p).exists() for p in ("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3"))
-    checks.append(Check("libssl.so.3 (model-call capture)", libssl, "uprobes on SSL_write/SSL_read",
-                        "apt-get install libssl3", required=False))
+    from monitor.llm.probe import doctor_checks as llm_checks
+
+    checks += [Check(c.name, c.ok, c.detail, c.fix, required=False) for c in llm_checks()]
     return checks
 
 
