@@ -213,10 +213,6 @@ def is_known_attribute(name: str) -> bool:
 
 # --- the event -> metric mapping, written once --------------------------------------------------
 
-def _runtime(event: Event) -> str:
-    return str((event.sandbox or {}).get("runtime") or "none")
-
-
 class MetricsRecorder(Sink):
     """Turns events, alerts and actions into metric updates; subclasses store them somewhere.
 
