@@ -294,13 +294,12 @@ class AlertLog(Sink):
 
 
 class TimedPolicy:
-    """The rule set, timed per event for sandbox_monitor_rule_eval_duration_seconds, its
-    evaluation errors counted in sandbox_monitor_rule_errors (on /metrics and OTLP alike)."""
+    """The rule set, timed per event for sandbox_monitor_rule_eval_duration_seconds (on /metrics
+    and OTLP alike)."""
 
     def __init__(self, rules: Any, recorders: list[Any]) -> None:
         self.rules = rules
         self.recorders = recorders
-        self._errors_seen: dict[str, int] = {}
 
     def evaluate(self, event: Event) -> list[Alert]:
         started = time.perf_counter()
@@ -308,14 +307,13 @@ class TimedPolicy:
         elapsed = time.perf_counter() - started
         for recorder in self.recorders:
             recorder.record_rule_eval(event.kind, elapsed)
-        errors = self.rules.eval_errors
-        if errors != self._errors_seen:
-            for rule, count in list(errors.items()):
-                for _ in range(count - self._errors_seen.get(rule, 0)):
-                    for recorder in self.recorders:
-                        recorder.record_rule_error(rule)
-            self._errors_seen = dict(errors)
         return alerts
+
+    def record_totals(self) -> None:
+        """Evaluation-error totals per rule (absolute: recorders keep the maximum)."""
+        if self.rules.eval_errors:
+            for recorder in self.recorders:
+                recorder.record_rule_errors(dict(self.rules.eval_errors))
 
 
 class DaemonError(Exception):
@@ -357,8 +355,8 @@ class Daemon:
         self.enricher = Enricher(self.registry)
         self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
         self.actions = Actions(self.registry, audit=cfg.audit, enforcers={"docker": self.docker_enforcer})
-        recorders = [sink for sink in sinks if hasattr(sink, "record_rule_eval")]
-        self.pipeline = Pipeline(self.enricher, TimedPolicy(self.rules, recorders), self.actions, sinks)
+        self.policy = TimedPolicy(self.rules, [sink for sink in sinks if hasattr(sink, "record_rule_eval")])
+        self.pipeline = Pipeline(self.enricher, self.policy, self.actions, sinks)
         if cfg.probes:
             self._attach_sensor()
         if cfg.gvisor_enabled:
@@ -483,6 +481,7 @@ class Daemon:
                 self._on_rules_reloaded(ok, self.rules.last_reload_error)
             if self.session.sources:
                 self.metrics.record_lost(self.session.lost())
+            self.policy.record_totals()
 
     def _drain_inbox(self) -> None:
         while True:

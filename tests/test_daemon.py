@@ -270,6 +270,7 @@ def test_timed_policy_feeds_rule_metrics(tmp_path):
     event = Event(kind="exec", process={"pid": 5, "executable": "/nonexistent/marker"})
     assert [a.rule for a in policy.evaluate(event)] == ["Daemon test marker"]
     policy.evaluate(event)
+    policy.record_totals()
     text = metrics.exposition().decode()
     assert 'sandbox_monitor_rule_eval_duration_seconds_count{kind="exec"} 2.0' in text
     assert 'sandbox_monitor_rule_errors_total{rule="Daemon test type error"} 2.0' in text
