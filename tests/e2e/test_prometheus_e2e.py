@@ -1,10 +1,11 @@
 """A real Prometheus (Debian's `prometheus`, installed by `EXTRAS=prometheus scripts/setup.sh`) scrapes
-the monitor's /metrics endpoint (`serve_metrics`, what `monitor daemon` serves) and every series the
-code defines is there, with the values the pipeline counted."""
+the monitor's /metrics endpoint: `serve_metrics` fed by a pipeline (every series the code defines is
+there, with the values counted), and a real `monitor daemon` watching a cgroup with its probes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from daemon_process import DaemonProcess  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
 from monitor.event import ActionRecord, Alert, Event  # noqa: E402
@@ -154,3 +156,48 @@ def test_prometheus_scrapes_every_defined_series(prometheus: tuple[Any, int]) ->
         finally:
             server.close()
             otlp.close({})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for eBPF and cgroups (CI runs as root)")
+def test_prometheus_scrapes_a_real_daemon(prometheus: tuple[Any, int], tmp_path: Path) -> None:
+    from monitor.sandbox.docker import cgroup2_root
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup-v2 hierarchy on this host")
+    start, api_port = prometheus
+    cgroup = Path(root) / f"sm-test-prom-{os.getpid()}"
+    cgroup.mkdir()
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"""\
+rules: [{Path(__file__).resolve().parents[2] / "rules"}]
+docker: {{enabled: false}}
+metrics: {{address: "127.0.0.1:0"}}
+gvisor: {{socket: {tmp_path / "run" / "gvisor.sock"}}}
+cgroups:
+  - {{path: {cgroup}, name: prom-box}}
+""")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        daemon.wait_log(r"probes attached", 120)
+        start(daemon.port)
+        # a process that joins the watched cgroup, then execs
+        subprocess.run(["sh", "-c", f"echo $$ > {cgroup}/cgroup.procs && exec cat /etc/shadow"],
+                       check=True, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        execs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not execs:
+            execs = query(api_port, 'sandbox_monitor_sandbox_events_total{sandbox_name="prom-box"}')
+            time.sleep(0.5)
+        assert execs, daemon.log()[-3000:]
+        (watched,) = query(api_port, 'sandbox_monitor_sandboxes_watched{runtime="cgroup"}')
+        assert watched["value"][1] == "1"
+        deadline = time.monotonic() + 15
+        alerts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not alerts:
+            alerts = query(api_port, 'sandbox_monitor_alerts_total{rule="Shadow password file read"}')
+            time.sleep(0.5)
+        assert alerts, daemon.log()[-3000:]
+        assert query(api_port, 'sandbox_monitor_events_total{kind="exec",runtime="cgroup"}')
+    finally:
+        daemon.stop()
+        cgroup.rmdir()
