@@ -16,6 +16,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         body = json.loads(raw or b"{}")
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
         final = _has_tool_result(body)
         model = body.get("model", "fake-model")
         stream = body.get("stream") is True
@@ -217,12 +220,14 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     seen_auth: list[str]
+    delay_s: float
 
 
 class FakeApi:
     """Start with `FakeApi(tmpdir).start()`; `url`, `ca_path`; `stop()` at the end."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, delay_s: float = 0.0) -> None:
+        """`delay_s`: wait this long before answering each POST (a model's time to first token)."""
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_path = workdir / "fake-api-ca.pem"
@@ -231,6 +236,7 @@ class FakeApi:
         cert.configure_cert(self._context)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.seen_auth = []
+        self._server.delay_s = delay_s
         self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self.url = f"https://127.0.0.1:{self.port}"

@@ -6,6 +6,9 @@ bare vs monitored by the llm source (libssl uprobes + ring buffer + HTTP/SSE dec
     .venv/bin/python tests/bench/tls.py --smoke    # 100 requests, 1 round: seconds
     .venv/bin/python tests/bench/tls.py --json     # one JSON object with the figures
 
+The fake API runs on a private copy of libssl (another inode than the one the probes attach to),
+so only the client pays for the probes, as with a remote model API.
+
 Modes, alternated per round (the median of each is reported):
   bare       no probe loaded
   monitored  the client runs in a watched cgroup; a thread polls and decodes events
@@ -14,6 +17,8 @@ Also measured: `probe_hit_us`, what one uprobe hit costs on this host (a no-op B
 libc's getpid): every probed SSL call pays it once or twice (a breakpoint trap, and a single-step
 of the displaced instruction), watched or not. On virtual machines a trap can cost tens of
 microseconds, which then dominates the ratio for a chatty local benchmark.
+  paced      the same client against an API that waits 20 ms before each answer, bare vs
+             monitored: the cost relative to a call that takes a model's time
 Target (issue 12): monitored <= 1.03 x bare, 0 lost TLS records.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,17 +65,30 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from llm_fake_api import FakeApi
-api = FakeApi(Path(sys.argv[2])).start()
+api = FakeApi(Path(sys.argv[2]), delay_s=float(sys.argv[3])).start()
 print(api.url, api.ca_path, flush=True)
 time.sleep(3600)
 """
 
 
-def start_server(workdir: str) -> tuple[subprocess.Popen[str], str, str]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), workdir],
-                            stdout=subprocess.PIPE, text=True)
+def start_server(workdir: str, delay_s: float = 0.0) -> tuple[subprocess.Popen[str], str, str]:
+    """The fake API in its own process, on a private copy of libssl: the probes attach to the
+    host's libssl file, so the server's TLS calls do not trap, as a remote API's would not."""
+    from monitor.llm.probe import system_libssl
+
+    libdir = Path(workdir) / "lib"
+    libdir.mkdir(exist_ok=True)
+    for lib in system_libssl():
+        shutil.copy(lib, libdir / Path(lib).name)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(libdir)}
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "tests"), workdir, str(delay_s)],
+                            stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     url, ca = proc.stdout.readline().split()
+    with open(f"/proc/{proc.pid}/maps") as maps:
+        private = str(libdir) in maps.read()
+    if not private:
+        raise RuntimeError("the fake API did not load its private libssl copy")
     return proc, url, ca
 
 
@@ -123,6 +142,32 @@ class Pump:
         return self.counts
 
 
+def paced(workdir: str, cgroup_dir: str, requests: int, delay_s: float) -> dict[str, Any]:
+    """The same client against an API that takes `delay_s` per answer (a model's time to first
+    token is hundreds of ms; 20 ms is already fast): bare vs monitored."""
+    from monitor.llm.source import LlmSource
+
+    server, url, ca = start_server(workdir, delay_s)
+    try:
+        bare = run_client(url, ca, requests, cgroup_dir)["small_s"]
+        source = LlmSource()
+        try:
+            source.add_cgroup(os.stat(cgroup_dir).st_ino, cgroup_dir)
+            pump = Pump(source)
+            monitored = run_client(url, ca, requests, cgroup_dir)["small_s"]
+            counts = pump.stop()
+            lost = source.lost()
+        finally:
+            source.close()
+    finally:
+        server.kill()
+        server.wait()
+    return {"delay_ms": delay_s * 1000, "requests": requests,
+            "ms_per_request": {"bare": round(1000 * bare / requests, 3),
+                               "monitored": round(1000 * monitored / requests, 3)},
+            "ratio_monitored": round(monitored / bare, 4), "llm_events": counts, "lost": lost}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few seconds: 100 requests, 1 round")
@@ -167,6 +212,7 @@ def main() -> int:
                     lost[key] = lost.get(key, 0) + n
             finally:
                 source.close()
+        paced_result = paced(workdir, cgroup_dir, 10 if args.smoke else 100, 0.02)
     finally:
         server.kill()
         server.wait()
@@ -185,6 +231,7 @@ def main() -> int:
         "stream_ratio_monitored": round(med(stream_times["monitored"]) / med(stream_times["bare"]), 4),
         "llm_events": events, "expected_each_kind": expected, "lost": lost,
         "probe_hit_us": round(probe_hit_us(), 2),
+        "paced": paced_result,
     }
     if args.json:
         print(json.dumps(result))
@@ -192,7 +239,10 @@ def main() -> int:
         for key, value in result.items():
             print(f"{key:24} {value}")
     complete = events.get("llm_request", 0) == expected and events.get("llm_response", 0) == expected
-    if not complete or lost:
+    paced_expected = paced_result["requests"] + 2
+    complete = complete and all(paced_result["llm_events"].get(k, 0) == paced_expected
+                                for k in ("llm_request", "llm_response"))
+    if not complete or lost or paced_result["lost"]:
         print(f"tls bench: incomplete capture (events {events}, expected {expected} each; lost {lost})",
               file=sys.stderr)
         return 1
