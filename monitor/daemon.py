@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -316,6 +317,128 @@ class TimedPolicy:
                 recorder.record_rule_errors(dict(self.rules.eval_errors))
 
 
+class HeldCgroups:
+    """Events of containers seen at their cgroup's creation, held until the inventory names them.
+
+    The probes watch a new container's cgroup at once (its first instructions run before the
+    engine will describe it); its events wait here until the sandbox is registered, then go on
+    with its identity. A container the selector does not pick is dropped with its events; one
+    still unnamed after `hold_s` goes on without identity (`counts` has both)."""
+
+    def __init__(self, source: Any, registry: SandboxRegistry, hold_s: float = 5.0) -> None:
+        self.source = source
+        self.name = getattr(source, "name", "ebpf")
+        self.registry = registry
+        self.hold_s = hold_s
+        self._lock = threading.Lock()
+        self._held: dict[int, tuple[float, list[Event]]] = {}
+        self._dropped: set[int] = set()
+        self.counts = {"held_dropped": 0, "held_expired": 0}
+
+    def hold(self, cgroup_id: int) -> None:
+        with self._lock:
+            self._held.setdefault(cgroup_id, (time.monotonic() + self.hold_s, []))
+
+    def drop(self, cgroup_id: int) -> None:
+        with self._lock:
+            if cgroup_id in self._held:
+                self._dropped.add(cgroup_id)
+
+    def poll(self, timeout_ms: int) -> list[Event]:
+        return self._filter(self.source.poll(timeout_ms))
+
+    def drain(self) -> list[Event]:
+        events = self._filter(self.source.drain() if hasattr(self.source, "drain") else [])
+        with self._lock:
+            rest = [e for _, buffered in self._held.values() for e in buffered]
+            self._held.clear()
+        return events + rest
+
+    def _filter(self, events: list[Event]) -> list[Event]:
+        with self._lock:
+            if not self._held:
+                return events
+            out = []
+            for event in events:
+                entry = self._held.get(event.cgroup_id)
+                if entry is None:
+                    out.append(event)
+                else:
+                    entry[1].append(event)
+            now = time.monotonic()
+            for cgroup_id, (deadline, buffered) in list(self._held.items()):
+                if cgroup_id in self._dropped:
+                    self.counts["held_dropped"] += len(buffered)
+                elif self.registry.by_cgroup(cgroup_id) is not None:
+                    out.extend(buffered)
+                elif now > deadline:
+                    self.counts["held_expired"] += len(buffered)
+                    out.extend(buffered)
+                else:
+                    continue
+                del self._held[cgroup_id]
+                self._dropped.discard(cgroup_id)
+            return out
+
+    def lost(self) -> dict[str, int]:
+        return self.source.lost()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class RuntimeSetupFilter:
+    """Drops what the container runtime itself does inside a container's cgroup before handing it
+    over: runc's stages (comm "runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]") mount the root
+    filesystem, open /proc, set ids... for every `docker run` and `docker exec` - hundreds of
+    events that are not the agent's. Not a hiding place: a process that exec'd in the container,
+    or descends from one, is never filtered, whatever name it gives itself; exec events always
+    pass (runc's last act, the exec of the container's program, is the first event kept)."""
+
+    RUNC_STAGE = re.compile(r"runc:\[[0-2]:(PARENT|CHILD|INIT)\]$")
+
+    def __init__(self, source: Any, registry: SandboxRegistry) -> None:
+        self.source = source
+        self.name = getattr(source, "name", "ebpf")
+        self.registry = registry
+        self._program_pids: set[int] = set()  # exec'd in a container, or forked from one that did
+        self.filtered = 0
+
+    def poll(self, timeout_ms: int) -> list[Event]:
+        return self._filter(self.source.poll(timeout_ms))
+
+    def drain(self) -> list[Event]:
+        return self._filter(self.source.drain() if hasattr(self.source, "drain") else [])
+
+    def _filter(self, events: list[Event]) -> list[Event]:
+        out = []
+        for event in events:
+            pid = int(event.process.get("pid") or 0)
+            if event.kind == "exec":
+                self._program_pids.add(pid)
+            elif event.kind == "fork" and pid in self._program_pids and event.detail:
+                self._program_pids.add(int(event.detail.get("child_pid") or 0))
+            elif self._is_runtime_setup(event, pid):
+                self.filtered += 1
+                continue
+            if event.kind == "exit":
+                self._program_pids.discard(pid)
+            out.append(event)
+        return out
+
+    def _is_runtime_setup(self, event: Event, pid: int) -> bool:
+        if pid in self._program_pids or not self.RUNC_STAGE.match(str(event.process.get("comm") or "")):
+            return False
+        sandbox = self.registry.by_cgroup(event.cgroup_id)
+        return sandbox is not None and sandbox.runtime == "docker"
+
+    def lost(self) -> dict[str, int]:
+        return self.source.lost()
+
+    def close(self) -> None:
+        self.source.close()
+
+
 class DaemonError(Exception):
     """A start-up failure, reported as one line."""
 
@@ -329,6 +452,8 @@ class Daemon:
         self._reload_requested = threading.Event()
         self._heartbeat = time.monotonic()
         self.sensor: Any = None
+        self.held: HeldCgroups | None = None
+        self.setup_filter: RuntimeSetupFilter | None = None
         self.gvisor: Any = None
         self.session: Any = None
         self.inventory: Any = None
@@ -362,7 +487,11 @@ class Daemon:
         if cfg.gvisor_enabled:
             self._serve_gvisor()
         from monitor.runner import Session
-        self.session = Session(self.pipeline, [s for s in (self.sensor, self.gvisor) if s is not None])
+        self.held = self.setup_filter = None
+        if self.sensor is not None:
+            self.held = HeldCgroups(self.sensor, self.registry)
+            self.setup_filter = RuntimeSetupFilter(self.held, self.registry)
+        self.session = Session(self.pipeline, [s for s in (self.setup_filter, self.gvisor) if s is not None])
         for watch in cfg.cgroups:
             self._watch_cgroup(watch)
         if cfg.docker_enabled:
@@ -442,16 +571,36 @@ class Daemon:
         self.inventory = DockerInventory(
             self.registry, base_url=self.config.docker_host, selector=self.config.watch,
             on_added=self._sandbox_added, on_removed=self._sandbox_removed,
+            on_cgroup_created=self._cgroup_created, on_cgroup_dropped=self._cgroup_dropped,
             emit=lambda event: self._inbox.put(("event", event)), log=log.warning,
             remove_from_registry=False)
         self.inventory.start()
 
     # inventory callbacks (inventory thread) ---------------------------------------------------
+    def _cgroup_created(self, cgroup: Any) -> None:
+        """A container's cgroup appeared: watch it before its first instruction (events held)."""
+        if self.sensor is not None and self.held is not None:
+            self.held.hold(cgroup.id)
+            self.sensor.add_cgroup(cgroup.id)
+
+    def _cgroup_dropped(self, cgroup: Any) -> None:
+        """Not ours after all (unselected, or gVisor: its trace session reports it). `cgroup`:
+        anything with the cgroup's id as `.id` or `.cgroup_id`."""
+        cgroup_id = getattr(cgroup, "cgroup_id", None) or cgroup.id
+        if self.sensor is not None and self.held is not None:
+            self.held.drop(cgroup_id)
+            if self.registry.by_cgroup(cgroup_id) is None:
+                self.sensor.remove_cgroup(cgroup_id)
+
     def _sandbox_added(self, sandbox: Sandbox) -> None:
         # gVisor containers report through their trace session; in their cgroup the probes
         # would only see gVisor's own work.
-        if self.sensor is not None and sandbox.cgroup_id and not self._on_gvisor(sandbox):
-            self.sensor.add_cgroup(sandbox.cgroup_id)  # at once: every ms here is unwatched
+        if self.sensor is not None and sandbox.cgroup_id:
+            if self._on_gvisor(sandbox):
+                self._cgroup_dropped(sandbox)  # watched at its creation, before it was known
+                self.sensor.remove_cgroup(sandbox.cgroup_id)
+            else:
+                self.sensor.add_cgroup(sandbox.cgroup_id)  # at once: every ms here is unwatched
         self._inbox.put(("added", sandbox))
 
     def _on_gvisor(self, sandbox: Sandbox) -> bool:
@@ -556,6 +705,10 @@ class Daemon:
             summary = self.pipeline.summary()
             if self.session is not None and self.session.sources:
                 summary["lost"] = self.session.lost()
+            if self.setup_filter is not None and self.held is not None:
+                summary["docker"] = {"runtime_setup_filtered": self.setup_filter.filtered,
+                                     "unselected_dropped": self.held.counts["held_dropped"],
+                                     "unnamed_passed": self.held.counts["held_expired"]}
             self.pipeline.close(summary)
         for source in (self.gvisor, self.sensor):
             if source is not None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,77 @@ def test_timed_policy_feeds_rule_metrics(tmp_path):
     assert 'sandbox_monitor_rule_eval_duration_seconds_count{kind="exec"} 2.0' in text
     assert 'sandbox_monitor_rule_errors_total{rule="Daemon test type error"} 2.0' in text
 
+
+
+# --- early discovery: held events, runtime-setup filter --------------------------------------
+
+class ListSource:
+    name = "ebpf"
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def poll(self, timeout_ms: int) -> list:
+        return self.batches.pop(0) if self.batches else []
+
+    def lost(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def _ev(kind: str, cgroup_id: int, pid: int = 10, comm: str = "sh", **detail):
+    from monitor.event import Event
+    return Event(kind=kind, cgroup_id=cgroup_id, process={"pid": pid, "comm": comm}, detail=detail or None)
+
+
+def test_held_events_wait_for_the_sandbox_then_go_on_in_order():
+    from monitor.daemon import HeldCgroups
+    from monitor.sandbox import Sandbox, SandboxRegistry
+    registry = SandboxRegistry()
+    source = ListSource()
+    held = HeldCgroups(source, registry, hold_s=60)
+    held.hold(77)
+    source.batches = [[_ev("open", 77), _ev("open", 5)], [_ev("exec", 77)], []]
+    assert [e.cgroup_id for e in held.poll(0)] == [5]  # 77 waits
+    assert held.poll(0) == []
+    registry.add(Sandbox(id="c" * 64, name="agent", runtime="docker", cgroup_id=77))
+    assert [(e.kind, e.cgroup_id) for e in held.poll(0)] == [("open", 77), ("exec", 77)]
+    assert held.poll(0) == []
+
+
+def test_held_events_of_an_unselected_container_are_dropped_and_unnamed_ones_expire():
+    from monitor.daemon import HeldCgroups
+    from monitor.sandbox import SandboxRegistry
+    source = ListSource()
+    held = HeldCgroups(source, SandboxRegistry(), hold_s=0.05)
+    held.hold(1)
+    held.hold(2)
+    source.batches = [[_ev("open", 1), _ev("open", 2), _ev("open", 2)]]
+    assert held.poll(0) == []
+    held.drop(1)
+    time.sleep(0.06)
+    assert [e.cgroup_id for e in held.poll(0)] == [2, 2]  # unnamed after hold_s: passed on
+    assert held.counts == {"held_dropped": 1, "held_expired": 2}
+
+
+def test_runtime_setup_filter_drops_runc_stages_but_never_the_program():
+    from monitor.daemon import RuntimeSetupFilter
+    from monitor.sandbox import Sandbox, SandboxRegistry
+    registry = SandboxRegistry()
+    registry.add(Sandbox(id="d" * 64, name="c", runtime="docker", cgroup_id=9))
+    registry.add(Sandbox(id="sb", name="run", runtime="cgroup", cgroup_id=8))
+    source = ListSource()
+    flt = RuntimeSetupFilter(source, registry)
+    source.batches = [[
+        _ev("mount", 9, pid=100, comm="runc:[2:INIT]"),         # runc setting up: dropped
+        _ev("open", 9, pid=100, comm="runc:[2:INIT]"),
+        _ev("exec", 9, pid=100, comm="sh"),                     # the container's program: kept
+        _ev("fork", 9, pid=100, comm="sh", child_pid=101),
+        _ev("open", 9, pid=101, comm="runc:[2:INIT]"),          # a child renamed itself: kept
+        _ev("open", 8, pid=300, comm="runc:[2:INIT]"),          # not a Docker sandbox: kept
+    ]]
+    kept = [(e.kind, e.process["pid"]) for e in flt.poll(0)]
+    assert kept == [("exec", 100), ("fork", 100), ("open", 101), ("open", 300)]
+    assert flt.filtered == 2

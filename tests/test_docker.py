@@ -337,3 +337,99 @@ def test_a_container_at_the_cgroup_root_has_no_cgroup_to_watch():
     assert sandbox.name == "gv" and sandbox.cgroup_id == 0 and sandbox.cgroup_path == ""
     assert inv.is_gvisor(sandbox.id)
     assert any("plain" in line and "no cgroup-v2 directory of its own" in line for line in lines)
+
+
+def test_cgroup_dir_watch_sees_container_dirs_as_they_are_made(tmp_path):
+    """Real inotify on a directory tree shaped like the cgroup-v2 root."""
+    from monitor.sandbox.docker import CgroupDirWatch, container_id_of_cgroup_dir
+    assert container_id_of_cgroup_dir("a" * 64) == "a" * 64
+    assert container_id_of_cgroup_dir(f"docker-{'b' * 64}.scope") == "b" * 64
+    assert container_id_of_cgroup_dir("init.scope") is None
+    created: list[tuple[str, CgroupRef]] = []
+    deleted: list[str] = []
+    watch = CgroupDirWatch(str(tmp_path), lambda cid, ref: created.append((cid, ref)), deleted.append)
+    watch.start()
+    try:
+        (tmp_path / "system.slice").mkdir()      # appears after the watch started
+        (tmp_path / "unrelated").mkdir()
+        time.sleep(0.3)
+        first = tmp_path / "system.slice" / f"docker-{'1' * 64}.scope"
+        first.mkdir()
+        (tmp_path / "docker").mkdir()
+        second = tmp_path / "docker" / ("2" * 64)
+        second.mkdir()                           # may come before the parent's watch: scanned
+        (tmp_path / "docker" / "not-a-container").mkdir()
+        deadline = time.monotonic() + 5
+        while len(created) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second.rmdir()
+        while not deleted and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        watch.stop()
+    assert sorted(cid for cid, _ in created) == ["1" * 64, "2" * 64]
+    refs = dict(created)
+    assert refs["1" * 64].path == str(first) and refs["2" * 64].id > 0
+    assert deleted == ["2" * 64]
+
+
+def test_early_registration_announces_at_start():
+    """Watched when its cgroup appears (not yet started), announced when the engine starts it."""
+    doc = inspect_doc("plain")
+    created = dict(doc, State={**doc["State"], "Running": False, "Status": "created", "Pid": 0})
+    engine = RecordedEngine({doc["Id"]: created})
+    inv, registry, added, _, events = make_inventory()
+    cgroup = CgroupRef("/cg/early", 4242)
+    sandbox = inv.add(engine, doc["Id"], cgroup=cgroup, early=True)
+    assert sandbox is not None and registry.by_cgroup(4242) is sandbox
+    assert [s.name for s in added] == ["plain"] and events == []   # not announced yet
+    engine.docs[doc["Id"]] = doc                                    # now it runs
+    inv.handle_event(engine, {"Type": "container", "Action": "start", "id": doc["Id"],
+                              "Actor": {"ID": doc["Id"]}})
+    assert [e.kind for e in events] == ["sandbox_start", "container_start"]
+    assert len(added) == 1 and registry.by_id(doc["Id"]).root_pid == doc["State"]["Pid"]
+
+
+def test_early_container_that_never_starts_leaves_quietly():
+    doc = inspect_doc("plain")
+    created = dict(doc, State={**doc["State"], "Running": False, "Pid": 0})
+    dropped: list[CgroupRef] = []
+    registry = SandboxRegistry()
+    events: list = []
+    inv = DockerInventory(registry, base_url="unix:///nonexistent.sock", emit=events.append,
+                          on_cgroup_dropped=dropped.append)
+    inv._early_client = RecordedEngine({doc["Id"]: created})
+    inv._on_cgroup_created(doc["Id"], CgroupRef("/cg/x", 99))
+    assert registry.by_id(doc["Id"]) is not None
+    inv.start_grace_s = 0.05
+    inv._on_cgroup_deleted(doc["Id"])
+    assert registry.by_id(doc["Id"]) is not None  # the engine may still report its start
+    time.sleep(0.3)
+    assert registry.by_id(doc["Id"]) is None and events == []  # no sandbox_end for what never began
+    # an unselected one is dropped at once
+    inv.selector = {"agent.sandbox": "true"}
+    other = dict(created, Id="9" * 64, Config={**created["Config"], "Labels": {}})
+    inv._early_client = RecordedEngine({other["Id"]: other})
+    inv._on_cgroup_created(other["Id"], CgroupRef("/cg/y", 100))
+    assert [c.id for c in dropped] == [100]
+
+
+def test_a_container_gone_before_its_start_event_is_still_announced():
+    """`docker run --rm cat x`: its directory is made and removed before the engine's start event
+    is read; the start and die events still announce and end it."""
+    doc = inspect_doc("plain")
+    exited = dict(doc, State={**doc["State"], "Running": False, "Status": "exited", "Pid": 0})
+    registry = SandboxRegistry()
+    events: list = []
+    inv = DockerInventory(registry, base_url="unix:///nonexistent.sock", emit=events.append,
+                          resolve_cgroup=lambda pid: None)
+    engine = RecordedEngine({doc["Id"]: exited})
+    inv._early_client = engine
+    inv._on_cgroup_created(doc["Id"], CgroupRef("/cg/quick", 555))
+    inv._on_cgroup_deleted(doc["Id"])
+    for action in ("start", "die"):
+        inv.handle_event(engine, {"Type": "container", "Action": action, "id": doc["Id"],
+                                  "Actor": {"ID": doc["Id"], "Attributes": {"exitCode": "0"}}})
+    assert [e.kind for e in events] == ["sandbox_start", "container_start", "sandbox_end"]
+    assert events[0].sandbox["cgroup_id"] == 555
+

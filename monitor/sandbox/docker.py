@@ -15,7 +15,11 @@ exponential backoff; everything else the monitor watches is unaffected.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import re
+import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -154,6 +158,126 @@ def _noop(_: Any) -> None:
     pass
 
 
+# --- early discovery --------------------------------------------------------------------------
+
+_IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_ISDIR = 0x100, 0x200, 0x400, 0x40000000
+_INOTIFY_EVENT = struct.Struct("iIII")
+# Where runc puts a container's cgroup: <root>/docker/<id> (cgroupfs driver) or
+# <root>/system.slice/docker-<id>.scope (systemd driver).
+_PARENT_DIRS = ("docker", "system.slice")
+_CONTAINER_DIR = re.compile(r"^(?:docker-)?([0-9a-f]{64})(?:\.scope)?$")
+
+
+def container_id_of_cgroup_dir(name: str) -> str | None:
+    match = _CONTAINER_DIR.match(name)
+    return match.group(1) if match else None
+
+
+class CgroupDirWatch:
+    """inotify on the cgroup-v2 parents Docker's runtimes use: a container's directory appears
+    when runc creates the container, before its first instruction runs, so the probes can watch
+    it from the start rather than from the engine's `start` event (~10 ms later, too late for a
+    short `docker run`)."""
+
+    def __init__(self, root: str, on_created: Callable[[str, CgroupRef], None],
+                 on_deleted: Callable[[str], None], log: Callable[[str], None] = _log_stderr) -> None:
+        self.root = root
+        self.on_created = on_created
+        self.on_deleted = on_deleted
+        self.log = log
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = -1
+        self._watches: dict[int, str] = {}  # wd -> directory
+
+    def start(self) -> None:
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            self.log(f"docker: inotify unavailable ({os.strerror(ctypes.get_errno())}); containers "
+                     "are watched from the engine's start event")
+            return
+        self._add_watch(self.root)
+        for parent in _PARENT_DIRS:
+            self._add_watch(os.path.join(self.root, parent))
+        self._thread = threading.Thread(target=self._run, name="docker-cgroup-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _add_watch(self, path: str) -> None:
+        if not os.path.isdir(path) or path in self._watches.values():
+            return
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF)
+        if wd >= 0:
+            self._watches[wd] = path
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            for wd, mask, name in self._parse(data):
+                try:
+                    self._handle(wd, mask, name)
+                except Exception as exc:  # never let one directory stop the watch
+                    self.log(f"docker: cgroup watch: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _parse(data: bytes) -> list[tuple[int, int, str]]:
+        out, offset = [], 0
+        while offset + _INOTIFY_EVENT.size <= len(data):
+            wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, offset)
+            raw = data[offset + _INOTIFY_EVENT.size: offset + _INOTIFY_EVENT.size + length]
+            out.append((wd, mask, raw.rstrip(b"\0").decode(errors="replace")))
+            offset += _INOTIFY_EVENT.size + length
+        return out
+
+    def _handle(self, wd: int, mask: int, name: str) -> None:
+        directory = self._watches.get(wd)
+        if directory is None:
+            return
+        if mask & _IN_DELETE_SELF:
+            self._watches.pop(wd, None)
+            return
+        if not mask & _IN_ISDIR:
+            return
+        path = os.path.join(directory, name)
+        if directory == self.root:
+            if mask & _IN_CREATE and name in _PARENT_DIRS:
+                self._add_watch(path)  # the first container on this host made its parent...
+                for child in sorted(os.listdir(path)):  # ...and maybe its own dir already
+                    self._handle_child(path, _IN_CREATE | _IN_ISDIR, child)
+            return
+        self._handle_child(directory, mask, name)
+
+    def _handle_child(self, directory: str, mask: int, name: str) -> None:
+        path = os.path.join(directory, name)
+        container_id = container_id_of_cgroup_dir(name)
+        if container_id is None:
+            return
+        if mask & _IN_CREATE:
+            try:
+                inode = os.stat(path).st_ino
+            except OSError:
+                return  # gone already
+            self.on_created(container_id, CgroupRef(path=path, id=inode))
+        elif mask & _IN_DELETE:
+            self.on_deleted(container_id)
+
+
 # --- inventory -------------------------------------------------------------------------------
 
 class DockerInventory:
@@ -167,12 +291,19 @@ class DockerInventory:
                  log: Callable[[str], None] = _log_stderr,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
                  cgroup_root: str | None = None, remove_from_registry: bool = True,
-                 resolve_cgroup: Callable[[int], CgroupRef | None] | None = None) -> None:
+                 resolve_cgroup: Callable[[int], CgroupRef | None] | None = None,
+                 early: bool = True,
+                 on_cgroup_created: Callable[[CgroupRef], None] = _noop,
+                 on_cgroup_dropped: Callable[[CgroupRef], None] = _noop) -> None:
         self.registry = registry
         self.base_url = _engine_url(base_url)
         self.selector = selector or {}
         self.on_added = on_added
         self.on_removed = on_removed
+        # Early discovery: a container's cgroup directory appeared (watch it now; its identity
+        # follows once the engine answers, after the start) / it turned out not to be ours.
+        self.on_cgroup_created = on_cgroup_created
+        self.on_cgroup_dropped = on_cgroup_dropped
         self.emit = emit
         self.log = log
         self.backoff_min_s = backoff_min_s
@@ -185,6 +316,12 @@ class DockerInventory:
         self._ids: set[str] = set()  # container ids this inventory registered
         self._engine_runtimes: dict[str, str] = {}  # runtime name -> binary path, per engine
         self._gvisor_ids: set[str] = set()  # containers on a runsc runtime
+        self._pending_start: set[str] = set()  # watched since their cgroup appeared, not started
+        self._early_cgroups: dict[str, CgroupRef] = {}  # container id -> its directory, as seen
+        self.start_grace_s = 10.0  # a gone directory whose container never started is forgotten then
+        self.early = early
+        self._early_client: docker.APIClient | None = None
+        self._dir_watch: CgroupDirWatch | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,14 +333,24 @@ class DockerInventory:
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.early and self.cgroup_root:
+            self._dir_watch = CgroupDirWatch(self.cgroup_root, self._on_cgroup_created,
+                                             self._on_cgroup_deleted, self.log)
+            self._dir_watch.start()
         self._thread = threading.Thread(target=self._run, name="docker-inventory", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._close_stream()
+        if self._dir_watch is not None:
+            self._dir_watch.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        client, self._early_client = self._early_client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def container_ids(self) -> list[str]:
         with self._lock:
@@ -274,7 +421,9 @@ class DockerInventory:
     def reconcile(self, client: docker.APIClient) -> None:
         """Make the registry match the engine's running containers (on connect and reconnect)."""
         running = {c["Id"] for c in client.containers(filters={"status": "running"})}
-        for gone in set(self.container_ids()) - running:
+        with self._lock:
+            pending = set(self._pending_start)
+        for gone in set(self.container_ids()) - running - pending:
             self.remove(gone)
         for container_id in sorted(running - set(self.container_ids())):
             self.add(client, container_id)
@@ -297,55 +446,131 @@ class DockerInventory:
         if not container_id:
             return
         if action == "start":
-            self.add(client, container_id)
+            self.add(client, container_id, started=True)
         elif action in ("die", "destroy"):
             exit_code = ((message.get("Actor") or {}).get("Attributes") or {}).get("exitCode")
             self.remove(container_id, int(exit_code) if str(exit_code or "").isdigit() else None)
 
-    def add(self, client: docker.APIClient, container_id: str) -> Sandbox | None:
-        """Register a running, selected container; emit its posture. None when skipped."""
+    def add(self, client: docker.APIClient, container_id: str, cgroup: CgroupRef | None = None,
+            early: bool = False, started: bool = False) -> Sandbox | None:
+        """Register a selected container; None when skipped. `early`: its cgroup directory was
+        just created (`cgroup`), it has not started: watch it now, announce it when it starts.
+        Otherwise it runs (or `started`: the engine said so, and it may be done already):
+        register it if new and emit sandbox_start + container_start."""
         with self._lock:
-            if container_id in self._ids:
+            known = container_id in self._ids
+            if known and (early or container_id not in self._pending_start):
                 return None
         try:
             inspect = client.inspect_container(container_id)
         except docker.errors.NotFound:
             return None
+        if known:
+            return self._started(container_id, inspect)
         labels = (inspect.get("Config") or {}).get("Labels") or {}
         state = inspect.get("State") or {}
-        if not selector_matches(self.selector, labels) or not state.get("Running"):
+        if not selector_matches(self.selector, labels) or not (early or started or state.get("Running")):
             return None
         name = (inspect.get("Name") or container_id).lstrip("/")
         gvisor = self._is_gvisor(client, (inspect.get("HostConfig") or {}).get("Runtime"))
-        cgroup = self.resolve_cgroup(int(state.get("Pid") or 0))
+        if cgroup is None:
+            # a short-lived container may be gone from /proc already: its directory was seen
+            cgroup = self.resolve_cgroup(int(state.get("Pid") or 0)) or self._early_cgroups.get(container_id)
         if cgroup is not None and self.cgroup_root and cgroup.path == os.path.normpath(self.cgroup_root):
             # Not a cgroup of its own (runsc on a hybrid host leaves its sandbox at the v2 root):
             # nothing to watch or kill there.
             cgroup = None
         if cgroup is None and not gvisor:  # gVisor's trace session needs no cgroup
-            self.log(f"docker: container {name} has no cgroup-v2 directory of its own "
-                     "(exited already?); not watched")
+            if not early:
+                self.log(f"docker: container {name} has no cgroup-v2 directory of its own "
+                         "(exited already?); not watched")
             return None
         if cgroup is not None and cgroup.id == self._own_cgroup_id():
             # The monitor itself runs in this container: watching it would feed on its own events.
             self.log(f"docker: container {name} is the monitor's own; not watched")
             return None
         sandbox = sandbox_from_inspect(inspect, cgroup, self._repo_digests(client, inspect))
-        if gvisor:
-            with self._lock:
-                self._gvisor_ids.add(container_id)
         with self._lock:
-            if container_id in self._ids:
-                return None
-            self._ids.add(container_id)
+            if container_id in self._ids:  # the other path (early / start) got there first
+                take_over = not early and container_id in self._pending_start
+                if not take_over:
+                    return None
+            else:
+                take_over = False
+                self._ids.add(container_id)
+                if gvisor:
+                    self._gvisor_ids.add(container_id)
+                if early:
+                    self._pending_start.add(container_id)
+        if take_over:
+            return self._started(container_id, inspect)
         _engine_of[container_id] = self.base_url
         self.registry.add(sandbox)
         self.on_added(sandbox)
+        if not early:
+            self._announce(sandbox, inspect)
+        return sandbox
+
+    def _started(self, container_id: str, inspect: dict[str, Any]) -> Sandbox | None:
+        """A container watched since its cgroup appeared now runs: announce it."""
+        with self._lock:
+            if container_id not in self._pending_start:
+                return None
+            self._pending_start.discard(container_id)
+        sandbox = self.registry.by_id(container_id)
+        if sandbox is None:
+            return None
+        state = inspect.get("State") or {}
+        sandbox.root_pid = int(state.get("Pid") or 0)
+        sandbox.started_ns = _started_ns(state.get("StartedAt") or "")
+        self._announce(sandbox, inspect)
+        return sandbox
+
+    def _announce(self, sandbox: Sandbox, inspect: dict[str, Any]) -> None:
         self.emit(Event(kind="sandbox_start", sandbox=sandbox.identity(), source="docker",
                         cgroup_id=sandbox.cgroup_id,
                         process={"pid": sandbox.root_pid} if sandbox.root_pid else {}))
         self.emit(container_start_event(inspect, sandbox))
-        return sandbox
+
+    # early discovery: a container's cgroup directory appears before its first instruction -----
+    def _on_cgroup_created(self, container_id: str, cgroup: CgroupRef) -> None:
+        if cgroup.id == self._own_cgroup_id():
+            return
+        # Before asking the engine: it answers an inspect of a starting container only once the
+        # start is done, when the container's first instructions have run.
+        with self._lock:
+            self._early_cgroups[container_id] = cgroup
+        self.on_cgroup_created(cgroup)
+        sandbox = None
+        try:
+            client = self._early_client
+            if client is None:
+                client = self._early_client = docker.APIClient(
+                    base_url=self.base_url, timeout=10, version=_api_version_of.get(self.base_url, "auto"))
+            sandbox = self.add(client, container_id, cgroup=cgroup, early=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            self._early_client = None  # the engine's start event will bring it
+        finally:
+            with self._lock:
+                registered = container_id in self._ids
+            if sandbox is None and not registered:
+                self.on_cgroup_dropped(cgroup)
+
+    def _on_cgroup_deleted(self, container_id: str) -> None:
+        # A short-lived container's directory can go before the engine's start event is read:
+        # give the engine the last word (start, die), forget it only if it never spoke.
+        with self._lock:
+            pending = container_id in self._pending_start
+        if pending:
+            timer = threading.Timer(self.start_grace_s, self._forget_if_never_started, (container_id,))
+            timer.daemon = True
+            timer.start()
+
+    def _forget_if_never_started(self, container_id: str) -> None:
+        with self._lock:
+            never_started = container_id in self._pending_start
+        if never_started:
+            self.remove(container_id)
 
     def is_gvisor(self, container_id: str) -> bool:
         """The container runs on a runsc runtime: its programs' events come from gVisor's trace
@@ -386,11 +611,16 @@ class DockerInventory:
                 return None
             self._ids.discard(container_id)
             self._gvisor_ids.discard(container_id)
+            announced = container_id not in self._pending_start
+            self._pending_start.discard(container_id)
+            self._early_cgroups.pop(container_id, None)
         _engine_of.pop(container_id, None)
         sandbox = (self.registry.remove(container_id) if self.remove_from_registry
                    else self.registry.by_id(container_id))
         if sandbox is not None:
             self.on_removed(sandbox)
+            if not announced:
+                return sandbox
             detail = {"code": exit_code} if exit_code is not None else None
             self.emit(Event(kind="sandbox_end", sandbox=sandbox.identity(), detail=detail,
                             source="docker", cgroup_id=sandbox.cgroup_id))

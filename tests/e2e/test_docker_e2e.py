@@ -165,6 +165,29 @@ def test_events_of_a_container_found_at_start_carry_its_identity(docker_engine, 
     assert status == 200 and 'runtime="docker"' in body
 
 
+def test_a_short_lived_container_is_seen_from_its_first_instruction(docker_engine, watched):
+    """Its cgroup is watched when runc creates it, before the program starts; the runtime's own
+    set-up is not reported, and a container the selector does not pick leaves no trace."""
+    _, output, _, _, _ = watched
+    quick = docker_engine.run(["cat", "/etc/passwd"], name="e2e-quick", labels=AGENT)
+    unpicked = docker_engine.run(["cat", "/etc/group"], name="e2e-unpicked")
+
+    def opened() -> list[dict]:
+        return [e for e in output.events(quick, "open") if e["file"]["path"] == "/etc/passwd"]
+    wait_for(opened, 20, "the first (and only) open of a short-lived container")
+    assert opened()[0]["sandbox"]["name"] == "e2e-quick"
+    assert output.events(quick, "exec")
+    wait_for(lambda: output.events(quick, "sandbox_end"), 20, "its end")
+    runc_setup = [e for e in output.events(quick) if str(e.get("process", {}).get("comm", "")).startswith("runc:[")]
+    assert runc_setup == [] and output.events(quick, "mount") == []
+    docker_engine.client.containers.get(unpicked).wait(timeout=20)
+    time.sleep(0.5)
+    assert output.events(unpicked) == []
+    assert not [r for r in output.records() if r.get("type") == "event"
+                and (r.get("file") or {}).get("path") == "/etc/group"
+                and (r.get("sandbox") or {}).get("id", "").startswith(unpicked[:12])]
+
+
 def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, watched):
     _, output, _, _, _ = watched
     image_id = docker_engine.client.images.get(docker_engine.image).id
