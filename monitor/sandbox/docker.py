@@ -8,6 +8,12 @@ sensor: it calls `on_added(sandbox)` / `on_removed(sandbox)` and hands each cont
 to `emit(event)`: `sandbox_start` then `container_start` when a container is found (at start-up
 or when it starts), `sandbox_end` when it dies. Callbacks run on the inventory's own thread.
 
+Early discovery (`CgroupDirWatch`): runc makes a container's cgroup directory before the
+program's first instruction, while the engine answers an inspect only once the start is done.
+So the inventory reports the directory at once (`on_cgroup_created`: the daemon watches it and
+holds its events), then names the container (`on_added`) or lets it go (`on_cgroup_dropped`:
+not selected), and announces it (`sandbox_start`, `container_start`) when the engine starts it.
+
 When the engine is down or its socket is absent, the inventory logs one line and reconnects with
 exponential backoff; everything else the monitor watches is unaffected.
 """
