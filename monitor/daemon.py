@@ -389,13 +389,13 @@ class HeldCgroups:
 
 class RuntimeSetupFilter:
     """Drops what the container runtime itself does inside a container's cgroup before handing it
-    over: runc's stages (comm "runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]") mount the root
+    over: runc and its stages (comm "runc:[0:PARENT]", "runc:[1:CHILD]", "runc:[2:INIT]") mount the root
     filesystem, open /proc, set ids... for every `docker run` and `docker exec` - hundreds of
     events that are not the agent's. Not a hiding place: a process that exec'd in the container,
     or descends from one, is never filtered, whatever name it gives itself; exec events always
     pass (runc's last act, the exec of the container's program, is the first event kept)."""
 
-    RUNC_STAGE = re.compile(r"runc:\[[0-2]:(PARENT|CHILD|INIT)\]$")
+    RUNC_STAGE = re.compile(r"runc(:\[[0-2]:(PARENT|CHILD|INIT)\])?$")
 
     def __init__(self, source: Any, registry: SandboxRegistry) -> None:
         self.source = source
