@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.event import Event
+from monitor.llm.redact import scrub
 from monitor.sandbox import SandboxRegistry
 
 MAX_ANCESTORS = 16
@@ -37,6 +38,7 @@ class ProcInfo:
     cwd: str = ""
     caused_by: str | None = None
     start_ns: int = 0
+    stdio: dict[str, str] = field(default_factory=dict)  # {"stdin": "socket"|"pipe"|"tty"|"file"|...}
     view: dict[str, Any] | None = None  # cached `event.process` base, rebuilt after changes
 
 
@@ -57,7 +59,7 @@ def proc_info_from_proc(pid: int) -> ProcInfo | None:
     except (OSError, ValueError):
         return None
     return ProcInfo(pid=pid, ppid=int(fields.get("PPid", "0").strip() or 0),
-                    executable=_readlink(f"/proc/{pid}/exe"), args=args,
+                    executable=_readlink(f"/proc/{pid}/exe"), args=scrub(args),
                     comm=fields.get("Name", "").strip(), cwd=_readlink(f"/proc/{pid}/cwd"))
 
 
@@ -91,6 +93,27 @@ def _proc_net_address(hex_addr: str, width: int) -> str:
     address = ipaddress.ip_address(words) if width == 8 else ipaddress.IPv6Address(words)
     mapped = getattr(address, "ipv4_mapped", None)
     return str(mapped or address)
+
+
+def fd_kind(pid: int, fd: int) -> str | None:
+    """What a process's fd is: socket, pipe, tty, file, null (None when unknown or gone)."""
+    target = _readlink(f"/proc/{pid}/fd/{fd}")
+    if not target:
+        return None
+    if target.startswith("socket:"):
+        return "socket"
+    if target.startswith("pipe:"):
+        return "pipe"
+    if target == "/dev/null":
+        return "null"
+    if target.startswith(("/dev/pts/", "/dev/tty", "/dev/console")):
+        return "tty"
+    return "file"
+
+
+def stdio_of(pid: int) -> dict[str, str]:
+    kinds = {name: fd_kind(pid, fd) for fd, name in ((0, "stdin"), (1, "stdout"))}
+    return {name: kind for name, kind in kinds.items() if kind}
 
 
 def resolve(path: str, base: str) -> str:
@@ -140,7 +163,8 @@ class Enricher:
                                              caused_by=info.caused_by, start_ns=event.time_ns)
         elif kind == "exec" and event.result in (0, None) and event.verdict is None:
             info.executable = resolve(event.process.get("executable", ""), info.cwd)
-            info.args = event.process.get("args", [])
+            info.args = scrub(event.process.get("args", []))  # a key on a command line stays out
+            info.stdio = stdio_of(info.pid)
             info.comm = os.path.basename(info.executable)[:15]
             info.view = None
         elif kind == "chdir" and event.result == 0:
@@ -219,6 +243,7 @@ class Enricher:
                                     "cwd": info.cwd, "ancestors": self._ancestors(info)}
             if info.caused_by:
                 view["caused_by"] = info.caused_by
+            view.update(info.stdio)
             info.view = view
         process = dict(info.view)
         raw = event.process
@@ -229,7 +254,7 @@ class Enricher:
         if event.kind == "exec" and not (event.result in (0, None) and event.verdict is None):
             # a failed or denied exec: the image did not change, report what was attempted
             process["executable"] = resolve(raw.get("executable", ""), info.cwd)
-            process["args"] = raw.get("args", [])
+            process["args"] = scrub(raw.get("args", []))
         elif raw.get("comm") and event.kind != "exec":
             process["comm"] = raw["comm"]
         return process

@@ -37,7 +37,7 @@ ACTIONS = ("alert", "kill", "kill_process", "freeze", "deny")
 FIELDS: dict[str, tuple[str, ...]] = {
     "": ("id", "kind", "time", "time_ns", "process", "file", "net", "sandbox", "container", "llm",
          "result", "detail", "verdict", "source", "cgroup_id"),
-    "process": ("pid", "tid", "ppid", "uid", "gid", "comm", "executable", "args", "cwd",
+    "process": ("pid", "tid", "ppid", "uid", "gid", "comm", "executable", "args", "cwd", "stdin", "stdout",
                 "ancestors", "caused_by", "start_time_ns"),
     "process.ancestors": ("pid", "executable", "args", "comm"),
     "file": ("path", "flags", "write", "mode", "new_path", "fd_path"),

@@ -9,12 +9,15 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from monitor.event import ActionRecord, Alert, Event
 from monitor.sinks import Sink
+
+EVAL_SAMPLE_EVERY = 8
 
 
 class Source(Protocol):
@@ -52,6 +55,10 @@ class Pipeline:
         self.alerts_by_rule: Counter[str] = Counter()
         self.alerts_by_severity: Counter[str] = Counter()
         self.actions: list[ActionRecord] = []
+        self.eval_seconds: Counter[str] = Counter()  # rule evaluation time by event kind
+        self._eval_count = 0
+        # sinks that histogram rule-evaluation latency (OTLP, Prometheus), fed a 1-in-N sample
+        self._eval_observers = [s.record_rule_eval for s in sinks if hasattr(s, "record_rule_eval")]
         # Sinks on their own thread: a slow terminal or exporter never delays a kill. The queue
         # is bounded and put() blocks when full (backpressure), so no record is ever dropped.
         self._queue: queue.Queue[list[tuple[Event, list[Alert], list[ActionRecord]]] | None] | None = None
@@ -73,7 +80,17 @@ class Pipeline:
         if self.enricher is not None:
             self.enricher.enrich(event)
         self.events_by_kind[event.kind] += 1
-        alerts = self.policy.evaluate(event) if self.policy is not None else []
+        if self.policy is not None:
+            started = time.perf_counter()
+            alerts = self.policy.evaluate(event)
+            seconds = time.perf_counter() - started
+            self.eval_seconds[event.kind] += seconds
+            self._eval_count += 1
+            if self._eval_observers and self._eval_count % EVAL_SAMPLE_EVERY == 0:
+                for observe in self._eval_observers:
+                    observe(event.kind, seconds)
+        else:
+            alerts = []
         records: list[ActionRecord] = []
         for alert in alerts:
             self.alerts_by_rule[alert.rule] += 1
@@ -133,7 +150,12 @@ class Pipeline:
             self._queue.put(None)
             self._worker.join()
             self._queue = self._worker = None
-        for sink in self.sinks:
+        # Stores and exporters close first, so the summary that the reporting sinks (console,
+        # JSON) write carries their final counts.
+        reporting = [s for s in self.sinks if getattr(s, "reports_summary", False)]
+        for sink in [s for s in self.sinks if s not in reporting] + reporting:
+            if sink is (reporting[0] if reporting else None):
+                summary["sinks"] = {s.name: s.stats() for s in self.sinks if s.stats()}
             try:
                 sink.close(summary)
             except Exception as exc:  # a sink failing at close must not lose the others

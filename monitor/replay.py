@@ -272,7 +272,7 @@ def otlp_sink(url: str) -> Sink:
     except ImportError as exc:
         raise UsageError(f"--otlp: OTLP export is not available ({exc})") from None
     try:
-        return OtlpSink(url)
+        return OtlpSink(url, signals=("traces", "logs"))  # a replay adds nothing to live metrics
     except ValueError as exc:  # OtlpConfigError: a URL it cannot use
         raise UsageError(f"--otlp {url}: {exc}") from None
 

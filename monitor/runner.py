@@ -88,9 +88,12 @@ def build_sinks(options: RunOptions) -> list[Sink]:
         except OSError as exc:
             raise RunError(f"--journal {options.journal}: {exc.strerror}") from exc
     if options.otlp:
-        from monitor.sinks.otlp import OtlpSink
+        from monitor.sinks.otlp import OtlpConfigError, OtlpSink
 
-        sinks.append(OtlpSink(options.otlp))
+        try:
+            sinks.append(OtlpSink(options.otlp))
+        except OtlpConfigError as exc:
+            raise RunError(f"--otlp {options.otlp}: {exc}") from None
     return sinks
 
 
@@ -301,7 +304,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
                     "lost": session.lost(), "killed_by": killed_by, "monitor": monitor_cost(),
-                    "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()},
+                    "rule_eval_ms": {k: round(v * 1e3, 3) for k, v in pipeline.eval_seconds.items()},
                     "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)
     for source in session.sources:

@@ -62,6 +62,7 @@ def _short(value: object, limit: int = 80) -> str:
 
 class ConsoleSink(Sink):
     name = "console"
+    reports_summary = True
 
     def __init__(self, verbose: bool = False, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)

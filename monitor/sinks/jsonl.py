@@ -24,6 +24,7 @@ def open_private(path: str, mode: str = "w") -> IO[str]:
 
 class JsonlSink(Sink):
     name = "jsonl"
+    reports_summary = True
 
     def __init__(self, target: str, events: bool = True) -> None:
         self._own = target != "-"
