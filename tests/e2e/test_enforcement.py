@@ -99,7 +99,7 @@ def test_freeze_quarantines_then_thaw_and_kill(tmp_path: Path) -> None:
     proc = subprocess.Popen([MONITOR, "run", "-q", "--json", str(out), "--rules", rules, "--",
                              "bash", "-c", f"id >/dev/null; touch {after}"],
                             stderr=subprocess.PIPE, text=True)
-    sandbox_id = _wait_frozen()
+    sandbox_id = _wait_frozen(proc.pid)
     time.sleep(0.3)
     assert not after.exists() and proc.poll() is None, "frozen: nothing runs, monitor run waits"
     thaw = subprocess.run([MONITOR, "sandbox", "thaw", sandbox_id], capture_output=True, text=True)
@@ -114,19 +114,20 @@ def test_freeze_quarantines_then_thaw_and_kill(tmp_path: Path) -> None:
 
     proc = subprocess.Popen([MONITOR, "run", "-q", "--rules", rules, "--", "bash", "-c", "id; sleep 30"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sandbox_id = _wait_frozen()
+    sandbox_id = _wait_frozen(proc.pid)
     kill = subprocess.run([MONITOR, "sandbox", "kill", sandbox_id], capture_output=True, text=True)
     assert kill.returncode == 0 and "killed" in kill.stdout
     assert proc.wait(60) == 137
 
 
-def _wait_frozen(timeout: float = 30) -> str:
+def _wait_frozen(owner_pid: int, timeout: float = 30) -> str:
+    """The sandbox of that `monitor run` once frozen (other quarantined sandboxes stay as they are)."""
     from monitor.sandbox import cgroup as cg
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for state in cg.read_states():
-            if cg.frozen(str(state["cgroup_path"])):
+            if state.get("owner_pid") == owner_pid and cg.frozen(str(state["cgroup_path"])):
                 return str(state["id"])
         time.sleep(0.05)
     raise AssertionError("no sandbox froze")
