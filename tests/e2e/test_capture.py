@@ -260,3 +260,13 @@ def test_stale_sandbox_from_crashed_run_is_cleaned_up() -> None:
     r = monitor_run("true", "--no-rules")
     assert r.returncode == 0
     assert not os.path.isdir(leftover), "the next run removes a dead monitor's sandbox"
+
+
+def test_shell_with_stdio_on_a_socket_is_a_reverse_shell() -> None:
+    """A program moves its stdio onto a connection and starts a shell (python's pty/socket trick)."""
+    code = ("import socket, subprocess\na, b = socket.socketpair()\n"
+            "subprocess.run(['/bin/bash', '-c', 'sleep 0.5'], stdin=a, stdout=a)\n")
+    r = monitor_run([PY, "-c", code])
+    bash = one(r.events("exec"), process__executable="/bin/bash")
+    assert bash["process"]["stdin"] == "socket" and bash["process"]["stdout"] == "socket"
+    assert "Reverse shell" in r.alert_rules()
