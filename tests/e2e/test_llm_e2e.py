@@ -178,7 +178,14 @@ def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: Fak
     assert linked and any("cat" in sp.name or sp.attributes.get("process.executable.path", "").endswith("/cat")
                           for sp in linked), [(sp.name, sp.attributes) for sp in linked]
     assert asked["id"]
-    everything = b"".join(raw) + b"".join(p.read_bytes() for p in journal.rglob("*") if p.is_file())
+    import json
+
+    from monitor.sinks.journal import JournalReader
+
+    journaled = [json.dumps(r.value if isinstance(r.value, dict) else r.value.to_dict(), default=str)
+                 for r in JournalReader(journal).records()]
+    assert journaled, "the journal holds the session"  # decoded: its blocks are compressed
+    everything = b"".join(raw) + "\n".join(journaled).encode()
     assert raw and API_KEY.encode() not in everything and SECRET_PART.encode() not in everything
 
 
