@@ -6,22 +6,14 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from monitor.checks import Check
+
 FIX_SETUP = "run scripts/setup.sh as root"
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    required: bool = True
 
 
 def _kernel_version() -> tuple[int, int]:

@@ -86,8 +86,14 @@ static __always_inline int stash_args(u32 kind, u64 a0, u64 a1, u64 a2, u64 a3, 
     return 0;
 }
 
-/* sys_exit half: take the arguments back (NULL when the enter half did not stash). */
-static __always_inline struct stash_t *take_args(u32 *tid) {
-    *tid = (u32)bpf_get_current_pid_tgid();
-    return stash.lookup(tid);
+/* sys_exit half: take the arguments back into *out; 0 when the enter half did not stash
+ * (the thread is not watched). */
+static __always_inline int take_args(struct stash_t *out) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct stash_t *sp = stash.lookup(&tid);
+    if (!sp)
+        return 0;
+    *out = *sp;
+    stash.delete(&tid);
+    return 1;
 }

@@ -81,12 +81,9 @@ static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u6
 }
 
 static __always_inline int file_exit(long ret) {
-    u32 tid;
-    struct stash_t *sp = take_args(&tid);
-    if (!sp)
+    struct stash_t s;
+    if (!take_args(&s))
         return 0;
-    struct stash_t s = *sp;
-    stash.delete(&tid);
     u64 cg = bpf_get_current_cgroup_id();
     u32 size = offsetof(struct file_event, path2);
     struct file_event *e = events.ringbuf_reserve(offsetof(struct file_event, path2));
@@ -108,12 +105,9 @@ static __always_inline int file_exit(long ret) {
 
 /* rename: the full record, with the new path */
 static __always_inline int rename_exit(long ret) {
-    u32 tid;
-    struct stash_t *sp = take_args(&tid);
-    if (!sp)
+    struct stash_t s;
+    if (!take_args(&s))
         return 0;
-    struct stash_t s = *sp;
-    stash.delete(&tid);
     u64 cg = bpf_get_current_cgroup_id();
     struct file_event *e = events.ringbuf_reserve(sizeof(struct file_event));
     if (!e) {

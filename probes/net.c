@@ -29,12 +29,9 @@ static __always_inline u16 sockaddr_port(const u8 *addr) {
 }
 
 static __always_inline int net_exit(long ret) {
-    u32 tid;
-    struct stash_t *sp = take_args(&tid);
-    if (!sp)
+    struct stash_t s;
+    if (!take_args(&s))
         return 0;
-    struct stash_t s = *sp;
-    stash.delete(&tid);
     u64 cg = bpf_get_current_cgroup_id();
     struct net_event *e = events.ringbuf_reserve(offsetof(struct net_event, payload));
     if (!e) {
@@ -69,6 +66,7 @@ static __always_inline int net_exit(long ret) {
     if (s.a[1] && bpf_probe_read_user(e->addr, SOCKADDR_LEN, (void *)s.a[1]) != 0)
         bpf_probe_read_user(e->addr, 28, (void *)s.a[1]);
     if (s.kind == K_CONNECT) {
+        u32 tid = (u32)bpf_get_current_pid_tgid();
         u8 *denied = net_denied.lookup(&tid);
         if (denied) {
             e->h.flags |= F_DENIED;
@@ -94,12 +92,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_socket) {
     return stash_args(K_SOCKET, args->family, args->type, 0, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_socket) {
-    u32 tid;
-    struct stash_t *sp = take_args(&tid);
-    if (!sp)
+    struct stash_t s;
+    if (!take_args(&s))
         return 0;
-    u32 type = (u32)sp->a[1] & 0xf;
-    stash.delete(&tid);
+    u32 type = (u32)s.a[1] & 0xf;
     if (args->ret >= 0) {
         u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->ret;
         sock_types.update(&key, &type);

@@ -169,12 +169,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
 
 /* The other process calls: stash at enter, emit with the result at exit. */
 static __always_inline int sys_exit(long ret) {
-    u32 tid;
-    struct stash_t *sp = take_args(&tid);
-    if (!sp)
+    struct stash_t s;
+    if (!take_args(&s))
         return 0;
-    struct stash_t s = *sp;
-    stash.delete(&tid);
     u64 cg = bpf_get_current_cgroup_id();
     struct sys_event *e = events.ringbuf_reserve(sizeof(struct sys_event));
     if (!e) {

@@ -16,10 +16,10 @@ import os
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.checks import Check
 from monitor.gvisor.config import write_pod_init_config
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
@@ -112,14 +112,6 @@ def uninstall_docker_runtime(*, daemon_json: Path = DAEMON_JSON, name: str = DEF
         data.pop("runtimes", None)
     _write_json(daemon_json, data)
     return True
-
-
-@dataclass(slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 def platform_works(runsc: str, platform: str, timeout_s: float = 15.0) -> tuple[bool, str]:

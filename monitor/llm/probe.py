@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor.checks import Check
+
 PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probes" / "ssl.c"
 
 DIR_WRITE, DIR_READ, DIR_CLOSE = 0, 1, 2
@@ -197,15 +199,6 @@ class TlsProbe:
 
     def close(self) -> None:
         self.bpf.cleanup()
-
-
-@dataclass(slots=True)
-class Check:
-    """One `monitor doctor` line (the doctor's own Check has the same fields)."""
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 def doctor_checks() -> list[Check]:
