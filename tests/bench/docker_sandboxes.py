@@ -145,6 +145,10 @@ def main() -> int:
     else:
         for key, value in figures.items():
             print(f"{key:32} {value}")
+        fallback = figures["fallback_kill_hung_engine"]
+        print(f"docker: watched {figures['watched_before_start']['p50_ms']} ms before start (p50), "
+              f"kill via engine {figures['kill_through_engine_call']['p50_ms']} ms (p50), "
+              f"fallback cgroup.kill at {fallback.get('elapsed_ms')} ms for a {fallback.get('bound_s')} s bound")
     return 0
 
 
