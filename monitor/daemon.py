@@ -96,12 +96,13 @@ class DaemonConfig:
     gvisor_enabled: bool = True
     gvisor_socket: str = DEFAULT_GVISOR_SOCKET
     gvisor_hold_ms: int = 5000
+    llm_capture: str = "metadata"  # off | metadata | full (see monitor/llm/README.md)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
 
 
 _SCHEMA: dict[str, Any] = {
-    "rules": "paths", "audit": bool, "probes": bool,
+    "rules": "paths", "audit": bool, "probes": bool, "llm_capture": str,
     "docker": {"enabled": bool, "host": str, "watch": str, "kill_timeout": "seconds"},
     "cgroups": "cgroups",
     "gvisor": {"enabled": bool, "socket": "path", "hold_unknown_ms": "milliseconds"},
@@ -206,6 +207,11 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         config.audit = reader.scalar(top["audit"][1], "audit", bool)
     if "probes" in top:
         config.probes = reader.scalar(top["probes"][1], "probes", bool)
+    if "llm_capture" in top:
+        node = top["llm_capture"][1]
+        config.llm_capture = reader.scalar(node, "llm_capture", str)
+        if config.llm_capture not in ("off", "metadata", "full"):
+            raise reader.fail(node, "llm_capture: expected off, metadata or full")
     if "cgroups" in top:
         config.cgroups = reader.cgroups(top["cgroups"][1])
     if "docker" in top:
@@ -455,6 +461,7 @@ class Daemon:
         self.held: HeldCgroups | None = None
         self.setup_filter: RuntimeSetupFilter | None = None
         self.gvisor: Any = None
+        self.llm: Any = None  # model-call capture (libssl uprobes)
         self.session: Any = None
         self.inventory: Any = None
         self.metrics_server: Any = None
@@ -477,6 +484,9 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         self.metrics = MetricsSink()
         sinks: list[Sink] = [*self._build_sinks(), self.metrics, AlertLog()]
+        for sink in sinks:  # export health (queue depth, drops) on /metrics
+            if hasattr(sink, "export_stats"):
+                self.metrics.add_export_source(sink.export_stats)
         self.enricher = Enricher(self.registry)
         self.docker_enforcer = DockerEnforcer(cfg.kill_timeout_s)
         self.actions = Actions(self.registry, audit=cfg.audit, enforcers={"docker": self.docker_enforcer})
@@ -486,12 +496,15 @@ class Daemon:
             self._attach_sensor()
         if cfg.gvisor_enabled:
             self._serve_gvisor()
+        if cfg.probes and cfg.llm_capture != "off":
+            self._start_llm()
         from monitor.runner import Session
         self.held = self.setup_filter = None
         if self.sensor is not None:
             self.held = HeldCgroups(self.sensor, self.registry)
             self.setup_filter = RuntimeSetupFilter(self.held, self.registry)
-        self.session = Session(self.pipeline, [s for s in (self.setup_filter, self.gvisor) if s is not None])
+        self.session = Session(self.pipeline, [s for s in (self.setup_filter, self.gvisor, self.llm)
+                                               if s is not None])
         for watch in cfg.cgroups:
             self._watch_cgroup(watch)
         if cfg.docker_enabled:
@@ -538,6 +551,17 @@ class Daemon:
         except SensorError as exc:
             raise DaemonError(f"probes: {exc}") from None
         log.info("probes attached in %.1fs", getattr(self.sensor, "attach_seconds", 0.0))
+
+    def _start_llm(self) -> None:
+        """Model calls and tool calls from TLS; not fatal when uprobes or libssl are missing."""
+        try:
+            from monitor.llm import LlmSource, ToolCallLinker
+
+            self.llm = LlmSource(capture=self.config.llm_capture)
+        except Exception as exc:
+            log.warning("model-call capture unavailable: %s", exc)
+            return
+        self.enricher.linker = ToolCallLinker(on_exec=self.llm.notice_exec)
 
     def _serve_gvisor(self) -> None:
         """gVisor's trace sessions: runsc containers report what their programs do here (the
@@ -601,6 +625,8 @@ class Daemon:
                 self.sensor.remove_cgroup(sandbox.cgroup_id)
             else:
                 self.sensor.add_cgroup(sandbox.cgroup_id)  # at once: every ms here is unwatched
+                if self.llm is not None:
+                    self.llm.add_cgroup(sandbox.cgroup_id, sandbox.cgroup_path)
         self._inbox.put(("added", sandbox))
 
     def _on_gvisor(self, sandbox: Sandbox) -> bool:
@@ -666,6 +692,8 @@ class Daemon:
         # with its identity before the registry forgets it.
         if self.session is not None and self.session.sources:
             self.session.pump(0)
+        if self.llm is not None:
+            self.llm.remove_cgroup(sandbox.cgroup_id)
         if self.sensor is not None:
             self.sensor.remove_cgroup(sandbox.cgroup_id)
             with contextlib.suppress(Exception):
@@ -710,11 +738,11 @@ class Daemon:
                                      "unselected_dropped": self.held.counts["held_dropped"],
                                      "unnamed_passed": self.held.counts["held_expired"]}
             self.pipeline.close(summary)
-        for source in (self.gvisor, self.sensor):
+        for source in (self.gvisor, self.llm, self.sensor):
             if source is not None:
                 with contextlib.suppress(Exception):
                     source.close()
-        self.sensor = self.gvisor = None
+        self.sensor = self.gvisor = self.llm = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

@@ -4,4 +4,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRAS="${EXTRAS:-docker gvisor prometheus node}" "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec .venv/bin/pytest -q -p no:cacheprovider "$@" tests
+exec .venv/bin/pytest -q -rs -p no:cacheprovider "$@" tests

@@ -91,6 +91,7 @@ def test_empty_config_is_defaults(tmp_path):
     ("audit: true\naudit: false\n", 2, "duplicate key 'audit'"),
     ("sinks:\n  json: out.jsonl\n  otlp: ftp://collector\n", 3, "sinks.otlp: OTLP endpoint"),
     ("gvisor:\n  hold_unknown_ms: 1.5\n", 2, "whole number of milliseconds"),
+    ("audit: false\nllm_capture: everything\n", 2, "off, metadata or full"),
 ])
 def test_config_errors_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(ConfigError) as info:
