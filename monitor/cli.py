@@ -19,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
     if not cmd:
         raise RunError("run: no command given (monitor run [options] -- CMD [ARG...])")
     options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
-                         json=args.json, journal=args.journal, otlp=args.otlp, audit=args.audit,
+                         json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
                          llm_capture=args.llm_capture)
     return run(options)
@@ -30,6 +30,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", action="append", metavar="PATH", help="rule file or folder (repeatable; default: the shipped pack)")
     p.add_argument("--no-rules", action="store_true", help="capture only, evaluate no rules")
     p.add_argument("--json", metavar="FILE|-", help="JSON lines of events, alerts, actions and the summary")
+    p.add_argument("--json-events", action=argparse.BooleanOptionalAction, default=True,
+                   help="events in the JSON output too (--no-json-events: alerts, actions, summary)")
     p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
     p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
     p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")

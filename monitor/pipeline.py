@@ -18,6 +18,8 @@ from monitor.event import ActionRecord, Alert, Event
 from monitor.sinks import Sink
 
 EVAL_SAMPLE_EVERY = 8
+SINK_BATCH = 1024  # events per queued sink batch
+SINK_QUEUE_BATCHES = 64  # at most 64 x 1024 events wait for the sinks; then judging waits too
 
 
 class Source(Protocol):
@@ -65,7 +67,7 @@ class Pipeline:
         self._worker: threading.Thread | None = None
         if threaded_sinks:
             sys.setswitchinterval(0.001)  # the judging thread gets the GIL back quickly
-            self._queue = queue.Queue(maxsize=4096)
+            self._queue = queue.Queue(maxsize=SINK_QUEUE_BATCHES)
             self._worker = threading.Thread(target=self._sink_loop, name="sinks", daemon=True)
             self._worker.start()
 
@@ -124,7 +126,8 @@ class Pipeline:
         if not judged:
             return
         if self._queue is not None:
-            self._queue.put(judged)
+            for start in range(0, len(judged), SINK_BATCH):  # bounded memory: batches <= SINK_BATCH
+                self._queue.put(judged[start:start + SINK_BATCH])
             return
         for event, alerts, records in judged:
             self.emit(event, alerts, records)

@@ -45,6 +45,7 @@ class RunOptions:
     rules: list[str] = field(default_factory=list)
     no_rules: bool = False
     json: str | None = None
+    json_events: bool = True
     journal: str | None = None
     otlp: str | None = None
     audit: bool = False
@@ -77,7 +78,7 @@ def build_sinks(options: RunOptions) -> list[Sink]:
         sinks.append(ConsoleSink(verbose=options.verbose))
     if options.json:
         try:
-            sinks.append(JsonlSink(options.json))
+            sinks.append(JsonlSink(options.json, events=options.json_events))
         except OSError as exc:
             raise RunError(f"--json {options.json}: {exc.strerror}") from exc
     if options.journal:

@@ -31,7 +31,10 @@ def capacity(binary: str, smoke: bool) -> dict[str, Any]:
     duration_s = 0.5 if smoke else 2.0
     for rate in RATES[:2] if smoke else RATES:
         n = int(rate * duration_s)
-        run = run_monitored([binary, "open-distinct", str(n), str(rate)])
+        with tempfile.TemporaryDirectory(prefix="smcap-journal-") as journal:
+            # the realistic store: every event journaled; JSON carries only alerts and the summary
+            run = run_monitored([binary, "open-distinct", str(n), str(rate)], "--no-json-events",
+                                "--journal", journal)
         s = run.summary
         lost = sum((s.get("lost") or {}).values())
         opens = (s.get("events_by_kind") or {}).get("open", 0)
