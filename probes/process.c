@@ -72,7 +72,7 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
             e->h.flags |= F_DENIED;
         }
     }
-    events.ringbuf_submit(e, 0);
+    submit_batched(e);  /* its exec_result (or exit) record wakes the reader */
     return 0;
 }
 
@@ -88,7 +88,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     }
     fill_hdr(h, kind, cg, sizeof(struct hdr));
     h->result = ret;
-    events.ringbuf_submit(h, 0);
+    events.ringbuf_submit(h, 0);  /* wakes the reader: an exec is what rules act on first */
     return 0;
 }
 
@@ -133,7 +133,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     fill_hdr(&e->h, K_FORK, cg, offsetof(struct sys_event, s));
     e->a[0] = args->child_pid;
     e->a[1] = args->parent_pid;
-    events.ringbuf_submit(e, 0);
+    submit_batched(e);
     return 0;
 }
 
@@ -163,7 +163,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     e->a[1] = code ? *code : 0;
     if (code)
         exit_codes.delete(&tgid);
-    events.ringbuf_submit(e, 0);
+    submit_batched(e);
     return 0;
 }
 
