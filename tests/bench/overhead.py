@@ -1,4 +1,5 @@
-"""Workload overhead: the same workloads bare, under `monitor run` (default rule pack), and under
+"""Workload overhead: the same workloads bare, under `monitor run` (default rule pack, every event
+journaled), and under
 auditd (execve/openat/connect rules), interleaved and repeated in one run; median ratios.
 
     python -m tests.bench.overhead [--smoke] [--repeats N]
@@ -70,7 +71,9 @@ def measure(repeats: int, smoke: bool) -> dict[str, Any]:
             run_bare(cmd)  # warm caches
             for _ in range(repeats):  # interleaved: noise hits all three alike
                 bare.append(run_bare(cmd))
-                run = run_monitored(cmd)
+                with tempfile.TemporaryDirectory(prefix="smbench-journal-") as journal:
+                    # default pack, every event journaled; JSON carries alerts and the summary
+                    run = run_monitored(cmd, "--no-json-events", "--journal", journal)
                 monitored.append(run.elapsed_ns)
                 summaries.append(run.summary)
                 with auditd() as audit_on:
