@@ -90,7 +90,8 @@ SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 hash_now="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$hash_now" ]; then
     log "pip install -e .[test]"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" 2>&1 \
+        | { grep -v "^WARNING: Location .* is ignored" || true; }
     echo "$hash_now" > "$STAMP"
 fi
 log "ready: $VENV/bin/monitor"
