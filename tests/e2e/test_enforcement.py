@@ -97,7 +97,7 @@ def test_freeze_quarantines_then_thaw_and_kill(tmp_path: Path) -> None:
     rules = rule_file(tmp_path, rule("Freeze on id", "exec", 'event.process.executable == "/usr/bin/id"', "freeze"))
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([MONITOR, "run", "-q", "--json", str(out), "--rules", rules, "--",
-                             "bash", "-c", f"id >/dev/null; touch {after}"],
+                             "bash", "-c", f"id >/dev/null; sleep 1; touch {after}"],
                             stderr=subprocess.PIPE, text=True)
     sandbox_id = _wait_frozen(proc.pid)
     time.sleep(0.3)

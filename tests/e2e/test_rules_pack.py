@@ -249,8 +249,10 @@ from calc import add
 def test_add():
     assert add(2, 3) == 5
 P
-$VENV/bin/python -m pytest -q -p no:cacheprovider tests >/dev/null
-$VENV/bin/pip --version >/dev/null
+ln -sfn $VENV $WS/project-venv  # the repo may be cloned under /tmp: run its venv from the workspace
+$WS/project-venv/bin/python -m pytest -q -p no:cacheprovider tests >/dev/null
+$WS/project-venv/bin/pip --version >/dev/null
+rm $WS/project-venv
 sed -i 's/hello/world/' src/hello.c && cc -O2 -o hello src/hello.c && ./hello >/dev/null
 grep -rn add src >/dev/null; ls -la >/dev/null; find . -name '*.py' >/dev/null
 git add -A && git commit -qm "first" && git log --oneline >/dev/null && git status --short >/dev/null
