@@ -212,16 +212,14 @@ class Enricher:
         net = event.net or {}
         fd = (event.hints or {}).get("fd")
         key = (event.process["pid"], fd if fd is not None else -1)
-        if event.kind == "bind" and net.get("port"):
-            self._bound[key] = dict(net)
-            return
-        local = socket_local_address(key[0], key[1]) if fd is not None else None
-        if local is not None:
-            net["address"], net["port"] = local
-            net.setdefault("family", "inet6" if ":" in local[0] else "inet")
-        elif event.kind == "listen" and key in self._bound:
-            for name in ("family", "address", "port"):
-                net.setdefault(name, self._bound[key][name])
+        if not (event.kind == "bind" and net.get("port")):  # listen, or a bind to port 0
+            local = socket_local_address(key[0], key[1]) if fd is not None else None
+            if local is not None:
+                net["address"], net["port"] = local
+                net.setdefault("family", "inet6" if ":" in local[0] else "inet")
+            elif event.kind == "listen" and key in self._bound:
+                for name in ("family", "address", "port"):
+                    net.setdefault(name, self._bound[key][name])
         if event.kind == "bind" and net.get("port"):
             self._bound[key] = dict(net)
 

@@ -132,13 +132,6 @@ class Pipeline:
         for event, alerts, records in judged:
             self.emit(event, alerts, records)
 
-    def flush(self) -> None:
-        """Wait until the sink thread has written everything queued so far."""
-        if self._queue is not None and self._worker is not None:
-            self._queue.put(None)
-            self._worker.join()
-            self._worker = threading.Thread(target=self._sink_loop, name="sinks", daemon=True)
-            self._worker.start()
 
     def summary(self) -> dict[str, Any]:
         return {"events": sum(self.events_by_kind.values()),

@@ -247,11 +247,10 @@ def probe_names(probe_dir: Path = PROBES_DIR) -> list[str]:
 
     text = "".join((probe_dir / name).read_text() for name in PROBE_FILES)
     names = re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", text)
-    for macro in ("SYS_PROBE", "FILE_PROBE", "NET_PROBE"):
-        for call in re.findall(rf"^{macro}\((\w+),", text, flags=re.M):
-            names += [("syscalls", f"sys_enter_{call}"), ("syscalls", f"sys_exit_{call}")]
-    return sorted({f"{cat}:{ev}" for cat, ev in names if not ev.startswith("sys_enter_##")
-                   and not ev.startswith("sys_exit_##")})
+    # each SYS_/FILE_/RENAME_/NET_PROBE(call, ...) line attaches sys_enter_call and sys_exit_call
+    for call in re.findall(r"^(?:SYS|FILE|RENAME|NET)_PROBE\((\w+),", text, flags=re.M):
+        names += [("syscalls", f"sys_enter_{call}"), ("syscalls", f"sys_exit_{call}")]
+    return sorted({f"{cat}:{ev}" for cat, ev in names})
 
 
-__all__ = ["Sensor", "SensorError", "bpf_source", "probe_names", "os"]
+__all__ = ["Sensor", "SensorError", "bpf_source", "probe_names"]

@@ -175,21 +175,7 @@ class _BlockEncoder:
         return pidx, sidx
 
     def event_row(self, ev: Event) -> list[Any]:
-        # the hot path: _refs inlined for the usual identity hits
-        proc = ev.process
-        if proc:
-            pidx = self.proc_by_obj.get(id(proc))
-            if pidx is None:
-                pidx = self._intern(proc, self.proc_by_obj, self.proc_by_bytes, self.procs)
-        else:
-            pidx = None
-        sb = ev.sandbox
-        if sb is not None:
-            sidx = self.sb_by_obj.get(id(sb))
-            if sidx is None:
-                sidx = self._intern(sb, self.sb_by_obj, self.sb_by_bytes, self.sandboxes)
-        else:
-            sidx = None
+        pidx, sidx = self._refs(ev)
         self.kinds.append(ev.kind)
         self.times.append(ev.time_ns)
         self.event_sandboxes.append(sidx)
