@@ -172,6 +172,7 @@ def test_later_file_overrides_a_rule_by_name(tmp_path):
 
 
 def test_in_cidr_helper(tmp_path):
+    # the addresses are event data for the rule engine only: nothing here opens a socket
     rules = load_rules([write(tmp_path, '- rule: r\n  when: connect\n  condition: in_cidr(event.net.address, "10.0.0.0/8")\n')])
     hit = Event(kind="connect", net={"address": "10.2.3.4", "port": 1})
     miss = Event(kind="connect", net={"address": "11.2.3.4", "port": 1})
@@ -289,6 +290,7 @@ def test_deny_specs_of_the_enforce_pack():
 
 
 def test_deny_net_with_ports_and_cidr(tmp_path):
+    # compiles a rule into deny-map entries; no address here is ever contacted
     path = write(tmp_path, """
 - rule: d
   when: connect

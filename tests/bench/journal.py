@@ -45,6 +45,7 @@ def synthetic_events(count: int, seed: int = 7, sandbox_id: str = "sb-5f3a9c1e")
     files = ([f"/work/project/{d}/mod_{i}.py" for d in SOURCE_DIRS for i in range(40)]
              + [f"/usr/lib/python3.11/{m}.py" for m in ("os", "re", "json/__init__", "subprocess", "typing")]
              + ["/etc/ld.so.cache", "/etc/passwd", "/etc/hosts", "/etc/resolv.conf", "/dev/null"])
+    # synthetic connect events written to a journal: data only, never contacted
     addresses = ["10.0.3.17", "10.0.3.18", "127.0.0.1", "192.168.10.4"]
     t = 1_763_900_000_000_000_000
     root = {"pid": 4242, "tid": 4242, "ppid": 4200, "uid": 1000, "gid": 1000, "comm": "bash",
