@@ -70,12 +70,12 @@ static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u6
     e->pad = 0;
     if (s->kind == K_OPEN2) {   /* openat2: flags and mode live in struct open_how (u64 each) */
         u64 how[2] = {};
-        bpf_probe_read_user(how, sizeof(how), (void *)s->a[2]);
+        read_user(how, sizeof(how), (void *)s->a[2]);
         e->oflags = (u32)how[0];
         e->mode = (u32)how[1];
     }
     e->path[0] = 0;
-    if (s->a[1] && bpf_probe_read_user_str(e->path, PATH_LEN, (void *)s->a[1]) == PATH_LEN)
+    if (s->a[1] && read_user_str(e->path, PATH_LEN, (void *)s->a[1]) == PATH_LEN)
         e->h.flags |= F_PATH_TRUNC;
     return 0;
 }
@@ -116,7 +116,7 @@ static __always_inline int rename_exit(long ret) {
     }
     fill_file(e, &s, cg, sizeof(struct file_event), ret);
     e->mode = 0;
-    bpf_probe_read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
+    read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
     events.ringbuf_submit(e, 0);
     return 0;
 }

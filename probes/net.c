@@ -55,7 +55,7 @@ static __always_inline int net_exit(long ret) {
     if (s.kind == K_ACCEPT) {   /* a[2] points at the length the kernel wrote back */
         addrlen = 0;
         if (s.a[2])
-            bpf_probe_read_user(&addrlen, sizeof(addrlen), (void *)s.a[2]);
+            read_user(&addrlen, sizeof(addrlen), (void *)s.a[2]);
     }
     if (addrlen > SOCKADDR_LEN - 1)   /* sockaddr_un is 110 bytes: 127 is enough */
         addrlen = SOCKADDR_LEN - 1;
@@ -63,8 +63,8 @@ static __always_inline int net_exit(long ret) {
     __builtin_memset(e->addr, 0, SOCKADDR_LEN);
     /* Constant-size reads keep the verifier simple; the decoder uses addrlen. A read that
      * would cross the end of the user mapping is retried at sockaddr_in6's size. */
-    if (s.a[1] && bpf_probe_read_user(e->addr, SOCKADDR_LEN, (void *)s.a[1]) != 0)
-        bpf_probe_read_user(e->addr, 28, (void *)s.a[1]);
+    if (s.a[1] && read_user(e->addr, SOCKADDR_LEN, (void *)s.a[1]) != 0)
+        read_user(e->addr, 28, (void *)s.a[1]);
     if (s.kind == K_CONNECT) {
         u32 tid = (u32)bpf_get_current_pid_tgid();
         u8 *denied = net_denied.lookup(&tid);
@@ -118,7 +118,7 @@ static __always_inline int dns_send(int fd, const void *buf, u64 len, const void
     u8 sa[SOCKADDR_LEN] = {};
     int is_dns = 0;
     if (addr && addrlen >= 4) {
-        bpf_probe_read_user(sa, 28, addr);
+        read_user(sa, 28, addr);
         is_dns = sockaddr_port(sa) == 53;
     } else {
         u64 key = ((u64)pid << 32) | (u32)fd;
@@ -142,9 +142,9 @@ static __always_inline int dns_send(int fd, const void *buf, u64 len, const void
     __builtin_memcpy(e->addr, sa, SOCKADDR_LEN);
     u32 n = len > DNS_LEN - 1 ? DNS_LEN - 1 : len;
     e->payload_len = n;
-    if (bpf_probe_read_user(e->payload, DNS_LEN, buf) != 0 &&
-        bpf_probe_read_user(e->payload, 64, buf) != 0)
-        bpf_probe_read_user(e->payload, 32, buf);
+    if (read_user(e->payload, DNS_LEN, buf) != 0 &&
+        read_user(e->payload, 64, buf) != 0)
+        read_user(e->payload, 32, buf);
     events.ringbuf_submit(e, 0);
     return 0;
 }
@@ -156,10 +156,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
 /* struct user_msghdr / mmsghdr are user ABI: name at 0, namelen at 8, iov at 16. */
 static __always_inline int dns_sendmsg(int fd, const void *msg) {
     u64 hdr[3] = {};
-    bpf_probe_read_user(hdr, sizeof(hdr), msg);
+    read_user(hdr, sizeof(hdr), msg);
     u64 iov[2] = {};
     if (hdr[2])
-        bpf_probe_read_user(iov, sizeof(iov), (void *)hdr[2]);
+        read_user(iov, sizeof(iov), (void *)hdr[2]);
     return dns_send(fd, (void *)iov[0], iov[1], (void *)hdr[0], (u32)hdr[1]);
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return dns_sendmsg(args->fd, args->msg); }

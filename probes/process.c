@@ -39,24 +39,24 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
         return 0;
     }
     fill_hdr(&e->h, kind, cg, sizeof(struct exec_event));
-    int n = bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+    int n = read_user_str(e->filename, sizeof(e->filename), filename);
     if (n == PATH_LEN)
         e->h.flags |= F_PATH_TRUNC;
     e->argc = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ARGS; i++) {
         const char *argp = NULL;
-        bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
+        read_user(&argp, sizeof(argp), &argv[i]);
         if (!argp)
             break;
-        int len = bpf_probe_read_user_str(e->args[i], ARG_LEN, argp);
+        int len = read_user_str(e->args[i], ARG_LEN, argp);
         if (len == ARG_LEN)
             e->h.flags |= F_ARG_TRUNC;
         e->argc = i + 1;
     }
     if (e->argc == MAX_ARGS) {
         const char *more = NULL;
-        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
+        read_user(&more, sizeof(more), &argv[MAX_ARGS]);
         if (more)
             e->h.flags |= F_ARGS_TRUNC;
     }
@@ -109,7 +109,7 @@ static __always_inline int note_clone(u64 flags) {
 TRACEPOINT_PROBE(syscalls, sys_enter_clone) { return note_clone(args->clone_flags); }
 TRACEPOINT_PROBE(syscalls, sys_enter_clone3) {
     u64 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), args->uargs);  /* clone_args.flags is first */
+    read_user(&flags, sizeof(flags), args->uargs);  /* clone_args.flags is first */
     return note_clone(flags);
 }
 
@@ -191,16 +191,16 @@ static __always_inline int sys_exit(long ret) {
     switch (s.kind) {
     case K_MEMFD:
     case K_CHDIR:
-        bpf_probe_read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
+        read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
         break;
     case K_MOUNT:
-        bpf_probe_read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
-        bpf_probe_read_user_str(e->s[1], STR_LEN, (void *)s.a[1]);
-        bpf_probe_read_user_str(e->s[2], STR_LEN, (void *)s.a[2]);
+        read_user_str(e->s[0], STR_LEN, (void *)s.a[0]);
+        read_user_str(e->s[1], STR_LEN, (void *)s.a[1]);
+        read_user_str(e->s[2], STR_LEN, (void *)s.a[2]);
         break;
     case K_CAPSET: {
         u32 caps[3] = {};
-        bpf_probe_read_user(caps, sizeof(caps), (void *)s.a[1]);
+        read_user(caps, sizeof(caps), (void *)s.a[1]);
         e->a[2] = caps[0];   /* effective */
         e->a[3] = caps[1];   /* permitted */
         break;

@@ -13,6 +13,9 @@
  * call is truncated and flagged. User memory only: no kernel struct is read. */
 #include <uapi/linux/ptrace.h>
 
+/* the helper by its id: bcc re-reads /proc/kallsyms at each bpf_probe_read_user() it rewrites */
+static long (*read_user)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user;
+
 #define DIR_WRITE 0
 #define DIR_READ 1
 #define DIR_CLOSE 2
@@ -118,7 +121,7 @@ static __always_inline void emit(u32 dir, u64 ssl, const char *buf, u64 total) {
         u32 n = m + 1;
         r->h.offset = off;
         r->h.len = n;
-        if (bpf_probe_read_user(r->data, n, buf + off) != 0) {
+        if (read_user(r->data, n, buf + off) != 0) {
             count(L_COPY);
             r->h.flags |= F_TRUNC;
             break;
@@ -146,7 +149,7 @@ static __always_inline u64 moved_bytes(struct pt_regs *ctx, struct call_args *a,
     if (ex) {
         if (ret != 1 || !a->outlen)
             return 0;
-        bpf_probe_read_user(&moved, sizeof(moved), (void *)a->outlen);
+        read_user(&moved, sizeof(moved), (void *)a->outlen);
         return moved;
     }
     return ret > 0 ? (u64)ret : 0;

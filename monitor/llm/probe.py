@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.checks import Check
+from monitor.sensor.memory import release_compiler_memory
 
 PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probes" / "ssl.c"
 
@@ -140,6 +141,7 @@ class TlsProbe:
             self.bpf.load_func(enter.encode(), BPF.KPROBE)
             if ret:
                 self.bpf.load_func(ret.encode(), BPF.KPROBE)
+        release_compiler_memory()
         self._pending: list[TlsRecord] = []
         self.bpf[b"tls_events"].open_ring_buffer(self._on_record)
         self._checked: dict[tuple[int, int], bool] = {}  # file identity -> has SSL_write

@@ -20,6 +20,7 @@ from pathlib import Path
 from monitor.event import Event
 from monitor.sensor import wire
 from monitor.sensor.file import decode_file
+from monitor.sensor.memory import release_compiler_memory
 from monitor.sensor.net import decode_net
 from monitor.sensor.process import decode_exec, decode_sys
 
@@ -36,12 +37,6 @@ _NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_
 
 class SensorError(RuntimeError):
     pass
-
-
-def _release_compiler_memory() -> None:
-    """clang/LLVM leave tens of MB of freed heap behind after a compile: give it back."""
-    with contextlib.suppress(OSError, AttributeError):
-        ct.CDLL("libc.so.6").malloc_trim(0)
 
 
 def bpf_source(probe_dir: Path = PROBES_DIR) -> str:
@@ -62,7 +57,7 @@ class Sensor:
         except Exception as exc:
             raise SensorError(f"BPF compile/attach failed: {exc}") from exc
         self.attach_seconds = time.monotonic() - started
-        _release_compiler_memory()
+        release_compiler_memory()
         self._watched = self.bpf["watched"]
         self._lost = self.bpf["lost"]
         self._records: list[bytes] = []
