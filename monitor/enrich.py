@@ -40,6 +40,7 @@ class ProcInfo:
     start_ns: int = 0
     stdio: dict[str, str] = field(default_factory=dict)  # {"stdin": "socket"|"pipe"|"tty"|"file"|...}
     view: dict[str, Any] | None = None  # cached `event.process` base, rebuilt after changes
+    last: tuple[Any, ...] | None = None  # (view, thread facts, the event.process they gave)
 
 
 def _readlink(path: str) -> str:
@@ -235,6 +236,8 @@ class Enricher:
             file[key] = resolve(path, base) if path else base
 
     def _process_view(self, event: Event, info: ProcInfo) -> dict[str, Any]:
+        """`event.process`: the process's view plus this event's thread facts. Events with the
+        same facts share one dict (read-only from here on): the journal then stores it once."""
         if info.view is None:
             view: dict[str, Any] = {"pid": info.pid, "ppid": info.ppid, "comm": info.comm,
                                     "executable": info.executable, "args": info.args,
@@ -243,18 +246,31 @@ class Enricher:
                 view["caused_by"] = info.caused_by
             view.update(info.stdio)
             info.view = view
-        process = dict(info.view)
         raw = event.process
-        process["tid"] = raw.get("tid", info.pid)
+        if event.kind == "exec" and not (event.result in (0, None) and event.verdict is None):
+            # a failed or denied exec: the image did not change, report what was attempted
+            process = self._thread_view(info.view, raw, None)
+            process["executable"] = resolve(raw.get("executable", ""), info.cwd)
+            process["args"] = scrub(raw.get("args", []))
+            return process
+        comm = raw.get("comm") if event.kind != "exec" else None
+        facts = (raw.get("tid", info.pid), raw.get("uid"), raw.get("gid"), comm)
+        last = info.last
+        if last is not None and last[0] is info.view and last[1] == facts:
+            return last[2]
+        process = self._thread_view(info.view, raw, comm)
+        info.last = (info.view, facts, process)
+        return process
+
+    @staticmethod
+    def _thread_view(view: dict[str, Any], raw: dict[str, Any], comm: str | None) -> dict[str, Any]:
+        process = dict(view)
+        process["tid"] = raw.get("tid", view["pid"])
         if "uid" in raw:
             process["uid"] = raw["uid"]
             process["gid"] = raw["gid"]
-        if event.kind == "exec" and not (event.result in (0, None) and event.verdict is None):
-            # a failed or denied exec: the image did not change, report what was attempted
-            process["executable"] = resolve(raw.get("executable", ""), info.cwd)
-            process["args"] = scrub(raw.get("args", []))
-        elif raw.get("comm") and event.kind != "exec":
-            process["comm"] = raw["comm"]
+        if comm:
+            process["comm"] = comm
         return process
 
     def _ancestors(self, info: ProcInfo) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ policy `kill` ended the sandbox.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import signal
@@ -32,6 +33,7 @@ from monitor.sinks.jsonl import JsonlSink
 
 DRAIN_QUIET_POLLS = 3  # consecutive empty polls that mean the ring buffer is drained
 POLL_MS = 5  # the longest a batched (no-wakeup) record waits in the ring buffer
+GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
 
 
 class RunError(Exception):
@@ -123,6 +125,16 @@ def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
     return count
 
 
+def tune_gc() -> None:
+    """Everything built so far (rules, compiled programs, modules) lives as long as the monitor:
+    freeze it out of the cyclic collector, and collect young objects less often. Events are
+    freed by reference counting; at 100k events/s the default thresholds spent ~25% of the
+    monitor's time in full collections re-walking the same long-lived objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
 class Session:
     """The shared loop: poll sources into the pipeline until `done()` says stop."""
 
@@ -130,6 +142,7 @@ class Session:
         self.pipeline = pipeline
         self.sources = sources
         self.stop_requested = False
+        tune_gc()
 
     def pump(self, timeout_ms: int) -> int:
         batches = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
+from monitor.policy.literals import literal_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
 MISSING = object()
@@ -277,13 +278,25 @@ def _need(node: Node, scope: str = "event") -> Need | None:
 
 
 def _regex_searches(patterns: list[str]) -> tuple[Callable[[str], Any], ...]:
-    """One RE2 alternation for all patterns (a call into RE2 costs ~1 us, whatever the pattern)."""
+    """One RE2 alternation for all patterns (a call into RE2 costs ~1 us, whatever the pattern),
+    behind a gate of the literals every match contains (see policy/literals.py)."""
     if not patterns or _re2 is None:
         return ()
     try:
-        return (_raw_search(compile_regex("|".join(f"(?:{p})" for p in patterns))),)
+        searches = (_raw_search(compile_regex("|".join(f"(?:{p})" for p in patterns))),)
     except ValueError:
-        return tuple(_raw_search(compile_regex(p)) for p in patterns)
+        searches = tuple(_raw_search(compile_regex(p)) for p in patterns)
+    gate = literal_gate(patterns)
+    if not gate or len(searches) != 1:
+        return searches
+    (search,) = searches
+
+    def gated(text: str) -> bool:
+        for literal in gate:
+            if literal in text:
+                return search(text)
+        return False
+    return (gated,)
 
 
 def _raw_search(compiled: Any) -> Callable[[str], bool]:
@@ -321,7 +334,10 @@ def _value_check(test: FieldTest) -> Callable[[Any], bool]:
                     return True
             return search is not None and search(value)
         if items and type(value) in (list, dict):
-            return any(item in value for item in items)
+            try:
+                return not items.isdisjoint(value)
+            except TypeError:  # unhashable members (a list of maps): compare one by one
+                return any(item in value for item in items)
         try:
             return value in equals
         except TypeError:  # a list or a map compared with literals: CEL says false too

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import mmap
 import os
 import struct
 import time
@@ -23,6 +24,7 @@ from monitor.sensor.file import decode_file
 from monitor.sensor.memory import release_compiler_memory
 from monitor.sensor.net import decode_net
 from monitor.sensor.process import decode_exec, decode_sys
+from monitor.sensor.ringbuf import RingReader
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
 PROBE_FILES = ("events.h", "process.c", "file.c", "net.c", "netdeny.c")
@@ -60,12 +62,12 @@ class Sensor:
         release_compiler_memory()
         self._watched = self.bpf["watched"]
         self._lost = self.bpf["lost"]
-        self._records: list[bytes] = []
-        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._ring = RingReader(self.bpf["events"].map_fd, wire.RINGBUF_PAGES * mmap.PAGESIZE)
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         self._exec_pending: dict[int, Event] = {}
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
         self.decode_errors = 0
+        self._comms: dict[bytes, str] = {}  # raw comm field -> text (a few dozen names repeat)
         self.counts: Counter[str] = Counter()  # records seen, by wire kind name (+ exec_enoent)
 
     # -- watched cgroups ---------------------------------------------------------------
@@ -140,24 +142,18 @@ class Sensor:
                 del table[key]
 
     # -- ring buffer ---------------------------------------------------------------------
-    def _on_record(self, _ctx: int, data: int, size: int) -> None:
-        self._records.append(ct.string_at(data, size))
-
     def poll(self, timeout_ms: int = 100) -> list[Event]:
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()  # batched records arrive without a wakeup
-        return self._decode_batch()
+        self._ring.wait(timeout_ms)
+        return self._decode_batch(self._ring.read())  # batched records arrive without a wakeup
 
     def drain(self) -> list[Event]:
         """Everything already in the ring buffer, without waiting; pending execs flushed."""
-        self.bpf.ring_buffer_consume()
-        events = self._decode_batch()
+        events = self._decode_batch(self._ring.read())
         events.extend(self._exec_pending.values())
         self._exec_pending.clear()
         return events
 
-    def _decode_batch(self) -> list[Event]:
-        records, self._records = self._records, []
+    def _decode_batch(self, records: list[bytes]) -> list[Event]:
         events: list[Event] = []
         for buf in records:
             try:
@@ -178,14 +174,18 @@ class Sensor:
                 events.append(self._exec_pending.pop(tid))
 
     def _decode(self, buf: bytes) -> Event | None:
-        ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, comm = _HDR.unpack_from(buf)
+        ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, raw_comm = _HDR.unpack_from(buf)
         name = wire.KIND_NAMES[kind]
         self.counts[name] += 1
         if kind == wire.K_EXEC_RESULT:
             return self._join_exec(tid, result)
+        comm = self._comms.get(raw_comm)
+        if comm is None:
+            comm = self._comms[raw_comm] = wire.cstr(raw_comm)
+            if len(self._comms) > 4096:
+                self._comms.clear()
         event = Event(kind=name, time_ns=ts + self._wall_offset, cgroup_id=cgroup_id,
-                      process={"pid": pid, "tid": tid, "uid": uid, "gid": gid,
-                               "comm": wire.cstr(comm)})
+                      process={"pid": pid, "tid": tid, "uid": uid, "gid": gid, "comm": comm})
         if flags & wire.F_DENIED:
             event.verdict = "denied"
         if kind == wire.K_EXEC:
@@ -233,6 +233,7 @@ class Sensor:
 
             with ThreadPoolExecutor(max_workers=len(tracepoints)) as pool:
                 list(pool.map(self.bpf.detach_tracepoint, tracepoints))
+        self._ring.close()
         self.bpf.cleanup()
 
 

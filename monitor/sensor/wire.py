@@ -15,6 +15,7 @@ DENY_PATH_LEN = 248
 NET_DENY_PORTS = 8
 WAKEUP_RECORDS = 256  # batched records wake the reader every this many, per CPU
 AGG_WINDOW_NS = 1_000_000_000  # repeated identical opens fold into one record per second  # ports per (sandbox, address) deny entry
+STASH_SLOTS = 65536  # syscall-argument slots, by thread id (a power of two)
 RINGBUF_PAGES = 4096  # 16 MiB: an exec storm or open storm never waits for user space
 
 # Record kinds on the wire. Several map to one event kind (K_OPEN2 -> open).
@@ -23,6 +24,7 @@ K_SETUID, K_SETGID, K_CAPSET, K_PTRACE, K_MEMFD, K_UNSHARE, K_SETNS, K_MOUNT, K_
 K_CHDIR, K_FCHDIR = 14, 15
 K_OPEN, K_OPEN2, K_UNLINK, K_RENAME, K_CHMOD = 16, 17, 18, 19, 20
 K_CONNECT, K_BIND, K_LISTEN, K_ACCEPT, K_DNS, K_SOCKET = 21, 22, 23, 24, 25, 26
+K_STASH = 27  # lost counter only: a syscall's arguments overwritten before its exit
 K_MAX = 32
 
 # Header flag bits.
@@ -37,7 +39,7 @@ KIND_NAMES: dict[int, str] = {
     K_UNSHARE: "unshare", K_SETNS: "setns", K_MOUNT: "mount", K_BPF: "bpf", K_CHDIR: "chdir",
     K_FCHDIR: "chdir", K_OPEN: "open", K_OPEN2: "open", K_UNLINK: "unlink", K_RENAME: "rename",
     K_CHMOD: "chmod", K_CONNECT: "connect", K_BIND: "bind", K_LISTEN: "listen",
-    K_ACCEPT: "accept", K_DNS: "dns",
+    K_ACCEPT: "accept", K_DNS: "dns", K_STASH: "stash_collision",
 }
 
 
