@@ -45,15 +45,17 @@ BPF_PERCPU_ARRAY(lost, u64, K_MAX);
  * force a wakeup every WAKEUP_RECORDS batched records per CPU. A wakeup per open costs more
  * than the open itself. */
 BPF_PERCPU_ARRAY(unwoken, u32, 1);
-static __always_inline void submit_batched(void *record) {
+static __always_inline u64 batched_wakeup(void) {
     u32 zero = 0;
     u32 *pending = unwoken.lookup(&zero);
-    u64 flags = BPF_RB_NO_WAKEUP;
     if (pending && ++(*pending) >= WAKEUP_RECORDS) {
         *pending = 0;
-        flags = BPF_RB_FORCE_WAKEUP;
+        return BPF_RB_FORCE_WAKEUP;
     }
-    bpf_ringbuf_submit(record, flags);
+    return BPF_RB_NO_WAKEUP;
+}
+static __always_inline void submit_batched(void *record) {
+    bpf_ringbuf_submit(record, batched_wakeup());
 }
 
 /* The first thing every probe does: is the current task in a watched sandbox? */

@@ -8,7 +8,8 @@ from monitor.event import Event
 from monitor.sensor import wire
 from monitor.sensor.wire import cstr
 
-_FILE_BODY = struct.Struct(f"<iiIIII{wire.PATH_LEN}s")
+_FILE_FIXED = struct.Struct("<iiIIII")  # then the path, cut after its NUL (rename: full, then path2)
+_PATH_AT = wire.HDR_SIZE + _FILE_FIXED.size
 _PATH2 = struct.Struct(f"<{wire.PATH_LEN}s")
 AT_FDCWD = -100
 
@@ -42,8 +43,8 @@ def open_flags(flags: int) -> tuple[list[str], bool]:
 
 
 def decode_file(event: Event, kind: int, buf: bytes) -> Event:
-    dfd, dfd2, oflags, mode, repeats, _, raw_path = _FILE_BODY.unpack_from(buf, wire.HDR_SIZE)
-    path = cstr(raw_path)
+    dfd, dfd2, oflags, mode, repeats, _ = _FILE_FIXED.unpack_from(buf, wire.HDR_SIZE)
+    path = cstr(buf[_PATH_AT:_PATH_AT + wire.PATH_LEN])
     file: dict[str, object] = {"path": path}
     if kind in (wire.K_OPEN, wire.K_OPEN2):
         names, write = open_flags(oflags)
@@ -59,7 +60,7 @@ def decode_file(event: Event, kind: int, buf: bytes) -> Event:
         file["mode"] = mode & 0o7777
         file["write"] = True
     elif kind == wire.K_RENAME:
-        (raw_new,) = _PATH2.unpack_from(buf, wire.HDR_SIZE + _FILE_BODY.size)
+        (raw_new,) = _PATH2.unpack_from(buf, _PATH_AT + wire.PATH_LEN)
         file["new_path"] = cstr(raw_new)
         file["write"] = True
     event.file = file
