@@ -41,3 +41,10 @@ def test_a_record_that_wraps_reads_whole() -> None:
     buf, producer = ring([(b"wrapping-payload", 0)], start=start)
     records, consumer, _ = walk(bytes(buf), 8, SIZE - 1, start, producer)
     assert records == [b"wrapping-payload"] and consumer == producer
+
+
+def test_a_read_takes_at_most_limit_records_and_resumes_after_them() -> None:
+    buf, producer = ring([(b"a", 0), (b"b", 0), (b"c", 0)])
+    first, consumer, _ = walk(bytes(buf), 8, SIZE - 1, 0, producer, limit=2)
+    rest, consumer, _ = walk(bytes(buf), 8, SIZE - 1, consumer, producer, limit=2)
+    assert first == [b"a", b"b"] and rest == [b"c"] and consumer == producer

@@ -148,7 +148,9 @@ class Sensor:
 
     def drain(self) -> list[Event]:
         """Everything already in the ring buffer, without waiting; pending execs flushed."""
-        events = self._decode_batch(self._ring.read())
+        events: list[Event] = []
+        while records := self._ring.read():
+            events.extend(self._decode_batch(records))
         events.extend(self._exec_pending.values())
         self._exec_pending.clear()
         return events

@@ -18,19 +18,20 @@ import struct
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
+READ_LIMIT = 4096  # records per read: a full ring (~150k records) is never one Python batch
 _POS = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
 
 
-def walk(data: bytes | mmap.mmap, base: int, mask: int, consumer: int,
-         producer: int) -> tuple[list[bytes], int, int]:
+def walk(data: bytes | mmap.mmap, base: int, mask: int, consumer: int, producer: int,
+         limit: int = 1 << 62) -> tuple[list[bytes], int, int]:
     """Committed records from `consumer` up to `producer` (or the first one still being
-    written): (records, new consumer position, discarded count). `base` is where the data
-    pages start in `data`; positions wrap with `mask` (data size - 1)."""
+    written, or `limit` records): (records, new consumer position, discarded count). `base` is
+    where the data pages start in `data`; positions wrap with `mask` (data size - 1)."""
     records: list[bytes] = []
     discarded = 0
     unpack_len = _LEN.unpack_from
-    while consumer < producer:
+    while consumer < producer and len(records) < limit:
         at = base + (consumer & mask)
         (length,) = unpack_len(data, at)
         if length & BUSY_BIT:
@@ -65,13 +66,14 @@ class RingReader:
         """Until the kernel wakes readers (or data is already there), at most timeout_ms."""
         self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
 
-    def read(self) -> list[bytes]:
-        """Every record committed so far, oldest first; their space is handed back."""
+    def read(self, limit: int = READ_LIMIT) -> list[bytes]:
+        """Records committed so far, oldest first, at most `limit` (the rest wait in the ring,
+        where they cost the monitor no memory); their space is handed back."""
         (consumer,) = _POS.unpack_from(self._consumer_page, 0)
         (producer,) = _POS.unpack_from(self._data, 0)
         if consumer == producer:
             return []
-        records, consumer, discarded = walk(self._data, self._base, self._mask, consumer, producer)
+        records, consumer, discarded = walk(self._data, self._base, self._mask, consumer, producer, limit)
         self.discarded += discarded
         _POS.pack_into(self._consumer_page, 0, consumer)
         return records
