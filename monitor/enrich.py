@@ -50,17 +50,24 @@ def _readlink(path: str) -> str:
         return ""
 
 
+def cmdline(pid: int) -> list[str]:
+    """A live process's arguments from /proc ([] when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode("utf-8", "backslashreplace") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
 def proc_info_from_proc(pid: int) -> ProcInfo | None:
     """What /proc says of a live process (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/status") as status:
             fields = dict(line.split(":", 1) for line in status if ":" in line)
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = [a.decode("utf-8", "backslashreplace") for a in cmdline.read().split(b"\0")[:-1]]
     except (OSError, ValueError):
         return None
     return ProcInfo(pid=pid, ppid=int(fields.get("PPid", "0").strip() or 0),
-                    executable=_readlink(f"/proc/{pid}/exe"), args=scrub(args),
+                    executable=_readlink(f"/proc/{pid}/exe"), args=scrub(cmdline(pid)),
                     comm=fields.get("Name", "").strip(), cwd=_readlink(f"/proc/{pid}/cwd"))
 
 
@@ -164,7 +171,10 @@ class Enricher:
                                              caused_by=info.caused_by, start_ns=event.time_ns)
         elif kind == "exec" and event.result in (0, None) and event.verdict is None:
             info.executable = resolve(event.process.get("executable", ""), info.cwd)
-            info.args = scrub(event.process.get("args", []))  # a key on a command line stays out
+            args = event.process.get("args", [])
+            if (event.detail or {}).get("args_unreadable"):
+                args = cmdline(info.pid) or args  # the new image's own, while it still runs
+            info.args = scrub(args)  # a key on a command line stays out
             info.stdio = stdio_of(info.pid)
             info.comm = os.path.basename(info.executable)[:15]
             info.view = None

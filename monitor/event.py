@@ -8,7 +8,7 @@ Beyond DESIGN.md's fields, kind-specific facts live in `event.detail` (a map):
   exit: {code, signal}            setuid/setgid/setresuid/...: {uid|gid, euid, suid, call}
   ptrace: {request, target_pid}   memfd: {name, flags}    bpf: {cmd}
   mount: {source, target, fstype, flags}   unshare/setns: {flags: [CLONE_NEW...], call}
-  capset: {effective, permitted}  fork: {child_pid}   exec: {args_truncated}
+  capset: {effective, permitted}  fork: {child_pid}   exec: {args_truncated, args_unreadable}
 and `event.verdict` is "denied" when the kernel refused the call on a deny rule.
 """
 
@@ -53,7 +53,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
             "tools", "truncated"),
     "detail": ("code", "signal", "uid", "gid", "euid", "suid", "egid", "sgid", "call", "request",
                "target_pid", "name", "flags", "cmd", "source", "target", "fstype", "effective",
-               "permitted", "child_pid", "args_truncated", "bytes", "repeats"),
+               "permitted", "child_pid", "args_truncated", "args_unreadable", "bytes", "repeats"),
 }
 
 _ID_PREFIX = os.urandom(4).hex()

@@ -29,6 +29,19 @@ BPF_PERCPU_ARRAY(deny_scratch, struct deny_key, 1);
 BPF_HASH(clone_flags, u32, u64, 4096);
 BPF_HASH(exit_codes, u32, s32, 8192);
 
+/* Is `path` (a kernel-memory copy) denied for this sandbox? */
+static __always_inline int exec_denied(u64 cg, const char *path) {
+    u32 zero = 0;
+    struct deny_key *key = deny_scratch.lookup(&zero);
+    if (!key)
+        return 0;
+    __builtin_memset(key->path, 0, sizeof(key->path));
+    key->prefixlen = 64 + DENY_PATH_LEN * 8;
+    __builtin_memcpy(key->cgroup, &cg, 8);
+    bpf_probe_read_kernel_str(key->path, sizeof(key->path), path);
+    return exec_deny.lookup(key) != NULL;
+}
+
 static __always_inline int exec_enter(u32 kind, const char *filename, const char *const *argv) {
     u64 cg;
     if (!watched_cgroup(&cg))
@@ -39,19 +52,33 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
         return 0;
     }
     fill_hdr(&e->h, kind, cg, sizeof(struct exec_event));
+    /* Strings a freshly forked child has not touched yet (a literal in a file-backed page) are
+     * not in memory and cannot be faulted in here: flagged F_UNREADABLE, never silently empty.
+     * sched_process_exec below supplies the kernel's own copy of the path. */
     int n = read_user_str(e->filename, sizeof(e->filename), filename);
     if (n == PATH_LEN)
         e->h.flags |= F_PATH_TRUNC;
+    if (n < 0) {
+        e->filename[0] = 0;
+        e->h.flags |= F_UNREADABLE;
+    }
     e->argc = 0;
 #pragma unroll
     for (int i = 0; i < MAX_ARGS; i++) {
         const char *argp = NULL;
-        read_user(&argp, sizeof(argp), &argv[i]);
+        if (read_user(&argp, sizeof(argp), &argv[i]) != 0) {
+            e->h.flags |= F_UNREADABLE;
+            break;
+        }
         if (!argp)
             break;
         int len = read_user_str(e->args[i], ARG_LEN, argp);
         if (len == ARG_LEN)
             e->h.flags |= F_ARG_TRUNC;
+        if (len < 0) {
+            e->args[i][0] = 0;
+            e->h.flags |= F_UNREADABLE;
+        }
         e->argc = i + 1;
     }
     if (e->argc == MAX_ARGS) {
@@ -60,19 +87,38 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
         if (more)
             e->h.flags |= F_ARGS_TRUNC;
     }
-    u32 zero = 0;
-    struct deny_key *key = deny_scratch.lookup(&zero);
-    if (key) {
-        __builtin_memset(key->path, 0, sizeof(key->path));
-        key->prefixlen = 64 + DENY_PATH_LEN * 8;
-        __builtin_memcpy(key->cgroup, &cg, 8);
-        bpf_probe_read_kernel_str(key->path, sizeof(key->path), e->filename);
-        if (exec_deny.lookup(key)) {
-            bpf_send_signal(9);   /* delivered before the new image runs an instruction */
-            e->h.flags |= F_DENIED;
-        }
+    if (exec_denied(cg, e->filename)) {
+        bpf_send_signal(9);   /* delivered before the new image runs an instruction */
+        e->h.flags |= F_DENIED;
     }
     submit_batched(e);  /* its exec_result (or exit) record wakes the reader */
+    return 0;
+}
+
+/* The path an exec ran, from the kernel's own copy (a tracepoint argument), once the exec is
+ * past the point of no return and before the new image runs. It fills in a path user memory
+ * did not give at sys_enter, and the deny is checked again on it (so an unreadable path
+ * cannot slip past the deny). Joined in user space by old_pid. */
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u64 cg;
+    if (!watched_cgroup(&cg))
+        return 0;
+    u32 size = offsetof(struct sys_event, s[1]);
+    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s[1]));
+    if (!e) {
+        count_lost(K_EXEC_FILE);
+        return 0;
+    }
+    fill_hdr(&e->h, K_EXEC_FILE, cg, size);
+    e->a[0] = args->old_pid;
+    e->a[1] = e->a[2] = e->a[3] = e->a[4] = 0;
+    u16 at = args->data_loc_filename & 0xFFFF;
+    bpf_probe_read_kernel_str(e->s[0], STR_LEN, (void *)args + at);
+    if (exec_denied(cg, e->s[0])) {
+        bpf_send_signal(9);
+        e->h.flags |= F_DENIED;
+    }
+    submit_batched(e);
     return 0;
 }
 

@@ -65,3 +65,16 @@ def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
         records = read_jsonl(out) if out.exists() else []
     summary = next((r for r in records if r["type"] == "summary"), {})
     return RunResult(proc.returncode, records, proc.stderr, proc.stdout, summary)
+
+
+def fork_execl(tmp_path: Path, path: str, *args: str) -> str:
+    """A C program whose forked child execl()s string literals: in the child those pages are not
+    mapped yet when execve is entered, so the probe cannot read them from user memory."""
+    quoted = ", ".join(f'"{a}"' for a in (path, *args))
+    source = tmp_path / "fork_execl.c"
+    source.write_text("#include <unistd.h>\n#include <sys/wait.h>\nint main(void) {\n"
+                      f"    if (fork() == 0) {{ execl({quoted}, (char *)0); _exit(127); }}\n"
+                      "    int status = 0; wait(&status); return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);\n}\n")
+    binary = tmp_path / "fork_execl"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+    return str(binary)

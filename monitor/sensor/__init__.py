@@ -23,7 +23,7 @@ from monitor.sensor import wire
 from monitor.sensor.file import decode_file
 from monitor.sensor.memory import release_compiler_memory
 from monitor.sensor.net import decode_net
-from monitor.sensor.process import decode_exec, decode_sys
+from monitor.sensor.process import decode_exec, decode_exec_file, decode_sys
 from monitor.sensor.ringbuf import RingReader
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
@@ -181,6 +181,9 @@ class Sensor:
         self.counts[name] += 1
         if kind == wire.K_EXEC_RESULT:
             return self._join_exec(tid, result)
+        if kind == wire.K_EXEC_FILE:
+            self._exec_file(tid, flags, buf)
+            return None
         comm = self._comms.get(raw_comm)
         if comm is None:
             comm = self._comms[raw_comm] = wire.cstr(raw_comm)
@@ -201,6 +204,17 @@ class Sensor:
             decode_net(event, kind, buf)
             return event if event.net is not None else None
         return decode_sys(event, kind, buf)
+
+    def _exec_file(self, tid: int, flags: int, buf: bytes) -> None:
+        """The kernel's copy of the path: fills in what user memory did not give at sys_enter."""
+        old_pid, path = decode_exec_file(buf)
+        event = self._exec_pending.get(old_pid) or self._exec_pending.get(tid)
+        if event is None:
+            return
+        if not event.process.get("executable"):
+            event.process["executable"] = path
+        if flags & wire.F_DENIED:
+            event.verdict = "denied"
 
     def _join_exec(self, tid: int, result: int) -> Event | None:
         event = self._exec_pending.pop(tid, None)
@@ -227,7 +241,7 @@ class Sensor:
     def close(self) -> None:
         for path in list(self._net_attached):
             self.detach_net_deny(path)
-        # Each tracepoint detach waits for an RCU grace period (~50 ms): 76 of them one after the
+        # Each tracepoint detach waits for an RCU grace period (~50 ms): 77 of them one after the
         # other took 4 s. Side by side (ctypes drops the GIL) they take one grace period.
         tracepoints = list(self.bpf.tracepoint_fds)
         if tracepoints:

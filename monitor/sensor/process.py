@@ -34,9 +34,21 @@ def decode_exec(event: Event, flags: int, buf: bytes) -> Event:
     args = [cstr(buf[base + i * wire.ARG_LEN: base + (i + 1) * wire.ARG_LEN]) for i in range(argc)]
     event.process["executable"] = cstr(filename)
     event.process["args"] = args
+    detail: dict[str, bool] = {}
     if flags & (wire.F_ARG_TRUNC | wire.F_ARGS_TRUNC | wire.F_PATH_TRUNC):
-        event.detail = {"args_truncated": True}
+        detail["args_truncated"] = True
+    if flags & wire.F_UNREADABLE:
+        detail["args_unreadable"] = True  # not in memory at exec time (see probes/process.c)
+    if detail:
+        event.detail = detail
     return event
+
+
+def decode_exec_file(buf: bytes) -> tuple[int, str]:
+    """(pid before the exec, the path the kernel ran) of a sched_process_exec record."""
+    old_pid = _SYS_ARGS.unpack_from(buf, wire.HDR_SIZE)[0]
+    strs_at = wire.HDR_SIZE + _SYS_ARGS.size
+    return old_pid, cstr(buf[strs_at:strs_at + wire.STR_LEN])
 
 
 def _ids(a: tuple[int, ...]) -> list[int | None]:

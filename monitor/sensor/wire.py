@@ -25,6 +25,7 @@ K_CHDIR, K_FCHDIR = 14, 15
 K_OPEN, K_OPEN2, K_UNLINK, K_RENAME, K_CHMOD = 16, 17, 18, 19, 20
 K_CONNECT, K_BIND, K_LISTEN, K_ACCEPT, K_DNS, K_SOCKET = 21, 22, 23, 24, 25, 26
 K_STASH = 27  # lost counter only: a syscall's arguments overwritten before its exit
+K_EXEC_FILE = 28  # the kernel's copy of an exec's path (sched_process_exec), joined to the exec
 K_MAX = 32
 
 # Header flag bits.
@@ -32,6 +33,7 @@ F_PATH_TRUNC = 1
 F_ARG_TRUNC = 2
 F_ARGS_TRUNC = 4
 F_DENIED = 8
+F_UNREADABLE = 16  # a string of the call was not in memory (not faulted in yet): left empty
 
 KIND_NAMES: dict[int, str] = {
     K_EXEC: "exec", K_EXEC_RESULT: "exec_result", K_FORK: "fork", K_EXIT: "exit", K_SETUID: "setuid",
@@ -39,7 +41,7 @@ KIND_NAMES: dict[int, str] = {
     K_UNSHARE: "unshare", K_SETNS: "setns", K_MOUNT: "mount", K_BPF: "bpf", K_CHDIR: "chdir",
     K_FCHDIR: "chdir", K_OPEN: "open", K_OPEN2: "open", K_UNLINK: "unlink", K_RENAME: "rename",
     K_CHMOD: "chmod", K_CONNECT: "connect", K_BIND: "bind", K_LISTEN: "listen",
-    K_ACCEPT: "accept", K_DNS: "dns", K_STASH: "stash_collision",
+    K_ACCEPT: "accept", K_DNS: "dns", K_STASH: "stash_collision", K_EXEC_FILE: "exec_file",
 }
 
 

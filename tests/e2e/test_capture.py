@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from monitor_run import MONITOR, monitor_run, needs_root, read_jsonl  # noqa: E402
+from monitor_run import MONITOR, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 PY = "/usr/bin/python3"
@@ -51,6 +51,14 @@ def test_exec_args_exit_code_and_lineage(tmp_path: Path) -> None:
     assert r.events("fork"), "bash forks its children"
     assert r.summary["exit_status"] == 3
     assert r.summary["lost"] == {}
+
+
+def test_exec_of_strings_not_in_memory_is_never_blank(tmp_path: Path) -> None:
+    r = monitor_run([fork_execl(tmp_path, "/bin/sleep", "sleep", "0.5")], "--no-rules")
+    sleep = one(r.events("exec"), process__comm="sleep")
+    assert sleep["process"]["executable"] == "/bin/sleep", "the kernel's copy of the path fills it in"
+    assert sleep["detail"]["args_unreadable"] is True, "this shape of exec is the one user memory cannot give"
+    assert sleep["process"]["args"] == ["sleep", "0.5"], "read back from /proc while the program runs"
 
 
 def test_file_events_resolved_and_decoded(tmp_path: Path) -> None:

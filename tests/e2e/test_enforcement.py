@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from monitor_run import MONITOR, monitor_run, needs_root, read_jsonl  # noqa: E402
+from monitor_run import MONITOR, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -63,6 +63,22 @@ def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
     denied = [e for e in r.events("exec") if e.get("verdict") == "denied"]
     assert denied and denied[0]["process"]["executable"] == str(script)
     assert r.actions[0]["message"] == "denied in kernel"
+
+
+def test_exec_deny_holds_when_the_path_is_not_in_user_memory(tmp_path: Path) -> None:
+    """The deny is checked again on the kernel's own copy of the path (sched_process_exec)."""
+    marker = tmp_path / "marker"
+    script = tmp_path / "bin" / "evil.sh"
+    script.parent.mkdir()
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    rules = rule_file(tmp_path, rule("Deny evil", "exec",
+                                     f'event.process.executable.startsWith("{script.parent}/")', "deny"))
+    r = monitor_run([fork_execl(tmp_path, str(script), "evil.sh")], "--rules", rules)
+    assert not marker.exists(), "a denied program ran an instruction"
+    denied = [e for e in r.events("exec") if e.get("verdict") == "denied"]
+    assert denied and denied[0]["process"]["executable"] == str(script)
+    assert denied[0]["detail"]["args_unreadable"] is True
 
 
 def test_connect_deny_fails_with_eperm_and_is_reported(tmp_path: Path) -> None:
