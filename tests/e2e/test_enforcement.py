@@ -49,7 +49,8 @@ def test_kill_process_kills_only_that_process(tmp_path: Path) -> None:
     assert r.actions[0]["outcome"] == "done"
 
 
-def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
+def denied_script(tmp_path: Path) -> tuple[Path, Path, str]:
+    """(a script that touches a marker if it runs, the marker, rules denying its directory)."""
     marker = tmp_path / "marker"
     script = tmp_path / "bin" / "evil.sh"
     script.parent.mkdir()
@@ -57,6 +58,11 @@ def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
     script.chmod(0o755)
     rules = rule_file(tmp_path, rule("Deny evil", "exec",
                                      f'event.process.executable.startsWith("{script.parent}/")', "deny"))
+    return script, marker, rules
+
+
+def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
+    script, marker, rules = denied_script(tmp_path)
     r = monitor_run([str(script)], "--rules", rules)
     assert not marker.exists(), "a denied program ran an instruction"
     assert r.returncode == 137
@@ -67,13 +73,7 @@ def test_exec_deny_runs_no_instruction(tmp_path: Path) -> None:
 
 def test_exec_deny_holds_when_the_path_is_not_in_user_memory(tmp_path: Path) -> None:
     """The deny is checked again on the kernel's own copy of the path (sched_process_exec)."""
-    marker = tmp_path / "marker"
-    script = tmp_path / "bin" / "evil.sh"
-    script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
-    script.chmod(0o755)
-    rules = rule_file(tmp_path, rule("Deny evil", "exec",
-                                     f'event.process.executable.startsWith("{script.parent}/")', "deny"))
+    script, marker, rules = denied_script(tmp_path)
     r = monitor_run([fork_execl(tmp_path, str(script), "evil.sh")], "--rules", rules)
     assert not marker.exists(), "a denied program ran an instruction"
     denied = [e for e in r.events("exec") if e.get("verdict") == "denied"]
