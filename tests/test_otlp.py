@@ -279,10 +279,11 @@ def test_endpoint_from_otel_variables(receiver: OtlpReceiver, monkeypatch: pytes
 
 # --- never blocking ------------------------------------------------------------------------------
 
-# The event path may spend this long per on_event on average. It is well under 1 us alone; the
-# rest is the GIL shared with the sink's own threads. An export on the event path (a 0.5 s timeout,
-# a connection attempt) would be thousands of times more.
-MAX_MEAN_ON_EVENT_S = 50e-6
+# Not a speed check (tests/bench/otlp.py measures speed): a bound that only work on the network
+# in the event path can break. on_event is a few us alone, tens of us on a loaded 2-core VM where
+# it shares the GIL with the sink's threads (54 us was seen in CI); an export attempt per event
+# (encode, connect, refused or timed out) costs a millisecond or more.
+MAX_MEAN_ON_EVENT_S = 500e-6
 
 
 def timed_feed(sink: OtlpSink, sessions: int, t0: int) -> float:
