@@ -132,7 +132,6 @@ class Pipeline:
         for event, alerts, records in judged:
             self.emit(event, alerts, records)
 
-
     def summary(self) -> dict[str, Any]:
         return {"events": sum(self.events_by_kind.values()),
                 "events_by_kind": dict(self.events_by_kind),

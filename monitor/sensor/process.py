@@ -11,6 +11,7 @@ from monitor.sensor.wire import cstr
 _EXEC_BODY = struct.Struct(f"<II{wire.PATH_LEN}s")
 _SYS_ARGS = struct.Struct("<5Q")
 _SYS_STRS = struct.Struct(f"<{wire.STR_LEN}s{wire.STR_LEN}s{wire.STR_LEN}s")
+_SYS_STRS_AT = wire.HDR_SIZE + _SYS_ARGS.size
 
 CLONE_NAMESPACE_FLAGS = {
     0x00020000: "CLONE_NEWNS", 0x02000000: "CLONE_NEWCGROUP", 0x04000000: "CLONE_NEWUTS",
@@ -47,8 +48,7 @@ def decode_exec(event: Event, flags: int, buf: bytes) -> Event:
 def decode_exec_file(buf: bytes) -> tuple[int, str]:
     """(pid before the exec, the path the kernel ran) of a sched_process_exec record."""
     old_pid = _SYS_ARGS.unpack_from(buf, wire.HDR_SIZE)[0]
-    strs_at = wire.HDR_SIZE + _SYS_ARGS.size
-    return old_pid, cstr(buf[strs_at:strs_at + wire.STR_LEN])
+    return old_pid, cstr(buf[_SYS_STRS_AT:_SYS_STRS_AT + wire.STR_LEN])  # the record ends there
 
 
 def _ids(a: tuple[int, ...]) -> list[int | None]:
@@ -57,8 +57,7 @@ def _ids(a: tuple[int, ...]) -> list[int | None]:
 
 def decode_sys(event: Event, kind: int, buf: bytes) -> Event:
     a = _SYS_ARGS.unpack_from(buf, wire.HDR_SIZE)
-    strs_at = wire.HDR_SIZE + _SYS_ARGS.size
-    strs = [cstr(s) for s in _SYS_STRS.unpack_from(buf, strs_at)] if len(buf) > strs_at else []
+    strs = [cstr(s) for s in _SYS_STRS.unpack_from(buf, _SYS_STRS_AT)] if len(buf) > _SYS_STRS_AT else []
     if kind == wire.K_FORK:
         event.detail = {"child_pid": a[0]}
     elif kind == wire.K_EXIT:

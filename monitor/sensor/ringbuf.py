@@ -60,7 +60,6 @@ class RingReader:
         self._mask = data_size - 1
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
-        self.discarded = 0
 
     def wait(self, timeout_ms: int) -> None:
         """Until the kernel wakes readers (or data is already there), at most timeout_ms."""
@@ -73,8 +72,7 @@ class RingReader:
         (producer,) = _POS.unpack_from(self._data, 0)
         if consumer == producer:
             return []
-        records, consumer, discarded = walk(self._data, self._base, self._mask, consumer, producer, limit)
-        self.discarded += discarded
+        records, consumer, _ = walk(self._data, self._base, self._mask, consumer, producer, limit)
         _POS.pack_into(self._consumer_page, 0, consumer)
         return records
 
