@@ -733,6 +733,7 @@ class Daemon:
             summary = self.pipeline.summary()
             if self.session is not None and self.session.sources:
                 summary["lost"] = self.session.lost()
+                summary["folded"] = self.session.folded()
             if self.setup_filter is not None and self.held is not None:
                 summary["docker"] = {"runtime_setup_filtered": self.setup_filter.filtered,
                                      "unselected_dropped": self.held.counts["held_dropped"],

@@ -24,7 +24,7 @@ from typing import Any
 from monitor.actions import Actions
 from monitor.enrich import Enricher
 from monitor.event import Event
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, Source
 from monitor.sandbox import Sandbox, SandboxRegistry
 from monitor.sandbox import cgroup as cg
 from monitor.sinks import Sink
@@ -173,11 +173,18 @@ class Session:
                 self.pipeline.process_all(source.drain())
 
     def lost(self) -> dict[str, int]:
-        lost: dict[str, int] = {}
+        return self._by_source(lambda source: source.lost())
+
+    def folded(self) -> dict[str, int]:
+        """Records the kernel folded into an earlier one (counted in its detail.repeats)."""
+        return self._by_source(lambda source: source.folded() if hasattr(source, "folded") else {})
+
+    def _by_source(self, counts_of: Callable[[Source], dict[str, int]]) -> dict[str, int]:
+        merged: dict[str, int] = {}
         for source in self.sources:
-            for key, value in source.lost().items():
-                lost[f"{source.name}.{key}" if len(self.sources) > 1 else key] = value
-        return lost
+            for key, value in counts_of(source).items():
+                merged[f"{source.name}.{key}" if len(self.sources) > 1 else key] = value
+        return merged
 
 
 def monitor_cost() -> dict[str, float]:
@@ -317,7 +324,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary = pipeline.summary()
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
-                    "lost": session.lost(), "killed_by": killed_by, "monitor": monitor_cost(),
+                    "lost": session.lost(), "folded": session.folded(), "killed_by": killed_by, "monitor": monitor_cost(),
                     "rule_eval_ms": {k: round(v * 1e3, 3) for k, v in pipeline.eval_seconds.items()},
                     "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)

@@ -58,6 +58,46 @@ static __always_inline void submit_batched(void *record) {
     bpf_ringbuf_submit(record, batched_wakeup());
 }
 
+/* Repetitive records (the same process opening the same path, or connecting to the same
+ * address, with the same outcome) within AGG_WINDOW_NS are counted here, not sent: the next record
+ * sent for that key carries the count (`repeats`), and every folded record is also counted per
+ * kind in `folded`, which the summary reports. Counted, never silently lost. */
+struct agg_key {
+    u32 pid;
+    u32 kind;
+    u32 flags;      /* open flags; 0 for network records */
+    s32 ok;         /* the call succeeded (or is in progress) */
+    u64 hash;       /* FNV-1a of the path or sockaddr */
+};
+struct agg_val {
+    u64 first_ns;
+    u32 suppressed;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct agg_key, struct agg_val, agg, 16384);
+BPF_PERCPU_ARRAY(folded, u64, K_MAX);
+
+#define FNV_OFFSET 14695981039346656037ULL
+#define FNV_PRIME 1099511628211ULL
+
+/* 1 when this record folds into an earlier one (the caller drops it); else *repeats is the
+ * count folded since the key's last record. */
+static __always_inline int fold_repeat(struct agg_key *key, u64 now, u32 *repeats) {
+    struct agg_val *val = agg.lookup(key);
+    if (val && now - val->first_ns < AGG_WINDOW_NS) {
+        __sync_fetch_and_add(&val->suppressed, 1);
+        u32 kind = key->kind;
+        u64 *n = folded.lookup(&kind);
+        if (n)
+            (*n)++;
+        return 1;
+    }
+    *repeats = val ? val->suppressed : 0;
+    struct agg_val fresh = {.first_ns = now};
+    agg.update(key, &fresh);
+    return 0;
+}
+
 /* The first thing every probe does: is the current task in a watched sandbox? */
 static __always_inline int watched_cgroup(u64 *cg) {
     *cg = bpf_get_current_cgroup_id();

@@ -15,48 +15,22 @@ struct file_event {
     char path2[PATH_LEN];   /* rename only: the record is cut before it otherwise */
 };
 
-/* Repetitive opens: the same process opening the same path with the same flags and outcome
- * within AGG_WINDOW_NS is counted here, not sent; the next record sent for that key carries
- * the count (`repeats`), and user space reads what is left at the end. Counted, never lost. */
-struct agg_key {
-    u32 pid;
-    u32 oflags;
-    s32 ok;
-    u32 pad;
-    u64 path_hash;
-};
-struct agg_val {
-    u64 first_ns;
-    u32 suppressed;
-    u32 pad;
-};
-BPF_TABLE("lru_hash", struct agg_key, struct agg_val, open_agg, 16384);
-
 static __always_inline u64 path_hash(const char *path) {
-    u64 h = 14695981039346656037ULL;   /* FNV-1a */
+    u64 h = FNV_OFFSET;
     for (int i = 0; i < PATH_LEN; i++) {
         char c = path[i];
         if (!c)
             break;
-        h = (h ^ (u8)c) * 1099511628211ULL;
+        h = (h ^ (u8)c) * FNV_PRIME;
     }
     return h;
 }
 
-/* 1 when this open folds into an earlier record (the caller discards it) */
+/* 1 when this open folds into an earlier record (see fold_repeat) */
 static __always_inline int fold_open(struct file_event *e) {
-    struct agg_key key = {.pid = e->h.pid, .oflags = e->oflags, .ok = e->h.result >= 0,
-                          .path_hash = path_hash(e->path)};
-    u64 now = e->h.ts;
-    struct agg_val *val = open_agg.lookup(&key);
-    if (val && now - val->first_ns < AGG_WINDOW_NS) {
-        __sync_fetch_and_add(&val->suppressed, 1);
-        return 1;
-    }
-    e->repeats = val ? val->suppressed : 0;
-    struct agg_val fresh = {.first_ns = now};
-    open_agg.update(&key, &fresh);
-    return 0;
+    struct agg_key key = {.pid = e->h.pid, .kind = K_OPEN, .flags = e->oflags,
+                          .ok = e->h.result >= 0, .hash = path_hash(e->path)};
+    return fold_repeat(&key, e->h.ts, &e->repeats);
 }
 
 static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u64 cg, u32 size, long ret) {

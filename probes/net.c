@@ -9,7 +9,7 @@ struct net_event {
     u32 backlog;
     u32 payload_len;
     u32 socktype;               /* SOCK_STREAM / SOCK_DGRAM, from the socket() that made fd */
-    u32 pad;
+    u32 repeats;                /* connects/accepts of the same (process, peer) folded into this one */
     u8 addr[SOCKADDR_LEN];      /* the sockaddr as the process passed or received it */
     u8 payload[DNS_LEN];        /* dns only: the record is cut before it otherwise */
 };
@@ -28,24 +28,55 @@ static __always_inline u16 sockaddr_port(const u8 *addr) {
     return ((u16)addr[2] << 8) | addr[3];
 }
 
+/* Connects to one address (and accepts from one peer address, any port) by one process, with
+ * one outcome, fold like repeated opens: a client polling a service, a server taking a burst. A
+ * denied connect is never folded. The port of an accepted peer is ephemeral: not in the key; the
+ * listening socket is. */
+static __always_inline int fold_net(struct net_event *e) {
+    if (e->h.kind != K_CONNECT && e->h.kind != K_ACCEPT)
+        return 0;
+    if (e->h.flags & F_DENIED)
+        return 0;
+    u8 saved_port[2] = {e->addr[2], e->addr[3]};
+    if (e->h.kind == K_ACCEPT && e->addrlen >= 4) {
+        e->addr[2] = 0;
+        e->addr[3] = 0;
+    }
+    u64 h = FNV_OFFSET;
+    for (int i = 0; i < SOCKADDR_LEN; i++) {
+        if (i >= e->addrlen)
+            break;
+        h = (h ^ e->addr[i]) * FNV_PRIME;
+    }
+    e->addr[2] = saved_port[0];
+    e->addr[3] = saved_port[1];
+    struct agg_key key = {.pid = e->h.pid, .kind = e->h.kind,
+                          .flags = e->h.kind == K_ACCEPT ? (u32)e->fd : 0,
+                          .ok = e->h.result >= 0 || e->h.result == -EINPROGRESS_VALUE, .hash = h};
+    return fold_repeat(&key, e->h.ts, &e->repeats);
+}
+
+/* Built in a per-CPU scratch (a folded record costs no ring space), sent without the DNS payload. */
+BPF_PERCPU_ARRAY(net_scratch, struct net_event, 1);
+
 static __always_inline int net_exit(long ret) {
     struct stash_t s;
     if (!take_args(&s))
         return 0;
-    u64 cg = bpf_get_current_cgroup_id();
-    struct net_event *e = events.ringbuf_reserve(offsetof(struct net_event, payload));
-    if (!e) {
-        count_lost(s.kind);
+    u32 zero = 0;
+    struct net_event *e = net_scratch.lookup(&zero);
+    if (!e)
         return 0;
-    }
+    u64 cg = bpf_get_current_cgroup_id();
     fill_hdr(&e->h, s.kind, cg, offsetof(struct net_event, payload));
     e->h.result = ret;
     e->fd = (s32)s.a[0];
     e->backlog = (u32)s.a[3];
+    e->payload_len = 0;
+    e->repeats = 0;
     u64 fdkey = ((u64)e->h.pid << 32) | (u32)e->fd;
     u32 *type = sock_types.lookup(&fdkey);
     e->socktype = type ? *type : 0;
-    e->pad = 0;
     if (s.kind == K_ACCEPT && ret >= 0 && type) {
         u64 newkey = ((u64)e->h.pid << 32) | (u32)ret;
         u32 t = *type;
@@ -78,7 +109,10 @@ static __always_inline int net_exit(long ret) {
             dns_fds.update(&key, &one);
         }
     }
-    events.ringbuf_submit(e, 0);
+    if (fold_net(e))
+        return 0;
+    if (events.ringbuf_output(e, offsetof(struct net_event, payload), 0) != 0)
+        count_lost(s.kind);
     return 0;
 }
 
@@ -136,7 +170,7 @@ static __always_inline int dns_send(int fd, const void *buf, u64 len, const void
     u64 fdkey = ((u64)pid << 32) | (u32)fd;
     u32 *type = sock_types.lookup(&fdkey);
     e->socktype = type ? *type : 0;
-    e->pad = 0;
+    e->repeats = 0;
     e->addrlen = addr ? 28 : 0;
     e->backlog = 0;
     __builtin_memcpy(e->addr, sa, SOCKADDR_LEN);

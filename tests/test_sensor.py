@@ -84,6 +84,10 @@ def test_net_record_and_sys_records() -> None:
     event = decode_net(Event(kind="connect"), wire.K_CONNECT, header(wire.K_CONNECT) + body)
     assert event.net == {"direction": "egress", "family": "inet", "address": "127.0.0.1", "port": 3333,
                          "transport": "tcp"}
+    assert event.detail is None, "a record that folded nothing says nothing about repeats"
+    folded = struct.pack(f"<iIIIII{wire.SOCKADDR_LEN}s", 3, 16, 0, 0, socket.SOCK_STREAM, 41, addr)
+    event = decode_net(Event(kind="connect"), wire.K_CONNECT, header(wire.K_CONNECT) + folded)
+    assert event.detail == {"repeats": 41}
     args = struct.pack("<5Q", 0x10000000 | 0x20000, 0, 0, 0, 0)
     event = decode_sys(Event(kind="unshare"), wire.K_UNSHARE, header(wire.K_UNSHARE) + args + bytes(3 * wire.STR_LEN))
     assert set(event.detail["flags"]) == {"CLONE_NEWUSER", "CLONE_NEWNS"}

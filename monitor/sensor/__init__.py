@@ -62,6 +62,7 @@ class Sensor:
         release_compiler_memory()
         self._watched = self.bpf["watched"]
         self._lost = self.bpf["lost"]
+        self._folded = self.bpf["folded"]
         self._ring = RingReader(self.bpf["events"].map_fd, wire.RINGBUF_PAGES * mmap.PAGESIZE)
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         self._exec_pending: dict[int, Event] = {}
@@ -229,14 +230,14 @@ class Sensor:
 
     # -- accounting ----------------------------------------------------------------------
     def lost(self) -> dict[str, int]:
-        lost: Counter[str] = Counter()
-        for key, per_cpu in self._lost.items():
-            total = sum(per_cpu)
-            if total:
-                lost[wire.KIND_NAMES.get(key.value, str(key.value))] += total
+        lost = _per_kind(self._lost)
         if self.decode_errors:
             lost["decode_error"] = self.decode_errors
-        return dict(lost)
+        return lost
+
+    def folded(self) -> dict[str, int]:
+        """Records folded in the kernel into an earlier one (its detail.repeats), by kind."""
+        return _per_kind(self._folded)
 
     def close(self) -> None:
         for path in list(self._net_attached):
@@ -251,6 +252,16 @@ class Sensor:
                 list(pool.map(self.bpf.detach_tracepoint, tracepoints))
         self._ring.close()
         self.bpf.cleanup()
+
+
+def _per_kind(per_cpu_counters: object) -> dict[str, int]:
+    """A per-CPU array of counters indexed by wire kind -> {kind name: total} (zeros left out)."""
+    totals: Counter[str] = Counter()
+    for key, per_cpu in per_cpu_counters.items():  # type: ignore[attr-defined]
+        total = sum(per_cpu)
+        if total:
+            totals[wire.KIND_NAMES.get(key.value, str(key.value))] += total
+    return dict(totals)
 
 
 def probe_names(probe_dir: Path = PROBES_DIR) -> list[str]:

@@ -63,7 +63,7 @@ def parse_dns_query(payload: bytes, stream: bool) -> tuple[str, str] | None:
 
 
 def decode_net(event: Event, kind: int, buf: bytes) -> Event:
-    fd, addrlen, backlog, payload_len, socktype, _, raw_addr = _NET_BODY.unpack_from(buf, wire.HDR_SIZE)
+    fd, addrlen, backlog, payload_len, socktype, repeats, raw_addr = _NET_BODY.unpack_from(buf, wire.HDR_SIZE)
     net: dict[str, object] = {"direction": _DIRECTION[kind]}
     transport = _TRANSPORT.get(socktype & 0xF)
     addr = parse_sockaddr(raw_addr, addrlen) if addrlen else None
@@ -82,6 +82,8 @@ def decode_net(event: Event, kind: int, buf: bytes) -> Event:
         net.setdefault("port", 53)
         net.setdefault("transport", "udp")
     event.net = net
+    if repeats:
+        event.detail = {"repeats": repeats}
     hints: dict[str, int] = {"fd": fd}
     if kind == wire.K_LISTEN:
         hints["backlog"] = backlog

@@ -2,7 +2,7 @@
 journaled), and under
 auditd (execve/openat/connect rules), interleaved and repeated in one run; median ratios.
 
-    python -m tests.bench.overhead [--smoke] [--repeats N]
+    python -m tests.bench.overhead [--smoke] [--repeats N] [--workload WORD]  (WORD: run only those)
 
 Each workload times its own loop (tests/bench/workload.c), so the monitor's start-up (BPF
 compile and attach, measured separately as `attach_s`) is not counted as workload overhead.
@@ -58,12 +58,14 @@ def workloads(binary: str, base: Path, smoke: bool) -> dict[str, list[str]]:
             "agent workload (clone, cc, tests)": agent}
 
 
-def measure(repeats: int, smoke: bool) -> dict[str, Any]:
+def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"workloads": {}}
     with tempfile.TemporaryDirectory(prefix="smbench-") as tmp:
         base = Path(tmp)
         binary = build_workload(base)
         for name, cmd in workloads(binary, base, smoke).items():
+            if only and only not in name:
+                continue
             bare: list[int] = []
             monitored: list[int] = []
             audited: list[int] = []
@@ -108,11 +110,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tenth of the work, one repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workload", help="only the workloads whose name contains this (not saved)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    result = measure(1 if args.smoke else args.repeats, args.smoke)
+    result = measure(1 if args.smoke else args.repeats, args.smoke, args.workload)
     result["seconds"] = round(time.monotonic() - started, 1)
-    if not args.smoke:
+    if not args.smoke and not args.workload:
         print(f"saved {save('overhead', result)}")
     return result
 

@@ -109,6 +109,30 @@ def test_tcp_connect_to_local_listener() -> None:
     assert connect["result"] == 0
 
 
+def test_repeats_fold_in_the_kernel_and_are_counted(tmp_path: Path) -> None:
+    """300 opens of one file and 300 connects to one listener make a record or two each; the
+    rest are counted (detail.repeats of the next record, and summary.folded), never silently lost.
+    Another path and another port are still reported at once."""
+    target, other = tmp_path / "same.txt", tmp_path / "other.txt"
+    target.write_text("x")
+    other.write_text("y")
+    listener, second = Listener(), Listener()
+    code = (f"import socket\nfor _ in range(300):\n    open({str(target)!r}).close()\n"
+            f"    socket.create_connection(('127.0.0.1', {listener.port})).close()\n"
+            f"open({str(other)!r}).close()\nsocket.create_connection(('127.0.0.1', {second.port})).close()\n")
+    r = monitor_run([PY, "-c", code], "--no-rules")
+    assert r.returncode == 0, r.stderr
+    opens = [e for e in r.events("open") if e["file"]["path"] == str(target)]
+    connects = [e for e in r.events("connect") if e["net"].get("port") == listener.port]
+    folded = {key.rsplit(".", 1)[-1]: n for key, n in r.summary["folded"].items()}  # ebpf.open -> open
+    for seen, kind in ((opens, "open"), (connects, "connect")):
+        assert 1 <= len(seen) <= 3, f"{len(seen)} {kind} records: not folded"
+        assert len(seen) + sum((e.get("detail") or {}).get("repeats", 0) for e in seen) <= 300
+        assert folded.get(kind, 0) >= 300 - len(seen), folded
+    one(r.events("open"), file__path=str(other))
+    one(r.events("connect"), net__port=second.port)
+
+
 def test_unix_socket_connect(tmp_path: Path) -> None:
     path = str(tmp_path / "agent.sock")
     server = socket.socket(socket.AF_UNIX)
