@@ -27,15 +27,15 @@ static __always_inline u64 path_hash(const char *path) {
 }
 
 /* 1 when this open folds into an earlier record (see fold_repeat) */
-static __always_inline int fold_open(struct file_event *e) {
-    struct agg_key key = {.pid = e->h.pid, .kind = K_OPEN, .flags = e->oflags,
-                          .ok = e->h.result >= 0, .hash = path_hash(e->path)};
-    return fold_repeat(&key, e->h.ts, &e->repeats);
+static __always_inline int fold_open(struct file_event *e, long ret) {
+    struct agg_key key = {.pid = bpf_get_current_pid_tgid() >> 32, .kind = K_OPEN,
+                          .flags = e->oflags, .ok = ret >= 0, .hash = path_hash(e->path)};
+    return fold_repeat(&key, bpf_ktime_get_ns(), &e->repeats);
 }
 
-static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u64 cg, u32 size, long ret) {
-    fill_hdr(&e->h, s->kind, cg, size);
-    e->h.result = ret;
+/* The record's body from the stashed arguments; returns the bytes of path used, with its NUL
+ * (PATH_LEN: truncated). The header is the caller's: a folded open never needs one. */
+static __always_inline u32 fill_file(struct file_event *e, struct stash_t *s) {
     e->dfd = (s32)s->a[0];
     e->oflags = (u32)s->a[2];
     e->mode = (u32)s->a[3];
@@ -50,9 +50,14 @@ static __always_inline int fill_file(struct file_event *e, struct stash_t *s, u6
     }
     e->path[0] = 0;
     long n = s->a[1] ? read_user_str(e->path, PATH_LEN, (void *)s->a[1]) : 0;
-    if (n == PATH_LEN)
+    return n > 0 ? n : 1;
+}
+
+static __always_inline void file_hdr(struct file_event *e, u32 kind, u32 size, long ret, u32 used) {
+    fill_hdr(&e->h, kind, bpf_get_current_cgroup_id(), size);
+    e->h.result = ret;
+    if (used >= PATH_LEN)
         e->h.flags |= F_PATH_TRUNC;
-    return n > 0 ? n : 1;   /* bytes of path used, with its NUL */
 }
 
 /* Records are cut after the path's NUL (an open record is ~110 bytes, not 336): built in a
@@ -67,14 +72,13 @@ static __always_inline int file_exit(long ret) {
     struct file_event *e = file_scratch.lookup(&zero);
     if (!e)
         return 0;
-    u64 cg = bpf_get_current_cgroup_id();
-    u32 used = fill_file(e, &s, cg, 0, ret);
-    if ((s.kind == K_OPEN || s.kind == K_OPEN2) && fold_open(e))
+    u32 used = fill_file(e, &s);
+    if ((s.kind == K_OPEN || s.kind == K_OPEN2) && fold_open(e, ret))
         return 0;
     u32 size = offsetof(struct file_event, path) + (used & (PATH_LEN - 1));
     if (used >= PATH_LEN)
         size = offsetof(struct file_event, path2);
-    e->h.size = size;
+    file_hdr(e, s.kind, size, ret, used);
     u64 wake = 0;   /* unlink, chmod: the ring buffer's own wakeup policy */
     if (s.kind == K_OPEN || s.kind == K_OPEN2)
         wake = batched_wakeup();
@@ -88,13 +92,12 @@ static __always_inline int rename_exit(long ret) {
     struct stash_t s;
     if (!take_args(&s))
         return 0;
-    u64 cg = bpf_get_current_cgroup_id();
     struct file_event *e = events.ringbuf_reserve(sizeof(struct file_event));
     if (!e) {
         count_lost(s.kind);
         return 0;
     }
-    fill_file(e, &s, cg, sizeof(struct file_event), ret);
+    file_hdr(e, s.kind, sizeof(struct file_event), ret, fill_file(e, &s));
     e->mode = 0;
     read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
     events.ringbuf_submit(e, 0);

@@ -1,0 +1,73 @@
+"""The pipeline's hand-over to threaded sinks: judged events gather, alerts go at once, nothing is
+left behind at close, and order is kept."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from monitor.event import ActionRecord, Alert, Event
+from monitor.pipeline import SINK_HOLD_S, Pipeline
+
+
+class Recording:
+    name = "recording"
+    reports_summary = False
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.alerts: list[str] = []
+        self.seen = threading.Event()
+
+    def on_event(self, event: Event) -> None:
+        self.events.append(event.id)
+        self.seen.set()
+
+    def on_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert.rule)
+
+    def on_action(self, record: ActionRecord) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def close(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+class AlertOnExec:
+    def evaluate(self, event: Event) -> list[Alert]:
+        if event.kind != "exec":
+            return []
+        return [Alert(rule="exec seen", severity="low", action="alert", tags=[], event=event)]
+
+
+def test_plain_events_wait_then_go_together_and_alerts_go_at_once() -> None:
+    sink = Recording()
+    pipeline = Pipeline(None, AlertOnExec(), None, [sink], threaded_sinks=True)
+    opens = [Event(kind="open") for _ in range(3)]
+    pipeline.process_all(opens)
+    assert not sink.seen.wait(SINK_HOLD_S / 5), "three plain events were handed over one batch at a time"
+    time.sleep(SINK_HOLD_S)
+    pipeline.flush_due()
+    assert sink.seen.wait(5)
+    before_exec, exec_event = Event(kind="open"), Event(kind="exec")
+    pipeline.process_all([before_exec, exec_event])
+    deadline = time.monotonic() + 5
+    while "exec seen" not in sink.alerts and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sink.alerts == ["exec seen"], "an alert reaches the sinks without waiting for the hold"
+    last = Event(kind="open")
+    pipeline.process_all([last])
+    pipeline.close({})
+    assert sink.events == [e.id for e in opens] + [before_exec.id, exec_event.id, last.id]
+
+
+def test_inline_sinks_see_each_batch_before_process_all_returns() -> None:
+    sink = Recording()
+    pipeline = Pipeline(None, None, None, [sink])
+    event = Event(kind="open")
+    pipeline.process_all([event])
+    assert sink.events == [event.id]
