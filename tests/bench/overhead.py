@@ -1,6 +1,7 @@
 """Workload overhead: the same workloads bare, under `monitor run` (default rule pack, every event
-journaled), and under
-auditd (execve/openat/connect rules), interleaved and repeated in one run; median ratios.
+journaled), under auditd (execve/openat/connect rules), and with empty BPF programs on the
+probes' tracepoints (what the hooks alone cost: the floor), interleaved and repeated in one run;
+median ratios.
 
     python -m tests.bench.overhead [--smoke] [--repeats N] [--workload WORD]  (WORD: run only those)
 
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import auditd, build_workload, median, run_bare, run_monitored, save
+from tests.bench.common import auditd, build_workload, empty_hooks, median, run_bare, run_monitored, save
 
 AGENT_SCRIPT = r"""
 set -e
@@ -69,6 +70,7 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
             bare: list[int] = []
             monitored: list[int] = []
             audited: list[int] = []
+            hooked: list[int] = []
             summaries: list[dict[str, Any]] = []
             run_bare(cmd)  # warm caches
             for _ in range(repeats):  # interleaved: noise hits all three alike
@@ -81,6 +83,9 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
                 with auditd() as audit_on:
                     if audit_on:
                         audited.append(run_bare(cmd))
+                with empty_hooks() as hooks_on:
+                    if hooks_on:
+                        hooked.append(run_bare(cmd))
             events = [s.get("events", 0) for s in summaries]
             lost = [sum((s.get("lost") or {}).values()) for s in summaries]
             row = {"bare_ms": median(bare) / 1e6, "monitored_ms": median(monitored) / 1e6,
@@ -90,9 +95,13 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
             if audited:
                 row["auditd_ms"] = median(audited) / 1e6
                 row["auditd_overhead_pct"] = (median(audited) / median(bare) - 1) * 100
+            if hooked:  # empty programs on the same tracepoints: the floor for any probe body
+                row["empty_hooks_ms"] = median(hooked) / 1e6
+                row["empty_hooks_overhead_pct"] = (median(hooked) / median(bare) - 1) * 100
             results["workloads"][name] = row
             print(f"{name:36} bare {row['bare_ms']:8.1f} ms  monitor {row['monitor_overhead_pct']:+6.1f}%"
                   + (f"  auditd {row['auditd_overhead_pct']:+6.1f}%" if audited else "  auditd n/a")
+                  + (f"  empty hooks {row['empty_hooks_overhead_pct']:+6.1f}%" if hooked else "")
                   + f"  events {row['events_per_run']:.0f}  lost {row['lost_events_total']}", flush=True)
     results["attach_s"] = attach_seconds()
     print(f"probes compiled+attached in {results['attach_s']:.2f} s")
