@@ -96,3 +96,23 @@ def test_doctor_checks_report_uprobes_libssl_and_a_working_attach() -> None:
     assert "libssl.so" in checks["libssl (model-call capture)"].detail
     attach = checks["TLS probes compile + attach"]
     assert attach.ok and "file(s)" in attach.detail
+
+
+def test_an_executable_is_looked_at_once_per_sandbox_not_at_every_exec() -> None:
+    from monitor.llm.source import LlmSource
+
+    source = LlmSource(capture="metadata")
+    scanned: list[int] = []
+    scan_pid = source.probe.scan_pid
+    source.probe.scan_pid = lambda pid: scanned.append(pid) or scan_pid(pid)  # type: ignore[method-assign]
+    try:
+        me = os.getpid()
+        for _ in range(3):
+            source.notice_exec(me, sys.executable, 7)
+        assert scanned == [me], "a build execs one compiler thousands of times: one look is enough"
+        source.notice_exec(me, sys.executable, 8)
+        source.notice_exec(me, "relative/tool", 7)
+        source.notice_exec(me, "relative/tool", 7)
+        assert len(scanned) == 4, "another sandbox, or a path that names no one file, is looked at"
+    finally:
+        source.close()

@@ -33,10 +33,10 @@ class _Window:
 
 
 class ToolCallLinker:
-    """`on_exec(pid)` is called for every exec (LlmSource.notice_exec: attach to a new binary's
+    """`on_exec(pid, executable, cgroup_id)` is called for every exec (LlmSource.notice_exec: attach to a new binary's
     TLS library at once)."""
 
-    def __init__(self, on_exec: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_exec: Callable[[int, str, int], None] | None = None) -> None:
         self.on_exec = on_exec
         # (sandbox key, agent pid) -> recent windows, oldest first
         self._windows: dict[tuple[Any, int], deque[_Window]] = {}
@@ -56,7 +56,8 @@ class ToolCallLinker:
             self._close(event)
         elif event.kind == "exec":
             if self.on_exec is not None and event.process.get("pid"):
-                self.on_exec(int(event.process["pid"]))
+                self.on_exec(int(event.process["pid"]), str(event.process.get("executable") or ""),
+                             event.cgroup_id)
             return self._link(event)
         return None
 

@@ -4,7 +4,7 @@ turned into `llm_request` / `llm_response` events.
     source = LlmSource(capture="metadata")          # loads probes/ssl.c, attaches the host libssl
     source.add_cgroup(sandbox.cgroup_id, sandbox.cgroup_path)
     for event in source.poll(100): pipeline.process(event)
-    source.notice_exec(pid)                          # optional: attach at once to what pid maps
+    source.notice_exec(pid, executable, cgroup_id)  # optional: attach at once to what pid maps
     source.lost(); source.stats(); source.close()
 
 `TlsDecoder` is the pure half (records in, events out) and is what the unit tests drive.
@@ -245,6 +245,7 @@ class LlmSource:
         self.scan_interval_s = scan_interval_s
         self._next_scan = 0.0
         self._scanned: dict[int, float] = {}  # pid -> when its mappings were last looked at
+        self._exec_scanned: dict[tuple[int, str], float] = {}  # (cgroup, executable) -> when
         self._lost_seen = 0
 
     def add_cgroup(self, cgroup_id: int, cgroup_path: str | None = None) -> None:
@@ -258,9 +259,19 @@ class LlmSource:
         self.probe.remove_cgroup(cgroup_id)
         self.cgroups.pop(cgroup_id, None)
 
-    def notice_exec(self, pid: int) -> None:
-        """A watched process exec'd: attach to its binary or libssl now (Node exports SSL_*)."""
+    def notice_exec(self, pid: int, executable: str = "", cgroup_id: int = 0) -> None:
+        """A watched process exec'd: attach to its binary or libssl now (Node exports SSL_*).
+        An executable already looked at in this sandbox within RESCAN_S is not looked at again
+        (a build execs the same compiler thousands of times; libraries it loads later are found
+        by the periodic scan)."""
+        key = (cgroup_id, executable)
+        now = time.monotonic()
+        if executable.startswith("/") and now - self._exec_scanned.get(key, -RESCAN_S) < RESCAN_S:
+            return
         self.probe.scan_pid(pid)
+        if len(self._exec_scanned) >= 4096:
+            self._exec_scanned.clear()
+        self._exec_scanned[key] = now
 
     def _scan(self) -> None:
         now = time.monotonic()

@@ -356,7 +356,7 @@ def _field_predicate(test: FieldTest, cache_size: int = 0) -> Predicate:
     def cached(data: dict[str, Any]) -> bool:
         value = get(data)
         if type(value) is not str:
-            return check(value)
+            return value is not MISSING and check(value)  # no test passes on a missing field
         known = cache.get(value)
         if known is None:
             known = check(value)
