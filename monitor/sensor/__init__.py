@@ -33,6 +33,8 @@ NET_DENY_HOOKS = (("deny_connect4", 10), ("deny_connect6", 11), ("deny_sendmsg4"
 _HDR = struct.Struct("<QQIIIIIiII16s")
 _EXEC_JOIN_WAIT_NS = 200_000_000  # an exec whose result record never came is emitted anyway
 
+_KIND_NAMES, _F_DENIED = wire.KIND_NAMES, wire.F_DENIED  # module names: read for every record
+_K_EXEC, _K_EXEC_RESULT, _K_EXEC_FILE = wire.K_EXEC, wire.K_EXEC_RESULT, wire.K_EXEC_FILE
 _FILE_KINDS = {wire.K_OPEN, wire.K_OPEN2, wire.K_UNLINK, wire.K_RENAME, wire.K_CHMOD}
 _NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_DNS}
 
@@ -178,11 +180,11 @@ class Sensor:
 
     def _decode(self, buf: bytes) -> Event | None:
         ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, raw_comm = _HDR.unpack_from(buf)
-        name = wire.KIND_NAMES[kind]
+        name = _KIND_NAMES[kind]
         self.counts[name] += 1
-        if kind == wire.K_EXEC_RESULT:
+        if kind == _K_EXEC_RESULT:
             return self._join_exec(tid, result)
-        if kind == wire.K_EXEC_FILE:
+        if kind == _K_EXEC_FILE:
             self._exec_file(tid, flags, buf)
             return None
         comm = self._comms.get(raw_comm)
@@ -190,11 +192,13 @@ class Sensor:
             comm = self._comms[raw_comm] = wire.cstr(raw_comm)
             if len(self._comms) > 4096:
                 self._comms.clear()
-        event = Event(kind=name, time_ns=ts + self._wall_offset, cgroup_id=cgroup_id,
-                      process={"pid": pid, "tid": tid, "uid": uid, "gid": gid, "comm": comm})
-        if flags & wire.F_DENIED:
+        # positional: this runs for every record, and keyword parsing costs ~100 ns of ~400
+        event = Event(name, ts + self._wall_offset,
+                      {"pid": pid, "tid": tid, "uid": uid, "gid": gid, "comm": comm})
+        event.cgroup_id = cgroup_id
+        if flags & _F_DENIED:
             event.verdict = "denied"
-        if kind == wire.K_EXEC:
+        if kind == _K_EXEC:
             decode_exec(event, flags, buf)
             self._exec_pending[tid] = event
             return None

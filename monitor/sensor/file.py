@@ -9,7 +9,10 @@ from monitor.sensor import wire
 from monitor.sensor.wire import cstr
 
 _FILE_FIXED = struct.Struct("<iiIIII")  # then the path, cut after its NUL (rename: full, then path2)
+_FIXED_AT = wire.HDR_SIZE
 _PATH_AT = wire.HDR_SIZE + _FILE_FIXED.size
+_PATH_END = _PATH_AT + wire.PATH_LEN
+_OPENS = (wire.K_OPEN, wire.K_OPEN2)
 _PATH2 = struct.Struct(f"<{wire.PATH_LEN}s")
 AT_FDCWD = -100
 
@@ -43,10 +46,10 @@ def open_flags(flags: int) -> tuple[list[str], bool]:
 
 
 def decode_file(event: Event, kind: int, buf: bytes) -> Event:
-    dfd, dfd2, oflags, mode, repeats, _ = _FILE_FIXED.unpack_from(buf, wire.HDR_SIZE)
-    path = cstr(buf[_PATH_AT:_PATH_AT + wire.PATH_LEN])
+    dfd, dfd2, oflags, mode, repeats, _ = _FILE_FIXED.unpack_from(buf, _FIXED_AT)
+    path = cstr(buf[_PATH_AT:_PATH_END])
     file: dict[str, object] = {"path": path}
-    if kind in (wire.K_OPEN, wire.K_OPEN2):
+    if kind in _OPENS:
         names, write = open_flags(oflags)
         file["flags"] = names
         file["write"] = write
@@ -60,7 +63,7 @@ def decode_file(event: Event, kind: int, buf: bytes) -> Event:
         file["mode"] = mode & 0o7777
         file["write"] = True
     elif kind == wire.K_RENAME:
-        (raw_new,) = _PATH2.unpack_from(buf, _PATH_AT + wire.PATH_LEN)
+        (raw_new,) = _PATH2.unpack_from(buf, _PATH_END)
         file["new_path"] = cstr(raw_new)
         file["write"] = True
     event.file = file

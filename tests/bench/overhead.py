@@ -3,7 +3,10 @@ journaled), under auditd (execve/openat/connect rules), and with empty BPF progr
 probes' tracepoints (what the hooks alone cost: the floor), interleaved and repeated in one run;
 median ratios.
 
-    python -m tests.bench.overhead [--smoke] [--repeats N] [--workload WORD]  (WORD: run only those)
+    python -m tests.bench.overhead [--smoke] [--repeats N (9)] [--workload WORD]  (WORD: run only those)
+
+Ratios are given twice: of the medians (the headline), and of the best run of each (the least
+disturbed by other tenants of a shared VM, as timeit reports).
 
 Each workload times its own loop (tests/bench/workload.c), so the monitor's start-up (BPF
 compile and attach, measured separately as `attach_s`) is not counted as workload overhead.
@@ -90,18 +93,25 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
             lost = [sum((s.get("lost") or {}).values()) for s in summaries]
             row = {"bare_ms": median(bare) / 1e6, "monitored_ms": median(monitored) / 1e6,
                    "monitor_overhead_pct": (median(monitored) / median(bare) - 1) * 100,
+                   # best of the repeats: the least disturbed run of each (this VM is shared)
+                   "monitor_overhead_best_pct": (min(monitored) / min(bare) - 1) * 100,
                    "events_per_run": median(events), "lost_events_total": sum(lost),
                    "events_per_s_sustained": median(events) / (median(monitored) / 1e9)}
             if audited:
                 row["auditd_ms"] = median(audited) / 1e6
                 row["auditd_overhead_pct"] = (median(audited) / median(bare) - 1) * 100
+                row["auditd_overhead_best_pct"] = (min(audited) / min(bare) - 1) * 100
             if hooked:  # empty programs on the same tracepoints: the floor for any probe body
                 row["empty_hooks_ms"] = median(hooked) / 1e6
                 row["empty_hooks_overhead_pct"] = (median(hooked) / median(bare) - 1) * 100
+                row["empty_hooks_overhead_best_pct"] = (min(hooked) / min(bare) - 1) * 100
             results["workloads"][name] = row
             print(f"{name:36} bare {row['bare_ms']:8.1f} ms  monitor {row['monitor_overhead_pct']:+6.1f}%"
-                  + (f"  auditd {row['auditd_overhead_pct']:+6.1f}%" if audited else "  auditd n/a")
-                  + (f"  empty hooks {row['empty_hooks_overhead_pct']:+6.1f}%" if hooked else "")
+                  f" (best {row['monitor_overhead_best_pct']:+.1f}%)"
+                  + (f"  auditd {row['auditd_overhead_pct']:+6.1f}% (best {row['auditd_overhead_best_pct']:+.1f}%)"
+                     if audited else "  auditd n/a")
+                  + (f"  empty hooks {row['empty_hooks_overhead_pct']:+6.1f}% (best "
+                     f"{row['empty_hooks_overhead_best_pct']:+.1f}%)" if hooked else "")
                   + f"  events {row['events_per_run']:.0f}  lost {row['lost_events_total']}", flush=True)
     results["attach_s"] = attach_seconds()
     print(f"probes compiled+attached in {results['attach_s']:.2f} s")
@@ -118,7 +128,7 @@ def attach_seconds() -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tenth of the work, one repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--workload", help="only the workloads whose name contains this (not saved)")
     args = parser.parse_args(argv)
     started = time.monotonic()
