@@ -172,10 +172,11 @@ class Enricher:
         elif kind == "exec" and event.result in (0, None) and event.verdict is None:
             info.executable = resolve(event.process.get("executable", ""), info.cwd)
             args = event.process.get("args", [])
-            if (event.detail or {}).get("args_unreadable"):
+            alive = not (event.hints or {}).get("exited")  # else /proc has nothing (or a new pid)
+            if alive and (event.detail or {}).get("args_unreadable"):
                 args = cmdline(info.pid) or args  # the new image's own, while it still runs
             info.args = scrub(args)  # a key on a command line stays out
-            info.stdio = stdio_of(info.pid)
+            info.stdio = stdio_of(info.pid) if alive else {}
             info.comm = os.path.basename(info.executable)[:15]
             info.view = None
         elif kind == "chdir" and event.result == 0:

@@ -1,5 +1,5 @@
 """The eBPF event source: compiles probes/*.c with bcc, attaches them, keeps the watched-cgroup
-map, drains the ring buffer and decodes records into Events.
+map, drains the ring buffer and decodes records into Events (monitor/sensor/decode.py).
 
 Every probe checks the watched-cgroup map first, so host processes never leave the kernel.
 Records lost to a full ring buffer are counted per kind in the kernel (`lost`), and records
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import errno
 import mmap
 import os
 import struct
@@ -20,23 +19,14 @@ from pathlib import Path
 
 from monitor.event import Event
 from monitor.sensor import wire
-from monitor.sensor.file import decode_file
+from monitor.sensor.decode import RecordDecoder
 from monitor.sensor.memory import release_compiler_memory
-from monitor.sensor.net import decode_net
-from monitor.sensor.process import decode_exec, decode_exec_file, decode_sys
 from monitor.sensor.ringbuf import RingReader
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
 PROBE_FILES = ("events.h", "process.c", "file.c", "net.c", "netdeny.c")
 # (program, attach type) for the in-kernel network deny, attached per sandbox cgroup
 NET_DENY_HOOKS = (("deny_connect4", 10), ("deny_connect6", 11), ("deny_sendmsg4", 14), ("deny_sendmsg6", 15))
-_HDR = struct.Struct("<QQIIIIIiII16s")
-_EXEC_JOIN_WAIT_NS = 200_000_000  # an exec whose result record never came is emitted anyway
-
-_KIND_NAMES, _F_DENIED = wire.KIND_NAMES, wire.F_DENIED  # module names: read for every record
-_K_EXEC, _K_EXEC_RESULT, _K_EXEC_FILE = wire.K_EXEC, wire.K_EXEC_RESULT, wire.K_EXEC_FILE
-_FILE_KINDS = {wire.K_OPEN, wire.K_OPEN2, wire.K_UNLINK, wire.K_RENAME, wire.K_CHMOD}
-_NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_DNS}
 
 
 class SensorError(RuntimeError):
@@ -66,12 +56,8 @@ class Sensor:
         self._lost = self.bpf["lost"]
         self._folded = self.bpf["folded"]
         self._ring = RingReader(self.bpf["events"].map_fd, wire.RINGBUF_PAGES * mmap.PAGESIZE)
-        self._wall_offset = time.time_ns() - time.monotonic_ns()
-        self._exec_pending: dict[int, Event] = {}
+        self.decoder = RecordDecoder(time.time_ns() - time.monotonic_ns())
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
-        self.decode_errors = 0
-        self._comms: dict[bytes, str] = {}  # raw comm field -> text (a few dozen names repeat)
-        self.counts: Counter[str] = Counter()  # records seen, by wire kind name (+ exec_enoent)
 
     # -- watched cgroups ---------------------------------------------------------------
     def add_cgroup(self, cgroup_id: int) -> None:
@@ -147,96 +133,20 @@ class Sensor:
     # -- ring buffer ---------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         self._ring.wait(timeout_ms)
-        return self._decode_batch(self._ring.read())  # batched records arrive without a wakeup
+        return self.decoder.decode_batch(self._ring.read())  # batched records arrive without a wakeup
 
     def drain(self) -> list[Event]:
         """Everything already in the ring buffer, without waiting; pending execs flushed."""
         events: list[Event] = []
         while records := self._ring.read():
-            events.extend(self._decode_batch(records))
-        events.extend(self._exec_pending.values())
-        self._exec_pending.clear()
-        return events
-
-    def _decode_batch(self, records: list[bytes]) -> list[Event]:
-        events: list[Event] = []
-        for buf in records:
-            try:
-                event = self._decode(buf)
-            except (struct.error, KeyError, ValueError, IndexError):
-                self.decode_errors += 1
-                continue
-            if event is not None:
-                events.append(event)
-        if self._exec_pending:
-            self._flush_stale_execs(events)
-        return events
-
-    def _flush_stale_execs(self, events: list[Event]) -> None:
-        now = time.monotonic_ns() + self._wall_offset
-        for tid, event in list(self._exec_pending.items()):
-            if now - event.time_ns > _EXEC_JOIN_WAIT_NS:
-                events.append(self._exec_pending.pop(tid))
-
-    def _decode(self, buf: bytes) -> Event | None:
-        ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, raw_comm = _HDR.unpack_from(buf)
-        name = _KIND_NAMES[kind]
-        self.counts[name] += 1
-        if kind == _K_EXEC_RESULT:
-            return self._join_exec(tid, result)
-        if kind == _K_EXEC_FILE:
-            self._exec_file(tid, flags, buf)
-            return None
-        comm = self._comms.get(raw_comm)
-        if comm is None:
-            comm = self._comms[raw_comm] = wire.cstr(raw_comm)
-            if len(self._comms) > 4096:
-                self._comms.clear()
-        # positional: this runs for every record, and keyword parsing costs ~100 ns of ~400
-        event = Event(name, ts + self._wall_offset,
-                      {"pid": pid, "tid": tid, "uid": uid, "gid": gid, "comm": comm})
-        event.cgroup_id = cgroup_id
-        if flags & _F_DENIED:
-            event.verdict = "denied"
-        if kind == _K_EXEC:
-            decode_exec(event, flags, buf)
-            self._exec_pending[tid] = event
-            return None
-        event.result = result
-        if kind in _FILE_KINDS:
-            return decode_file(event, kind, buf)
-        if kind in _NET_KINDS:
-            decode_net(event, kind, buf)
-            return event if event.net is not None else None
-        return decode_sys(event, kind, buf)
-
-    def _exec_file(self, tid: int, flags: int, buf: bytes) -> None:
-        """The kernel's copy of the path: fills in what user memory did not give at sys_enter."""
-        old_pid, path = decode_exec_file(buf)
-        event = self._exec_pending.get(old_pid) or self._exec_pending.get(tid)
-        if event is None:
-            return
-        if not event.process.get("executable"):
-            event.process["executable"] = path
-        if flags & wire.F_DENIED:
-            event.verdict = "denied"
-
-    def _join_exec(self, tid: int, result: int) -> Event | None:
-        event = self._exec_pending.pop(tid, None)
-        if event is None:
-            return None
-        event.result = result
-        if result == -errno.ENOENT and event.verdict is None:
-            # execvp's walk along $PATH: counted, not an event (the successful try follows).
-            self.counts["exec_enoent"] += 1
-            return None
-        return event
+            events.extend(self.decoder.decode_batch(records))
+        return events + self.decoder.flush()
 
     # -- accounting ----------------------------------------------------------------------
     def lost(self) -> dict[str, int]:
         lost = _per_kind(self._lost)
-        if self.decode_errors:
-            lost["decode_error"] = self.decode_errors
+        if self.decoder.errors:
+            lost["decode_error"] = self.decoder.errors
         return lost
 
     def folded(self) -> dict[str, int]:
