@@ -150,8 +150,12 @@ class Sensor:
         return lost
 
     def folded(self) -> dict[str, int]:
-        """Records folded in the kernel into an earlier one (its detail.repeats), by kind."""
-        return _per_kind(self._folded)
+        """Records counted instead of reported, by kind: folded in the kernel into an earlier one
+        (its detail.repeats), and execs that failed with ENOENT on execvp's walk along $PATH."""
+        folded = _per_kind(self._folded)
+        if self.decoder.counts["exec_enoent"]:
+            folded["exec_enoent"] = self.decoder.counts["exec_enoent"]
+        return folded
 
     def close(self) -> None:
         for path in list(self._net_attached):

@@ -61,6 +61,15 @@ def test_exec_of_strings_not_in_memory_is_never_blank(tmp_path: Path) -> None:
     assert sleep["process"]["args"] == ["sleep", "0.5"], "read back from /proc while the program runs"
 
 
+def test_a_path_walk_miss_is_counted_not_reported() -> None:
+    r = monitor_run("env PATH=/nonexistent-dir:/usr/bin:/bin true", "--no-rules")
+    assert r.returncode == 0, r.stderr
+    assert not [e for e in r.events("exec") if e["process"]["executable"].startswith("/nonexistent-dir")]
+    one(r.events("exec"), process__executable="/usr/bin/true")
+    folded = {key.rsplit(".", 1)[-1]: n for key, n in r.summary["folded"].items()}
+    assert folded.get("exec_enoent", 0) >= 1, r.summary["folded"]
+
+
 def test_file_events_resolved_and_decoded(tmp_path: Path) -> None:
     work = tmp_path / "ws"
     work.mkdir()
