@@ -82,7 +82,7 @@ static __always_inline int file_exit(long ret) {
     u64 wake = 0;   /* unlink, chmod: the ring buffer's own wakeup policy */
     if (s.kind == K_OPEN || s.kind == K_OPEN2)
         wake = batched_wakeup();
-    if (events.ringbuf_output(e, size, wake) != 0)
+    if (output_record(e, size, wake) != 0)
         count_lost(s.kind);
     return 0;
 }
@@ -92,7 +92,7 @@ static __always_inline int rename_exit(long ret) {
     struct stash_t s;
     if (!take_args(&s))
         return 0;
-    struct file_event *e = events.ringbuf_reserve(sizeof(struct file_event));
+    struct file_event *e = reserve_record(sizeof(struct file_event));
     if (!e) {
         count_lost(s.kind);
         return 0;

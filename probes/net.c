@@ -111,7 +111,7 @@ static __always_inline int net_exit(long ret) {
     }
     if (fold_net(e))
         return 0;
-    if (events.ringbuf_output(e, offsetof(struct net_event, payload), 0) != 0)
+    if (output_record(e, offsetof(struct net_event, payload), 0) != 0)
         count_lost(s.kind);
     return 0;
 }
@@ -160,7 +160,7 @@ static __always_inline int dns_send(int fd, const void *buf, u64 len, const void
     }
     if (!is_dns)
         return 0;
-    struct net_event *e = events.ringbuf_reserve(sizeof(struct net_event));
+    struct net_event *e = reserve_record(sizeof(struct net_event));
     if (!e) {
         count_lost(K_DNS);
         return 0;

@@ -46,7 +46,7 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
     u64 cg;
     if (!watched_cgroup(&cg))
         return 0;
-    struct exec_event *e = events.ringbuf_reserve(sizeof(struct exec_event));
+    struct exec_event *e = reserve_record(sizeof(struct exec_event));
     if (!e) {
         count_lost(kind);
         return 0;
@@ -104,7 +104,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (!watched_cgroup(&cg))
         return 0;
     u32 size = offsetof(struct sys_event, s[1]);
-    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s[1]));
+    struct sys_event *e = reserve_record(offsetof(struct sys_event, s[1]));
     if (!e) {
         count_lost(K_EXEC_FILE);
         return 0;
@@ -127,7 +127,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     u64 cg;
     if (!watched_cgroup(&cg))
         return 0;
-    struct hdr *h = events.ringbuf_reserve(sizeof(struct hdr));
+    struct hdr *h = reserve_record(sizeof(struct hdr));
     if (!h) {
         count_lost(kind);
         return 0;
@@ -171,7 +171,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
         if (f & CLONE_THREAD_FLAG)
             return 0;
     }
-    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s));
+    struct sys_event *e = reserve_record(offsetof(struct sys_event, s));
     if (!e) {
         count_lost(K_FORK);
         return 0;
@@ -198,7 +198,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     if (!watched_cgroup(&cg) || !args->group_dead)
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct sys_event *e = events.ringbuf_reserve(offsetof(struct sys_event, s));
+    struct sys_event *e = reserve_record(offsetof(struct sys_event, s));
     if (!e) {
         count_lost(K_EXIT);
         return 0;
@@ -219,7 +219,7 @@ static __always_inline int sys_exit(long ret) {
     if (!take_args(&s))
         return 0;
     u64 cg = bpf_get_current_cgroup_id();
-    struct sys_event *e = events.ringbuf_reserve(sizeof(struct sys_event));
+    struct sys_event *e = reserve_record(sizeof(struct sys_event));
     if (!e) {
         count_lost(s.kind);
         return 0;

@@ -56,6 +56,9 @@ class Sensor:
         self._lost = self.bpf["lost"]
         self._folded = self.bpf["folded"]
         self._ring = RingReader(self.bpf["events"].map_fd, wire.RINGBUF_PAGES * mmap.PAGESIZE)
+        self._rescue = RingReader(self.bpf["rescue"].map_fd, wire.RESCUE_PAGES * mmap.PAGESIZE)
+        self._ring.wake_on(self.bpf["rescue"].map_fd)  # a rescued exec result wakes us too
+        self.rescued = 0  # records the kernel refused on the main ring and took on the rescue ring
         self.decoder = RecordDecoder(time.time_ns() - time.monotonic_ns())
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
 
@@ -133,14 +136,21 @@ class Sensor:
     # -- ring buffer ---------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         self._ring.wait(timeout_ms)
-        return self.decoder.decode_batch(self._ring.read())  # batched records arrive without a wakeup
+        return self.decoder.decode_batch(self._read())  # batched records arrive without a wakeup
 
     def drain(self) -> list[Event]:
-        """Everything already in the ring buffer, without waiting; pending execs flushed."""
+        """Everything already in the ring buffers, without waiting; pending execs flushed."""
         events: list[Event] = []
-        while records := self._ring.read():
+        while records := self._read():
             events.extend(self.decoder.decode_batch(records))
         return events + self.decoder.flush()
+
+    def _read(self) -> list[bytes]:
+        rescued = self._rescue.read()  # two loads when empty, as it nearly always is
+        if not rescued:
+            return self._ring.read()
+        self.rescued += len(rescued)
+        return rescued + self._ring.read()  # older than what the main ring holds now
 
     # -- accounting ----------------------------------------------------------------------
     def lost(self) -> dict[str, int]:
@@ -169,6 +179,7 @@ class Sensor:
             with ThreadPoolExecutor(max_workers=len(tracepoints)) as pool:
                 list(pool.map(self.bpf.detach_tracepoint, tracepoints))
         self._ring.close()
+        self._rescue.close()
         self.bpf.cleanup()
 
 

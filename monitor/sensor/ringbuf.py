@@ -61,6 +61,10 @@ class RingReader:
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
 
+    def wake_on(self, map_fd: int) -> None:
+        """Let wait() return for another ring's records too (read with that ring's reader)."""
+        self._epoll.register(map_fd, select.EPOLLIN)
+
     def wait(self, timeout_ms: int) -> None:
         """Until the kernel wakes readers (or data is already there), at most timeout_ms."""
         self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)

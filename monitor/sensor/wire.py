@@ -17,6 +17,7 @@ WAKEUP_RECORDS = 256  # batched records wake the reader every this many, per CPU
 AGG_WINDOW_NS = 1_000_000_000  # repeated identical opens fold into one record per second  # ports per (sandbox, address) deny entry
 STASH_SLOTS = 65536  # syscall-argument slots, by thread id (a power of two)
 RINGBUF_PAGES = 4096  # 16 MiB: an exec storm or open storm never waits for user space
+RESCUE_PAGES = 64  # 256 KiB: records the kernel refused on the main ring (see probes/events.h)
 
 # Record kinds on the wire. Several map to one event kind (K_OPEN2 -> open).
 K_EXEC, K_EXEC_RESULT, K_FORK, K_EXIT = 1, 2, 3, 4

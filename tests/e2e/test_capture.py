@@ -313,3 +313,28 @@ def test_shell_with_stdio_on_a_socket_is_a_reverse_shell() -> None:
     bash = one(r.events("exec"), process__executable="/bin/bash")
     assert bash["process"]["stdin"] == "socket" and bash["process"]["stdout"] == "socket"
     assert "Reverse shell" in r.alert_rules()
+
+
+def test_a_full_ring_spills_into_the_rescue_ring_and_every_loss_is_counted() -> None:
+    """Nobody reads while a sandbox opens 200,000 distinct missing paths: the 16 MiB ring fills,
+    the rescue ring takes what it can, and the kernel counts the rest. What is read back plus what
+    was counted lost is every open, to the record."""
+    from monitor.sandbox import cgroup as cg
+    from monitor.sensor import Sensor
+
+    opens = 200_000
+    sensor = Sensor()
+    box = cg.create("spill")
+    try:
+        sensor.add_cgroup(box.cgroup_id)
+        code = f"for i in range({opens}):\n    try: open(f'/nonexistent-spill/{{i}}')\n    except OSError: pass\n"
+        subprocess.run([PY, "-c", code], preexec_fn=cg.joiner(box), check=True, timeout=120)
+        events = [e for e in sensor.drain() if e.kind == "open"
+                  and str((e.file or {}).get("path", "")).startswith("/nonexistent-spill/")]
+        lost = sensor.lost().get("open", 0)
+        assert lost > 0, "the ring never filled: the test did not test anything"
+        assert sensor.rescued > 0, "the rescue ring took nothing when the main ring was full"
+        assert len(events) + lost == opens, (len(events), lost, sensor.rescued)
+    finally:
+        sensor.close()
+        cg.remove(box)
