@@ -38,7 +38,7 @@ static __always_inline int fold_net(struct net_event *e) {
     if (e->h.flags & F_DENIED)
         return 0;
     u8 saved_port[2] = {e->addr[2], e->addr[3]};
-    if (e->h.kind == K_ACCEPT && e->addrlen >= 4) {
+    if (e->h.kind == K_ACCEPT && sockaddr_port(e->addr)) {   /* inet/inet6 only: a unix path has no port */
         e->addr[2] = 0;
         e->addr[3] = 0;
     }
