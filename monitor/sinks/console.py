@@ -123,7 +123,7 @@ class ConsoleSink(Sink):
         table.add_row("lost events", ", ".join(f"{k} {v}" for k, v in lost.items()) if lost else "0")
         folded = summary.get("folded") or {}
         if folded:
-            table.add_row("folded repeats", ", ".join(f"{k} {v}" for k, v in folded.items()))
+            table.add_row("counted, not sent", ", ".join(f"{k} {v}" for k, v in folded.items()))
         for key, value in (summary.get("sinks") or {}).items():
             table.add_row(f"sink {key}", str(value))
         self.console.print(table)
