@@ -104,7 +104,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (!watched_cgroup(&cg))
         return 0;
     u32 size = offsetof(struct sys_event, s[1]);
-    struct sys_event *e = reserve_record(offsetof(struct sys_event, s[1]));
+    struct sys_event *e = reserve_record(size);
     if (!e) {
         count_lost(K_EXEC_FILE);
         return 0;

@@ -35,7 +35,7 @@ def test_an_exec_is_held_until_its_result_and_a_path_probe_is_counted_not_report
     decoder = RecordDecoder(0)
     assert decoder.decode_batch([exec_record(50, b"/usr/local/bin/tool", [b"tool"])]) == []
     missing = decoder.decode_batch([record(wire.K_EXEC_RESULT, 50, -errno.ENOENT)])
-    assert missing == [] and decoder.counts["exec_enoent"] == 1
+    assert missing == [] and decoder.exec_enoent == 1
     decoder.decode_batch([exec_record(50, b"/usr/bin/tool", [b"tool", b"-v"])])
     (event,) = decoder.decode_batch([record(wire.K_EXEC_RESULT, 50, 0)])
     assert event.kind == "exec" and event.result == 0

@@ -163,24 +163,29 @@ class Sensor:
         """Records counted instead of reported, by kind: folded in the kernel into an earlier one
         (its detail.repeats), and execs that failed with ENOENT on execvp's walk along $PATH."""
         folded = _per_kind(self._folded)
-        if self.decoder.counts["exec_enoent"]:
-            folded["exec_enoent"] = self.decoder.counts["exec_enoent"]
+        if self.decoder.exec_enoent:
+            folded["exec_enoent"] = self.decoder.exec_enoent
         return folded
 
     def close(self) -> None:
         for path in list(self._net_attached):
             self.detach_net_deny(path)
-        # Each tracepoint detach waits for an RCU grace period (~50 ms): 77 of them one after the
-        # other took 4 s. Side by side (ctypes drops the GIL) they take one grace period.
-        tracepoints = list(self.bpf.tracepoint_fds)
-        if tracepoints:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=len(tracepoints)) as pool:
-                list(pool.map(self.bpf.detach_tracepoint, tracepoints))
+        detach_tracepoints(self.bpf)
         self._ring.close()
         self._rescue.close()
         self.bpf.cleanup()
+
+
+def detach_tracepoints(bpf: object) -> None:
+    """Detach every tracepoint of a bcc BPF object. Each detach waits for an RCU grace period
+    (~50 ms): 77 of them one after the other took 4 s. Side by side (ctypes drops the GIL) they
+    take one grace period."""
+    tracepoints = list(bpf.tracepoint_fds)  # type: ignore[attr-defined]
+    if tracepoints:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(tracepoints)) as pool:
+            list(pool.map(bpf.detach_tracepoint, tracepoints))  # type: ignore[attr-defined]
 
 
 def _per_kind(per_cpu_counters: object) -> dict[str, int]:
@@ -205,4 +210,4 @@ def probe_names(probe_dir: Path = PROBES_DIR) -> list[str]:
     return sorted({f"{cat}:{ev}" for cat, ev in names})
 
 
-__all__ = ["Sensor", "SensorError", "bpf_source", "probe_names"]
+__all__ = ["Sensor", "SensorError", "bpf_source", "detach_tracepoints", "probe_names"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import struct
 import time
-from collections import Counter
 
 from monitor.event import Event
 from monitor.sensor import wire
@@ -28,7 +27,7 @@ class RecordDecoder:
     def __init__(self, wall_offset_ns: int) -> None:
         self.wall_offset = wall_offset_ns  # wall clock minus the kernel's monotonic clock
         self.errors = 0  # records that did not decode (counted as lost `decode_error`)
-        self.counts: Counter[str] = Counter()  # records seen, by wire kind name (+ exec_enoent)
+        self.exec_enoent = 0  # execs that failed with ENOENT on execvp's $PATH walk (not reported)
         self._exec_pending: dict[int, Event] = {}  # by tid: execs waiting for their result
         self._exited: set[int] = set()  # processes whose exit record is in the current batch
         self._comms: dict[bytes, str] = {}  # raw comm field -> text (a few dozen names repeat)
@@ -75,7 +74,6 @@ class RecordDecoder:
     def _decode(self, buf: bytes) -> Event | None:
         ts, cgroup_id, kind, pid, tid, uid, gid, result, flags, _, raw_comm = _HDR.unpack_from(buf)
         name = _KIND_NAMES[kind]
-        self.counts[name] += 1
         if kind == _K_EXEC_RESULT:
             return self._join_exec(tid, result)
         if kind == _K_EXEC_FILE:
@@ -124,7 +122,7 @@ class RecordDecoder:
         event.result = result
         if result == -errno.ENOENT and event.verdict is None:
             # execvp's walk along $PATH: counted, not an event (the successful try follows).
-            self.counts["exec_enoent"] += 1
+            self.exec_enoent += 1
             return None
         return event
 

@@ -74,7 +74,7 @@ def empty_hooks() -> Iterator[bool]:
     try:
         from bcc import BPF
 
-        from monitor.sensor import probe_names
+        from monitor.sensor import detach_tracepoints, probe_names
     except ImportError:
         yield False
         return
@@ -84,10 +84,7 @@ def empty_hooks() -> Iterator[bool]:
     try:
         yield True
     finally:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=16) as pool:  # one RCU grace period, not 76 in a row
-            list(pool.map(bpf.detach_tracepoint, list(bpf.tracepoint_fds)))
+        detach_tracepoints(bpf)
         bpf.cleanup()
 
 
