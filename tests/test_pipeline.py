@@ -14,6 +14,7 @@ from monitor.pipeline import SINK_HOLD_S, Pipeline
 class Recording:
     name = "recording"
     reports_summary = False
+    may_block = True  # as a terminal: on the sink thread
 
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -71,3 +72,42 @@ def test_inline_sinks_see_each_batch_before_process_all_returns() -> None:
     event = Event(kind="open")
     pipeline.process_all([event])
     assert sink.events == [event.id]
+
+
+class Store(Recording):
+    may_block = False  # as the journal: inline
+
+
+def test_only_sinks_that_may_block_get_the_thread() -> None:
+    terminal, store = Recording(), Store()
+    pipeline = Pipeline(None, AlertOnExec(), None, [terminal, store], threaded_sinks=True)
+    events = [Event(kind="open"), Event(kind="exec")]
+    pipeline.process_all(events)
+    assert store.events == [e.id for e in events], "an inline sink has the batch when process_all returns"
+    assert store.alerts == ["exec seen"]
+    assert terminal.seen.wait(5), "the alert took the terminal's batch over at once"
+    pipeline.close({})
+    assert terminal.events == store.events
+    assert not any(t.name == "sinks" for t in threading.enumerate())
+
+    no_thread = Pipeline(None, None, None, [Store()], threaded_sinks=True)
+    assert no_thread._worker is None, "no sink may block: no thread, no hand-over"
+    no_thread.close({})
+
+
+def test_a_json_file_runs_inline_and_a_pipe_on_the_thread(tmp_path: Any) -> None:
+    import os
+
+    from monitor.sinks.jsonl import JsonlSink
+
+    to_file = JsonlSink(str(tmp_path / "out.jsonl"))
+    assert not to_file.may_block
+    to_file.close({})
+    os.mkfifo(tmp_path / "fifo")
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        to_pipe = JsonlSink(str(tmp_path / "fifo"))
+        assert to_pipe.may_block
+        to_pipe.close({})
+    finally:
+        os.close(reader)

@@ -63,6 +63,7 @@ def _short(value: object, limit: int = 80) -> str:
 class ConsoleSink(Sink):
     name = "console"
     reports_summary = True
+    may_block = True  # a terminal
 
     def __init__(self, verbose: bool = False, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)

@@ -6,8 +6,10 @@ A file is created 0600 and flushed every line (a reader tailing it, or a crash, 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import stat
 import sys
 from typing import IO, Any
 
@@ -22,6 +24,14 @@ def open_private(path: str, mode: str = "w") -> IO[str]:
     return os.fdopen(fd, mode, buffering=1)
 
 
+def _regular_file(out: IO[str]) -> bool:
+    """Writes to a regular file never wait on a reader (stdout, a pipe or a FIFO may)."""
+    try:
+        return stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 class JsonlSink(Sink):
     name = "jsonl"
     reports_summary = True
@@ -31,6 +41,7 @@ class JsonlSink(Sink):
         self._out: IO[str] = open_private(target) if self._own else sys.stdout
         self.events = events
         self.written = 0
+        self.may_block = not _regular_file(self._out)
 
     def _write(self, record: dict[str, Any]) -> None:
         try:
