@@ -6,6 +6,7 @@ import fcntl
 import os
 import stat
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -406,3 +407,57 @@ def test_records_after_close_are_counted_not_written(tmp_path: Path) -> None:
     assert sink.stats()["records_after_close"] == 5000
     assert len(list((tmp_path / "j").glob("*.seg"))) == 1
     assert len(list(JournalReader(tmp_path / "j").events())) == 3
+
+
+def test_the_judging_thread_never_waits_for_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal runs inline on the judging thread: a full block is written there only when
+    the lock is free, and a roll's fsync happens on a thread of its own (close() waits for it)."""
+    sink = JournalSink(tmp_path / "j", block_records=10, segment_bytes=64 << 10, max_bytes=None)
+    events = make_events(25)
+    held, done = threading.Event(), threading.Event()
+
+    def flush_thread_writing() -> None:
+        with sink._lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=flush_thread_writing)
+    holder.start()
+    assert held.wait(5)
+    started = time.monotonic()
+    for ev in events[:20]:
+        sink.on_event(ev)
+    assert time.monotonic() - started < 1.0, "on_event waited for the lock"
+    assert len(sink._pending) == 20, "nothing was written while another held the lock"
+    done.set()
+    holder.join()
+    sink.on_event(events[20])
+    assert not sink._pending and sink.stats()["records"] == 21, "the next event wrote what waited"
+    for ev in events[21:]:
+        sink.on_event(ev)
+    sink.flush()
+    assert sink.stats()["records"] == 25
+
+    fsyncing = threading.Event()
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        fsyncing.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    started = time.monotonic()
+    with sink._lock:
+        sink._roll()  # as a full segment does inside a block write
+    assert time.monotonic() - started < 1.0, "the roll waited for its fsync"
+    assert fsyncing.wait(5)
+    for ev in make_events(30, start=NOW + 10**9):
+        sink.on_event(ev)  # the new segment takes them while the old one is still being sealed
+    assert sink.stats()["records"] == 55 and sink.stats()["segments"] == 2
+    release.set()
+    sink.close()
+    indexes = JournalReader(tmp_path / "j").index()
+    assert len(indexes) == 2 and all(i.complete for i in indexes)
+    assert len(list(JournalReader(tmp_path / "j").events())) == 55

@@ -16,7 +16,9 @@ it does not want without decoding them.
 Crash safety: a block is written with one write() when it fills and at least every
 `flush_interval_s` (default 1 s), so a SIGKILL loses at most the records of the last interval;
 `fsync=True` also survives power loss at the cost of one fsync per flush (default False: the
-page cache survives a killed process; segments are fsynced when closed). On read, a torn last
+page cache survives a killed process; segments are fsynced when closed, a rolled one on a
+thread of its own). The journal runs on the judging thread: `on_event` writes a full block only
+when the flush thread does not hold the lock, and never waits for a disk. On read, a torn last
 frame is skipped with a warning; a damaged frame in the middle is skipped with a warning and
 reading resumes at the next frame that checks out (the sync magic makes that findable).
 
@@ -368,6 +370,7 @@ class JournalSink(Sink):
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._pending: collections.deque[Any] = collections.deque()
         self._lock = threading.Lock()  # serialises block writes, rolls and retention
+        self._sealing: list[threading.Thread] = []  # rolled segments being fsynced and indexed
         self._closed = False
         self._finished = False  # close() is done: the segment is closed for good
         self._dirty = False  # written since the last fsync
@@ -389,8 +392,12 @@ class JournalSink(Sink):
 
     def on_event(self, event: Event) -> None:
         self._pending.append(event)
-        if len(self._pending) >= self.block_records:
-            self.flush()
+        # Never waits: while the flush thread holds the lock, the block goes with a later event.
+        if len(self._pending) >= self.block_records and self._lock.acquire(blocking=False):
+            try:
+                self._flush_locked()
+            finally:
+                self._lock.release()
 
     def on_alert(self, alert: Alert) -> None:
         self._pending.append(alert)
@@ -410,6 +417,8 @@ class JournalSink(Sink):
             self._flush_locked()
             self._close_segment()
             self._finished = True
+        for finisher in self._sealing:
+            finisher.join()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"directory": self.directory, **self.counters}
@@ -543,11 +552,23 @@ class JournalSink(Sink):
         self.counters["segments"] += 1
         self.counters["bytes_written"] += len(data)
 
-    def _close_segment(self) -> None:
+    def _close_segment(self, in_background: bool = False) -> None:
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1
         index = self._segment_index
+        if in_background:
+            # A roll can happen on the judging thread (the journal runs inline): the fsync of a
+            # full segment (64 MiB by default) must not hold up the next kill. close() waits.
+            finisher = threading.Thread(target=self._finish_segment, args=(fd, index),
+                                        name="journal-seal", daemon=True)
+            self._sealing.append(finisher)
+            finisher.start()
+            return
+        self._finish_segment(fd, index)
+
+    def _finish_segment(self, fd: int, index: SegmentIndex | None) -> None:
+        """fsync, then the index that says the segment is complete, then close (its lock goes)."""
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -563,7 +584,8 @@ class JournalSink(Sink):
         os.close(fd)
 
     def _roll(self) -> None:
-        self._close_segment()
+        self._sealing = [t for t in self._sealing if t.is_alive()]
+        self._close_segment(in_background=True)
         self._apply_retention()
         if not self._closed:
             self._open_segment()
