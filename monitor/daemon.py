@@ -353,6 +353,9 @@ class HeldCgroups:
     def poll(self, timeout_ms: int) -> list[Event]:
         return self._filter(self.source.poll(timeout_ms))
 
+    def fileno(self) -> int:
+        return self.source.fileno()
+
     def drain(self) -> list[Event]:
         events = self._filter(self.source.drain() if hasattr(self.source, "drain") else [])
         with self._lock:
@@ -412,6 +415,9 @@ class RuntimeSetupFilter:
 
     def poll(self, timeout_ms: int) -> list[Event]:
         return self._filter(self.source.poll(timeout_ms))
+
+    def fileno(self) -> int:
+        return self.source.fileno()
 
     def drain(self) -> list[Event]:
         return self._filter(self.source.drain() if hasattr(self.source, "drain") else [])
@@ -739,6 +745,8 @@ class Daemon:
                                      "unselected_dropped": self.held.counts["held_dropped"],
                                      "unnamed_passed": self.held.counts["held_expired"]}
             self.pipeline.close(summary)
+        if self.session is not None:
+            self.session.close()
         for source in (self.gvisor, self.llm, self.sensor):
             if source is not None:
                 with contextlib.suppress(Exception):

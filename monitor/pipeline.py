@@ -26,6 +26,9 @@ SINK_HOLD_S = 0.05  # judged events without an alert wait this long to go to the
 
 
 class Source(Protocol):
+    """Optionally also `fileno()`: a descriptor that polls readable when records are waiting, so
+    one wait serves every source of a session (monitor.runner.one_wait)."""
+
     name: str
 
     def poll(self, timeout_ms: int) -> Iterable[Event]:

@@ -91,7 +91,7 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
         bpf_send_signal(9);   /* delivered before the new image runs an instruction */
         e->h.flags |= F_DENIED;
     }
-    submit_batched(e);  /* its exec_result (or exit) record wakes the reader */
+    submit_batched(e);
     return 0;
 }
 
@@ -134,7 +134,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     }
     fill_hdr(h, kind, cg, sizeof(struct hdr));
     h->result = ret;
-    events.ringbuf_submit(h, 0);  /* wakes the reader: an exec is what rules act on first */
+    events.ringbuf_submit(h, 0);  /* wakes the reader if nothing unread precedes it */
     return 0;
 }
 

@@ -197,6 +197,9 @@ class TlsProbe:
             records = self._ring.read()
         return [decode_record(raw) for raw in records]
 
+    def fileno(self) -> int:
+        return self._ring.fileno()
+
     def lost(self) -> dict[str, int]:
         table = self.bpf[b"tls_lost"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(LOST_NAMES)}

@@ -300,6 +300,9 @@ class LlmSource:
             self.decoder.gap_all()
         return self.decoder.feed_batch(records)
 
+    def fileno(self) -> int:
+        return self.probe.fileno()
+
     def drain(self) -> list[Event]:
         """At the end of a run: what is left of open connections (an agent killed mid-stream)."""
         return self.decoder.flush(time.monotonic_ns())

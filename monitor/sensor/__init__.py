@@ -138,6 +138,9 @@ class Sensor:
         self._ring.wait(timeout_ms)
         return self.decoder.decode_batch(self._read())  # batched records arrive without a wakeup
 
+    def fileno(self) -> int:
+        return self._ring.fileno()
+
     def drain(self) -> list[Event]:
         """Everything already in the ring buffers, without waiting; pending execs flushed."""
         events: list[Event] = []

@@ -67,7 +67,13 @@ class RingReader:
 
     def wait(self, timeout_ms: int) -> None:
         """Until the kernel wakes readers (or data is already there), at most timeout_ms."""
-        self._epoll.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        if timeout_ms:
+            self._epoll.poll(timeout_ms / 1000 if timeout_ms > 0 else -1)
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable when any of the rings waited on is woken (an epoll
+        descriptor, so a caller can wait on several readers at once)."""
+        return self._epoll.fileno()
 
     def read(self, limit: int = READ_LIMIT) -> list[bytes]:
         """Records committed so far, oldest first, at most `limit` (the rest wait in the ring,

@@ -338,3 +338,36 @@ def test_a_full_ring_spills_into_the_rescue_ring_and_every_loss_is_counted() -> 
     finally:
         sensor.close()
         cg.remove(box)
+
+
+def test_the_sensor_descriptor_polls_readable_when_the_ring_wakes() -> None:
+    """What lets one wait serve the sensor beside other sources (monitor.runner.one_wait): its
+    descriptor, an epoll of its rings, is itself waitable, and a record that wakes the reader
+    makes it readable."""
+    import select
+
+    from monitor.sandbox import cgroup as cg
+    from monitor.sensor import Sensor
+
+    sensor = Sensor()
+    box = cg.create("fileno")
+    ready = select.epoll()
+    try:
+        sensor.add_cgroup(box.cgroup_id)
+        sensor.drain()
+        ready.register(sensor.fileno(), select.EPOLLIN)
+        assert ready.poll(0) == []
+        pid = os.fork()
+        if pid == 0:  # joins the sandbox, then setuid: a record that wakes a reader that is caught up
+            try:
+                cg.joiner(box)()
+                os.setuid(0)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert ready.poll(10), "the sensor's descriptor never became readable"
+        assert any(e.kind == "setuid" for e in sensor.poll(0))
+    finally:
+        ready.close()
+        sensor.close()
+        cg.remove(box)

@@ -1,0 +1,73 @@
+"""The session loop's logic: one wait for every source (sources here are pipes, not probes: the
+kernel side of the same wait is tested in tests/e2e/test_capture.py)."""
+
+from __future__ import annotations
+
+import os
+import select
+
+from monitor.event import Event
+from monitor.pipeline import Pipeline
+from monitor.runner import Session, one_wait
+
+
+class PipeSource:
+    """A source whose records are bytes written to a pipe; it waits like a real one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.read_end, self.write_end = os.pipe()
+        self.timeouts: list[int] = []
+
+    def fileno(self) -> int:
+        return self.read_end
+
+    def poll(self, timeout_ms: int) -> list[Event]:
+        self.timeouts.append(timeout_ms)
+        if not select.select([self.read_end], [], [], timeout_ms / 1000)[0]:
+            return []
+        return [Event(kind="open", time_ns=n, file={"path": self.name}) for n in os.read(self.read_end, 64)]
+
+    def lost(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+class NoDescriptor:
+    name = "plain"
+
+    def poll(self, timeout_ms: int) -> list[Event]:
+        return []
+
+
+def test_a_record_of_a_later_source_does_not_wait_behind_an_idle_earlier_one() -> None:
+    quiet, busy = PipeSource("quiet"), PipeSource("busy")
+    pipeline = Pipeline(None, None, None, [])
+    session = Session(pipeline, [quiet, busy])
+    try:
+        os.write(busy.write_end, b"\x01\x02")
+        # without the shared wait, `quiet` would be polled first with the whole timeout
+        assert session.pump(5_000) == 2
+        assert quiet.timeouts == [0] and busy.timeouts == [0]
+        assert pipeline.events_by_kind["open"] == 2
+        assert session.pump(1) == 0  # nothing left: the shared wait times out
+    finally:
+        session.close()
+        quiet.close()
+        busy.close()
+
+
+def test_one_wait_only_when_every_source_has_a_descriptor() -> None:
+    single, other = PipeSource("single"), PipeSource("other")
+    try:
+        assert one_wait([single]) is None  # one source waits on its own
+        assert one_wait([single, NoDescriptor()]) is None  # it could miss the other's records
+        ready = one_wait([single, other])
+        assert ready is not None
+        ready.close()
+    finally:
+        single.close()
+        other.close()
