@@ -71,6 +71,19 @@ def rfc3339(time_ns: int) -> str:
 
 
 @dataclass(slots=True)
+class ProcessFacts:
+    """What a process table keeps of a process, whichever source tracks it (the enricher for
+    eBPF, the gVisor mapper for its own pid namespace); each adds its own bookkeeping."""
+
+    pid: int
+    ppid: int = 0
+    executable: str = ""
+    args: list[str] = field(default_factory=list)
+    comm: str = ""
+    cwd: str = ""
+
+
+@dataclass(slots=True)
 class Event:
     kind: str
     time_ns: int = field(default_factory=time.time_ns)

@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from monitor.event import Event
+from monitor.event import Event, ProcessFacts
 from monitor.gvisor.proto import points_pb2 as pb
 from monitor.gvisor.wire import T
 from monitor.sensor.file import open_flags
@@ -54,13 +54,7 @@ _FILE_CALLS = {SYS_UNLINK: "unlink", SYS_UNLINKAT: "unlink", SYS_RENAME: "rename
 
 
 @dataclass(slots=True)
-class Proc:
-    pid: int
-    ppid: int = 0
-    executable: str = ""
-    args: list[str] = field(default_factory=list)
-    comm: str = ""
-    cwd: str = ""
+class Proc(ProcessFacts):
     uid: int | None = None
     gid: int | None = None
     exited: bool = False
