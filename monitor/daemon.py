@@ -557,6 +557,13 @@ class Daemon:
         except SensorError as exc:
             raise DaemonError(f"probes: {exc}") from None
         log.info("probes attached in %.1fs", getattr(self.sensor, "attach_seconds", 0.0))
+        self._sync_wakeup()
+
+    def _sync_wakeup(self) -> None:
+        """Records a rule acts on wake the reader at once while a rule kills or freezes."""
+        if self.sensor is not None:
+            from monitor.runner import enforces_in_user_space
+            self.sensor.set_eager_wakeup(enforces_in_user_space(self.rules))
 
     def _start_llm(self) -> None:
         """Model calls and tool calls from TLS; not fatal when uprobes or libssl are missing."""
@@ -678,6 +685,7 @@ class Daemon:
             elif what == "removed":
                 self._forget(item)
             elif what == "reloaded" and item:
+                self._sync_wakeup()
                 for sandbox in self.registry.all():
                     self._apply_denies(sandbox, replace=True)
 

@@ -106,6 +106,17 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+USER_SPACE_ENFORCEMENT = ("kill", "kill_process", "freeze")
+
+
+def enforces_in_user_space(policy: Any) -> bool:
+    """A rule that kills or freezes from user space is loaded (and enforced): the probes then wake
+    the reader on every record it may act on (Sensor.set_eager_wakeup). `deny` is in the kernel;
+    its fallback for an exec that slips past the map waits for the next poll (5 ms)."""
+    return policy is not None and not policy.audit and any(
+        rule.action in USER_SPACE_ENFORCEMENT and rule.mode != "audit" for rule in policy.rules)
+
+
 def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
     """Load the kernel-compilable `deny` rules into the probes' maps for this sandbox."""
     count = 0
@@ -260,6 +271,7 @@ def run(options: RunOptions, sensor: Any = None) -> int:
     sandbox = cg.create(options.name)
     registry.add(sandbox)
     sensor.add_cgroup(sandbox.cgroup_id)
+    sensor.set_eager_wakeup(enforces_in_user_space(policy))
     apply_denies(policy, sensor, sandbox)
     session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
     try:

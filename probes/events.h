@@ -65,9 +65,8 @@ BPF_PERCPU_ARRAY(lost, u64, K_MAX);
  * without a wakeup, and one is forced every WAKEUP_RECORDS batched records per CPU (a wakeup per
  * open costs more than the open itself). Other records (exec result, connect, privilege...) use
  * the ring's own policy, which wakes a reader only if it has read everything before them: after a
- * batched record (an exec always follows one) they wait for the next poll too. Forcing the wakeup
- * on every exec result cut kill latency from ~4.5 to ~1.5 ms but made the exec storm +38 %
- * instead of +14 % (a wakeup and a small batch per exec on a 2-core VM): dropped. */
+ * batched record (an exec always follows one) they wait for the next poll too, unless
+ * eager_wakeup (below) is on. */
 BPF_PERCPU_ARRAY(unwoken, u32, 1);
 static __always_inline u64 batched_wakeup(void) {
     u32 zero = 0;
@@ -80,6 +79,19 @@ static __always_inline u64 batched_wakeup(void) {
 }
 static __always_inline void submit_batched(void *record) {
     bpf_ringbuf_submit(record, batched_wakeup());
+}
+/* Set by user space (Sensor.set_eager_wakeup) while a loaded rule kills or freezes from user
+ * space: then the other records force the wakeup, and the action lands ~1.5 ms after the syscall
+ * instead of at the next poll. Off otherwise: a wakeup and a small batch per exec cost the exec
+ * storm +38 % instead of +14 % on a 2-core VM. */
+BPF_ARRAY(eager_wakeup, u32, 1);
+static __always_inline u64 wake_flags(void) {
+    u32 zero = 0;
+    u32 *eager = eager_wakeup.lookup(&zero);
+    return eager && *eager ? BPF_RB_FORCE_WAKEUP : 0;
+}
+static __always_inline void submit_now(void *record) {
+    bpf_ringbuf_submit(record, wake_flags());
 }
 
 /* Repetitive records (the same process opening the same path, or connecting to the same

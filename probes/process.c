@@ -134,7 +134,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     }
     fill_hdr(h, kind, cg, sizeof(struct hdr));
     h->result = ret;
-    events.ringbuf_submit(h, 0);  /* wakes the reader if nothing unread precedes it */
+    submit_now(h);
     return 0;
 }
 
@@ -252,7 +252,7 @@ static __always_inline int sys_exit(long ret) {
         break;
     }
     }
-    events.ringbuf_submit(e, 0);
+    submit_now(e);
     return 0;
 }
 

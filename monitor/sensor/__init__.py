@@ -70,6 +70,11 @@ class Sensor:
         with contextlib.suppress(KeyError):
             del self._watched[ct.c_uint64(cgroup_id)]
 
+    def set_eager_wakeup(self, eager: bool) -> None:
+        """Wake the reader on every exec, connect and privilege record, not only when nothing
+        unread precedes it (probes/events.h): for rules that kill or freeze from user space."""
+        self.bpf["eager_wakeup"][ct.c_int(0)] = ct.c_uint32(1 if eager else 0)
+
     # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
     def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:
         table = self.bpf["exec_deny"]

@@ -371,3 +371,38 @@ def test_the_sensor_descriptor_polls_readable_when_the_ring_wakes() -> None:
         ready.close()
         sensor.close()
         cg.remove(box)
+
+
+def test_an_exec_wakes_the_reader_only_while_a_rule_kills_from_user_space() -> None:
+    """The exec result follows batched records (the exec's entry, at least), so the ring's own
+    policy does not wake a waiting reader: it reads at its next poll. With eager wakeup (a kill or
+    freeze rule is loaded) the exec result wakes it."""
+    import select
+
+    from monitor.sandbox import cgroup as cg
+    from monitor.sensor import Sensor
+
+    sensor = Sensor()
+    box = cg.create("eager")
+    ready = select.epoll()
+    unwoken = sensor.bpf["unwoken"]
+
+    def woken_by_an_exec(eager: bool) -> bool:
+        sensor.set_eager_wakeup(eager)
+        sensor.drain()
+        # the per-CPU count of batched records that forces a wakeup every 256: start it at 0
+        unwoken[unwoken.Key(0)] = unwoken.Leaf(*([0] * len(unwoken.Leaf())))
+        subprocess.run(["/bin/true"], preexec_fn=cg.joiner(box), check=True)
+        woken = bool(ready.poll(1.0))
+        assert any(e.kind == "exec" for e in sensor.drain()), "the exec was not captured at all"
+        return woken
+
+    try:
+        sensor.add_cgroup(box.cgroup_id)
+        ready.register(sensor.fileno(), select.EPOLLIN)
+        assert not woken_by_an_exec(eager=False)
+        assert woken_by_an_exec(eager=True)
+    finally:
+        ready.close()
+        sensor.close()
+        cg.remove(box)
