@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import select
+from pathlib import Path
+from typing import Any
 
 from monitor.event import Event
 from monitor.pipeline import Pipeline
@@ -71,3 +73,33 @@ def test_one_wait_only_when_every_source_has_a_descriptor() -> None:
     finally:
         single.close()
         other.close()
+
+
+RULE = """\
+- rule: Test rule
+  description: for the wakeup decision
+  when: [exec]
+  condition: event.process.executable == "/bin/nc"
+  severity: high
+  action: {action}
+  mode: {mode}
+  tags: [T1059]
+"""
+
+
+def test_the_reader_is_woken_eagerly_only_for_rules_that_act_from_user_space(tmp_path: Path) -> None:
+    from monitor.policy import load_rules
+    from monitor.runner import enforces_in_user_space
+
+    def policy(action: str, mode: str = "enforce", audit: bool = False) -> Any:
+        path = tmp_path / f"{action}-{mode}.yaml"
+        path.write_text(RULE.format(action=action, mode=mode))
+        return load_rules([str(path)], audit=audit)
+
+    assert enforces_in_user_space(policy("kill")) and enforces_in_user_space(policy("freeze"))
+    assert enforces_in_user_space(policy("kill_process"))
+    assert not enforces_in_user_space(policy("alert"))
+    assert not enforces_in_user_space(policy("deny"))  # in the kernel, before the exec
+    assert not enforces_in_user_space(policy("kill", mode="audit"))
+    assert not enforces_in_user_space(policy("kill", audit=True))
+    assert not enforces_in_user_space(None)
