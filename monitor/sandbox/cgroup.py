@@ -175,17 +175,26 @@ def joiner(sandbox: Sandbox) -> Callable[[], None]:
     return join
 
 
-def remove(sandbox: Sandbox, keep_if_frozen: bool = True) -> bool:
-    """Kill what is left, rmdir the cgroup and forget its state. A frozen sandbox is kept."""
-    path = sandbox.cgroup_path
-    if keep_if_frozen and frozen(path):
-        return False
+def dispose(path: str | Path, sandbox_id: str, timeout_s: float = 5.0) -> bool:
+    """Kill what is left in a sandbox's cgroup, rmdir it, and forget its state once it is gone
+    (a cgroup that would not empty keeps its state: `monitor sandbox list` still shows it).
+    True when the cgroup is gone."""
     if os.path.isdir(path):
         kill(path)
-        wait_empty(path)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-    _state_file(sandbox.id).unlink(missing_ok=True)
+        if wait_empty(path, timeout_s):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+    if os.path.isdir(path):
+        return False
+    _state_file(sandbox_id).unlink(missing_ok=True)
+    return True
+
+
+def remove(sandbox: Sandbox, keep_if_frozen: bool = True) -> bool:
+    """Kill what is left, rmdir the cgroup and forget its state. A frozen sandbox is kept."""
+    if keep_if_frozen and frozen(sandbox.cgroup_path):
+        return False
+    dispose(sandbox.cgroup_path, sandbox.id)
     return True
 
 
@@ -212,14 +221,8 @@ def cleanup_stale() -> list[str]:
         owner = int(state.get("owner_pid", 0)) if state else 0
         if (owner and _alive(owner)) or frozen(path):
             continue
-        kill(path)
-        wait_empty(path, 2.0)
-        try:
-            path.rmdir()
+        if dispose(path, path.name, 2.0):
             removed.append(path.name)
-        except OSError:
-            continue
-        _state_file(path.name).unlink(missing_ok=True)
     for sandbox_id in owners:  # state without a cgroup
         if not os.path.isdir(str(owners[sandbox_id].get("cgroup_path", ""))):
             _state_file(sandbox_id).unlink(missing_ok=True)

@@ -5,7 +5,6 @@ Idempotent: thawing a running sandbox, killing one already gone, say so and succ
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -56,10 +55,6 @@ def sandbox_command(command: str, sandbox_id: str | None) -> int:
         else:
             outcome = cg.kill(path)
         messages = {"done": "killed", "already_gone": "already gone (nothing to kill)"}
-        if os.path.isdir(path) and cg.wait_empty(path, 2.0):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        if not os.path.isdir(path):
-            (cg.STATE_DIR / f"{state['id']}.json").unlink(missing_ok=True)
+        cg.dispose(path, str(state["id"]), 2.0)
     print(f"sandbox {state['id']} {messages.get(outcome, outcome)}")
     return 0
