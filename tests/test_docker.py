@@ -373,6 +373,25 @@ def test_cgroup_dir_watch_sees_container_dirs_as_they_are_made(tmp_path):
     assert deleted == ["2" * 64]
 
 
+def test_cgroup_dir_found_by_the_scan_and_by_inotify_is_reported_once(tmp_path):
+    """A container dir made just as its parent's watch is added is in the parent's scan and in an
+    inotify event: one `created` (CI saw two), and a new one after a delete is reported again."""
+    from monitor.sandbox.docker import _IN_CREATE, _IN_DELETE, _IN_ISDIR, CgroupDirWatch
+    created: list[str] = []
+    deleted: list[str] = []
+    watch = CgroupDirWatch(str(tmp_path), lambda cid, ref: created.append(cid), deleted.append)
+    name = "3" * 64
+    (tmp_path / name).mkdir()
+    watch._handle_child(str(tmp_path), _IN_CREATE | _IN_ISDIR, name)  # the scan
+    watch._handle_child(str(tmp_path), _IN_CREATE | _IN_ISDIR, name)  # the queued event
+    assert created == [name]
+    (tmp_path / name).rmdir()
+    watch._handle_child(str(tmp_path), _IN_DELETE | _IN_ISDIR, name)
+    (tmp_path / name).mkdir()
+    watch._handle_child(str(tmp_path), _IN_CREATE | _IN_ISDIR, name)
+    assert created == [name, name] and deleted == [name]
+
+
 def test_early_registration_announces_at_start():
     """Watched when its cgroup appears (not yet started), announced when the engine starts it."""
     doc = inspect_doc("plain")

@@ -196,6 +196,9 @@ class CgroupDirWatch:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._fd = -1
         self._watches: dict[int, str] = {}  # wd -> directory
+        # container dirs reported, by path -> inode: a dir made just as its parent's watch is added
+        # is both in the parent's scan and in an inotify event, and is reported once
+        self._reported: dict[str, int] = {}
 
     def start(self) -> None:
         self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -279,8 +282,12 @@ class CgroupDirWatch:
                 inode = os.stat(path).st_ino
             except OSError:
                 return  # gone already
+            if self._reported.get(path) == inode:
+                return
+            self._reported[path] = inode
             self.on_created(container_id, CgroupRef(path=path, id=inode))
         elif mask & _IN_DELETE:
+            self._reported.pop(path, None)
             self.on_deleted(container_id)
 
 
