@@ -563,7 +563,11 @@ class Daemon:
         """Records a rule acts on wake the reader at once while a rule kills or freezes."""
         if self.sensor is not None:
             from monitor.runner import enforces_in_user_space
-            self.sensor.set_eager_wakeup(enforces_in_user_space(self.rules))
+            eager = enforces_in_user_space(self.rules)
+            if eager != self.sensor.eager_wakeup:
+                log.info("probes: %s", "exec, connect and privilege records wake the reader at once "
+                         "(a rule kills or freezes)" if eager else "records are read every 5 ms")
+            self.sensor.set_eager_wakeup(eager)
 
     def _start_llm(self) -> None:
         """Model calls and tool calls from TLS; not fatal when uprobes or libssl are missing."""

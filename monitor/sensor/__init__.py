@@ -59,6 +59,7 @@ class Sensor:
         self._rescue = RingReader(self.bpf["rescue"].map_fd, wire.RESCUE_PAGES * mmap.PAGESIZE)
         self._ring.wake_on(self.bpf["rescue"].map_fd)  # a rescued exec result wakes us too
         self.rescued = 0  # records the kernel refused on the main ring and took on the rescue ring
+        self.eager_wakeup = False
         self.decoder = RecordDecoder(time.time_ns() - time.monotonic_ns())
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
 
@@ -74,6 +75,11 @@ class Sensor:
         """Wake the reader on every exec, connect and privilege record, not only when nothing
         unread precedes it (probes/events.h): for rules that kill or freeze from user space."""
         self.bpf["eager_wakeup"][ct.c_int(0)] = ct.c_uint32(1 if eager else 0)
+        self.eager_wakeup = eager
+
+    def stats(self) -> dict[str, object]:
+        """For the run's summary: how the reader is woken, and records the rescue ring took."""
+        return {"wakeup": "eager" if self.eager_wakeup else "batched", "rescued": self.rescued}
 
     # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
     def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:

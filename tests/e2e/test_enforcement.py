@@ -36,6 +36,7 @@ def test_kill_ends_the_sandbox_with_137(tmp_path: Path) -> None:
     assert r.returncode == 137
     assert not after.exists(), "the sandbox died before its next step"
     assert r.summary["killed_by"] == "Kill on secret"
+    assert r.summary["sources"]["ebpf"]["wakeup"] == "eager"  # a kill rule: exec records wake the reader
     action = r.actions[0]
     assert action["action"] == "kill" and action["outcome"] == "done" and action["latency_ms"] < 1000
 
@@ -99,6 +100,7 @@ def test_audit_mode_enforces_nothing(tmp_path: Path) -> None:
     r = monitor_run(f"/bin/true; touch {after}", "--rules", rules, "--audit")
     assert r.returncode == 0 and after.exists()
     assert r.actions[0]["outcome"] == "audit" and r.actions[0]["message"] == "would kill"
+    assert r.summary["sources"]["ebpf"]["wakeup"] == "batched"  # nothing to act on in a hurry
 
 
 def test_process_already_gone_is_recorded_not_an_error(tmp_path: Path) -> None:
