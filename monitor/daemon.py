@@ -560,14 +560,15 @@ class Daemon:
         self._sync_wakeup()
 
     def _sync_wakeup(self) -> None:
-        """Records a rule acts on wake the reader at once while a rule kills or freezes."""
+        """Records of the kinds a rule kills or freezes on wake the reader at once."""
         if self.sensor is not None:
-            from monitor.runner import enforces_in_user_space
-            eager = enforces_in_user_space(self.rules)
-            if eager != self.sensor.eager_wakeup:
-                log.info("probes: %s", "exec, connect and privilege records wake the reader at once "
-                         "(a rule kills or freezes)" if eager else "records are read every 5 ms")
-            self.sensor.set_eager_wakeup(eager)
+            from monitor.runner import eager_kinds
+            before = self.sensor.eager_kinds
+            self.sensor.set_eager_wakeup(eager_kinds(self.rules))
+            eager = ", ".join(self.sensor.eager_kinds)
+            if self.sensor.eager_kinds != before:
+                log.info("probes: %s", f"records of {eager} wake the reader at once (a rule kills or freezes)"
+                         if eager else "records are read every 5 ms")
 
     def _start_llm(self) -> None:
         """Model calls and tool calls from TLS; not fatal when uprobes or libssl are missing."""

@@ -109,12 +109,14 @@ def exit_status(returncode: int) -> int:
 USER_SPACE_ENFORCEMENT = ("kill", "kill_process", "freeze")
 
 
-def enforces_in_user_space(policy: Any) -> bool:
-    """A rule that kills or freezes from user space is loaded (and enforced): the probes then wake
-    the reader on every record it may act on (Sensor.set_eager_wakeup). `deny` is in the kernel;
-    its fallback for an exec that slips past the map waits for the next poll (5 ms)."""
-    return policy is not None and not policy.audit and any(
-        rule.action in USER_SPACE_ENFORCEMENT and rule.mode != "audit" for rule in policy.rules)
+def eager_kinds(policy: Any) -> set[str]:
+    """The event kinds an enforcing rule kills or freezes on from user space: their records wake
+    the reader at once (Sensor.set_eager_wakeup). `deny` is in the kernel; its fallback for an
+    exec that slips past the map waits for the next poll (5 ms)."""
+    if policy is None or policy.audit:
+        return set()
+    return {kind for rule in policy.rules if rule.action in USER_SPACE_ENFORCEMENT and rule.mode != "audit"
+            for kind in rule.when}
 
 
 def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
@@ -271,7 +273,7 @@ def run(options: RunOptions, sensor: Any = None) -> int:
     sandbox = cg.create(options.name)
     registry.add(sandbox)
     sensor.add_cgroup(sandbox.cgroup_id)
-    sensor.set_eager_wakeup(enforces_in_user_space(policy))
+    sensor.set_eager_wakeup(eager_kinds(policy))
     apply_denies(policy, sensor, sandbox)
     session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
     try:

@@ -80,18 +80,17 @@ static __always_inline u64 batched_wakeup(void) {
 static __always_inline void submit_batched(void *record) {
     bpf_ringbuf_submit(record, batched_wakeup());
 }
-/* Set by user space (Sensor.set_eager_wakeup) while a loaded rule kills or freezes from user
- * space: then the other records force the wakeup, and the action lands ~1.5 ms after the syscall
- * instead of at the next poll. Off otherwise: a wakeup and a small batch per exec cost the exec
- * storm +38 % instead of +14 % on a 2-core VM. */
-BPF_ARRAY(eager_wakeup, u32, 1);
-static __always_inline u64 wake_flags(void) {
-    u32 zero = 0;
-    u32 *eager = eager_wakeup.lookup(&zero);
+/* By record kind, set by user space (Sensor.set_eager_wakeup) for the kinds a loaded rule kills or
+ * freezes on from user space: their records force the wakeup, and the action lands ~1.5 ms after
+ * the syscall instead of at the next poll. Off otherwise: a wakeup and a small batch per exec cost
+ * the exec storm +38 % instead of +14 % on a 2-core VM. */
+BPF_ARRAY(eager_wakeup, u32, K_MAX);
+static __always_inline u64 wake_flags(u32 kind) {
+    u32 *eager = eager_wakeup.lookup(&kind);
     return eager && *eager ? BPF_RB_FORCE_WAKEUP : 0;
 }
-static __always_inline void submit_now(void *record) {
-    bpf_ringbuf_submit(record, wake_flags());
+static __always_inline void submit_now(void *record, u32 kind) {
+    bpf_ringbuf_submit(record, wake_flags(kind));
 }
 
 /* Repetitive records (the same process opening the same path, or connecting to the same

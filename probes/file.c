@@ -79,7 +79,7 @@ static __always_inline int file_exit(long ret) {
     if (used >= PATH_LEN)
         size = offsetof(struct file_event, path2);
     file_hdr(e, s.kind, size, ret, used);
-    u64 wake = wake_flags();   /* unlink, chmod */
+    u64 wake = wake_flags(s.kind);   /* unlink, chmod */
     if (s.kind == K_OPEN || s.kind == K_OPEN2)
         wake = batched_wakeup();
     if (output_record(e, size, wake) != 0)
@@ -100,7 +100,7 @@ static __always_inline int rename_exit(long ret) {
     file_hdr(e, s.kind, sizeof(struct file_event), ret, fill_file(e, &s));
     e->mode = 0;
     read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
-    submit_now(e);
+    submit_now(e, s.kind);
     return 0;
 }
 

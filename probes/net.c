@@ -111,7 +111,7 @@ static __always_inline int net_exit(long ret) {
     }
     if (fold_net(e))
         return 0;
-    if (output_record(e, offsetof(struct net_event, payload), wake_flags()) != 0)
+    if (output_record(e, offsetof(struct net_event, payload), wake_flags(s.kind)) != 0)
         count_lost(s.kind);
     return 0;
 }
@@ -179,7 +179,7 @@ static __always_inline int dns_send(int fd, const void *buf, u64 len, const void
     if (read_user(e->payload, DNS_LEN, buf) != 0 &&
         read_user(e->payload, 64, buf) != 0)
         read_user(e->payload, 32, buf);
-    submit_now(e);
+    submit_now(e, K_DNS);
     return 0;
 }
 

@@ -134,7 +134,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     }
     fill_hdr(h, kind, cg, sizeof(struct hdr));
     h->result = ret;
-    submit_now(h);
+    submit_now(h, kind);
     return 0;
 }
 
@@ -252,7 +252,7 @@ static __always_inline int sys_exit(long ret) {
         break;
     }
     }
-    submit_now(e);
+    submit_now(e, s.kind);
     return 0;
 }
 

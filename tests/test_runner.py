@@ -78,7 +78,7 @@ def test_one_wait_only_when_every_source_has_a_descriptor() -> None:
 RULE = """\
 - rule: Test rule
   description: for the wakeup decision
-  when: [exec]
+  when: [{when}]
   condition: event.process.executable == "/bin/nc"
   severity: high
   action: {action}
@@ -89,17 +89,17 @@ RULE = """\
 
 def test_the_reader_is_woken_eagerly_only_for_rules_that_act_from_user_space(tmp_path: Path) -> None:
     from monitor.policy import load_rules
-    from monitor.runner import enforces_in_user_space
+    from monitor.runner import eager_kinds
 
-    def policy(action: str, mode: str = "enforce", audit: bool = False) -> Any:
-        path = tmp_path / f"{action}-{mode}.yaml"
-        path.write_text(RULE.format(action=action, mode=mode))
+    def policy(action: str, mode: str = "enforce", audit: bool = False, when: str = "exec") -> Any:
+        path = tmp_path / f"{action}-{mode}-{when.replace(', ', '-')}.yaml"
+        path.write_text(RULE.format(action=action, mode=mode, when=when))
         return load_rules([str(path)], audit=audit)
 
-    assert enforces_in_user_space(policy("kill")) and enforces_in_user_space(policy("freeze"))
-    assert enforces_in_user_space(policy("kill_process"))
-    assert not enforces_in_user_space(policy("alert"))
-    assert not enforces_in_user_space(policy("deny"))  # in the kernel, before the exec
-    assert not enforces_in_user_space(policy("kill", mode="audit"))
-    assert not enforces_in_user_space(policy("kill", audit=True))
-    assert not enforces_in_user_space(None)
+    assert eager_kinds(policy("kill")) == eager_kinds(policy("freeze")) == {"exec"}
+    assert eager_kinds(policy("kill_process", when="exec, connect")) == {"exec", "connect"}
+    assert eager_kinds(policy("alert")) == set()
+    assert eager_kinds(policy("deny")) == set()  # in the kernel, before the exec
+    assert eager_kinds(policy("kill", mode="audit")) == set()
+    assert eager_kinds(policy("kill", audit=True)) == set()
+    assert eager_kinds(None) == set()

@@ -15,6 +15,7 @@ import os
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from monitor.event import Event
@@ -59,7 +60,7 @@ class Sensor:
         self._rescue = RingReader(self.bpf["rescue"].map_fd, wire.RESCUE_PAGES * mmap.PAGESIZE)
         self._ring.wake_on(self.bpf["rescue"].map_fd)  # a rescued exec result wakes us too
         self.rescued = 0  # records the kernel refused on the main ring and took on the rescue ring
-        self.eager_wakeup = False
+        self.eager_kinds: list[str] = []  # event kinds whose records wake the reader at once
         self.decoder = RecordDecoder(time.time_ns() - time.monotonic_ns())
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
 
@@ -71,15 +72,27 @@ class Sensor:
         with contextlib.suppress(KeyError):
             del self._watched[ct.c_uint64(cgroup_id)]
 
-    def set_eager_wakeup(self, eager: bool) -> None:
-        """Wake the reader on every exec, connect and privilege record, not only when nothing
-        unread precedes it (probes/events.h): for rules that kill or freeze from user space."""
-        self.bpf["eager_wakeup"][ct.c_int(0)] = ct.c_uint32(1 if eager else 0)
-        self.eager_wakeup = eager
+    def set_eager_wakeup(self, kinds: Iterable[str]) -> None:
+        """Records of these event kinds wake the reader at once, not only when nothing unread
+        precedes them (probes/events.h): the kinds a rule kills or freezes on from user space.
+        Open, fork and exit records never wake it: a rule on them turns on every kind that can
+        (its violation is acted on at the process's next exec, connect...). Empty: all off."""
+        names = set(kinds)
+        if names & wire.BATCHED_KINDS:
+            names |= wire.WAKING_KINDS
+        names &= wire.WAKING_KINDS
+        table = self.bpf["eager_wakeup"]
+        for kind, name in wire.KIND_NAMES.items():
+            # an exec is emitted, and judged, once its result record is in
+            eager = name in names or (name == "exec_result" and "exec" in names)
+            table[ct.c_int(kind)] = ct.c_uint32(eager)
+        self.eager_kinds = sorted(names)
 
     def stats(self) -> dict[str, object]:
-        """For the run's summary: how the reader is woken, and records the rescue ring took."""
-        return {"wakeup": "eager" if self.eager_wakeup else "batched", "rescued": self.rescued}
+        """For the run's summary: which kinds wake the reader at once, and records the rescue
+        ring took."""
+        return {"wakeup": "eager" if self.eager_kinds else "batched", "eager_kinds": self.eager_kinds,
+                "rescued": self.rescued}
 
     # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
     def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:

@@ -45,6 +45,11 @@ KIND_NAMES: dict[int, str] = {
     K_ACCEPT: "accept", K_DNS: "dns", K_STASH: "stash_collision", K_EXEC_FILE: "exec_file",
 }
 
+# Event kinds whose records never wake the reader (probes/events.h: submit_batched), and those
+# whose records can (at once for the kinds Sensor.set_eager_wakeup names).
+BATCHED_KINDS = frozenset({"open", "fork", "exit"})
+WAKING_KINDS = frozenset(KIND_NAMES.values()) - BATCHED_KINDS - {"exec_result", "exec_file", "stash_collision"}
+
 
 def c_defines() -> str:
     """#define lines for every constant above, plus the few kernel ABI values the probes need."""

@@ -373,10 +373,11 @@ def test_the_sensor_descriptor_polls_readable_when_the_ring_wakes() -> None:
         cg.remove(box)
 
 
-def test_an_exec_wakes_the_reader_only_while_a_rule_kills_from_user_space() -> None:
+def test_an_exec_wakes_the_reader_only_while_a_rule_kills_on_execs_from_user_space() -> None:
     """The exec result follows batched records (the exec's entry, at least), so the ring's own
-    policy does not wake a waiting reader: it reads at its next poll. With eager wakeup (a kill or
-    freeze rule is loaded) the exec result wakes it."""
+    policy does not wake a waiting reader: it reads at its next poll. With eager wakeup for execs
+    (a kill or freeze rule on them, or on a kind that never wakes the reader: opens) it does; a
+    kill rule on connects alone leaves execs batched."""
     import select
 
     from monitor.sandbox import cgroup as cg
@@ -387,8 +388,8 @@ def test_an_exec_wakes_the_reader_only_while_a_rule_kills_from_user_space() -> N
     ready = select.epoll()
     unwoken = sensor.bpf["unwoken"]
 
-    def woken_by_an_exec(eager: bool) -> bool:
-        sensor.set_eager_wakeup(eager)
+    def woken_by_an_exec(eager_kinds: set[str]) -> bool:
+        sensor.set_eager_wakeup(eager_kinds)
         sensor.drain()
         # the per-CPU count of batched records that forces a wakeup every 256: start it at 0
         unwoken[unwoken.Key(0)] = unwoken.Leaf(*([0] * len(unwoken.Leaf())))
@@ -400,8 +401,12 @@ def test_an_exec_wakes_the_reader_only_while_a_rule_kills_from_user_space() -> N
     try:
         sensor.add_cgroup(box.cgroup_id)
         ready.register(sensor.fileno(), select.EPOLLIN)
-        assert not woken_by_an_exec(eager=False)
-        assert woken_by_an_exec(eager=True)
+        assert not woken_by_an_exec(set())
+        assert not woken_by_an_exec({"connect"})
+        assert sensor.stats()["eager_kinds"] == ["connect"]
+        assert woken_by_an_exec({"exec"})
+        assert woken_by_an_exec({"open"})  # opens never wake: every kind that can, does
+        assert "exec" in sensor.stats()["eager_kinds"]
     finally:
         ready.close()
         sensor.close()

@@ -36,7 +36,8 @@ def test_kill_ends_the_sandbox_with_137(tmp_path: Path) -> None:
     assert r.returncode == 137
     assert not after.exists(), "the sandbox died before its next step"
     assert r.summary["killed_by"] == "Kill on secret"
-    assert r.summary["sources"]["ebpf"]["wakeup"] == "eager"  # a kill rule: exec records wake the reader
+    ebpf = r.summary["sources"]["ebpf"]
+    assert ebpf["wakeup"] == "eager" and "exec" in ebpf["eager_kinds"]  # a kill rule on opens
     action = r.actions[0]
     assert action["action"] == "kill" and action["outcome"] == "done" and action["latency_ms"] < 1000
 
