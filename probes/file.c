@@ -79,9 +79,8 @@ static __always_inline int file_exit(long ret) {
     if (used >= PATH_LEN)
         size = offsetof(struct file_event, path2);
     file_hdr(e, s.kind, size, ret, used);
-    u64 wake = wake_flags(s.kind);   /* unlink, chmod */
-    if (s.kind == K_OPEN || s.kind == K_OPEN2)
-        wake = batched_wakeup();
+    int open = s.kind == K_OPEN || s.kind == K_OPEN2;
+    u64 wake = open ? batched_wakeup() : wake_flags(s.kind);   /* unlink, chmod: their own flag */
     if (output_record(e, size, wake) != 0)
         count_lost(s.kind);
     return 0;
