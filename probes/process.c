@@ -134,7 +134,7 @@ static __always_inline int exec_exit(u32 kind, long ret) {
     }
     fill_hdr(h, kind, cg, sizeof(struct hdr));
     h->result = ret;
-    submit_now(h, kind);
+    submit_now(h, K_EXEC);   /* the exec is judged once this result is in: it wakes for execs */
     return 0;
 }
 

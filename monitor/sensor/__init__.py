@@ -83,9 +83,7 @@ class Sensor:
         names &= wire.WAKING_KINDS
         table = self.bpf["eager_wakeup"]
         for kind, name in wire.KIND_NAMES.items():
-            # an exec is emitted, and judged, once its result record is in
-            eager = name in names or (name == "exec_result" and "exec" in names)
-            table[ct.c_int(kind)] = ct.c_uint32(eager)
+            table[ct.c_int(kind)] = ct.c_uint32(name in names)
         self.eager_kinds = sorted(names)
 
     def stats(self) -> dict[str, object]:
