@@ -56,13 +56,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
                "permitted", "child_pid", "args_truncated", "args_unreadable", "bytes", "repeats"),
 }
 
-_ID_PREFIX = os.urandom(4).hex()
-_ID_COUNTER = itertools.count(1)
+ID_PREFIX = os.urandom(4).hex()
+ID_COUNTER = itertools.count(1)  # also drawn from by the C decoder of open records
 
 
 def new_id() -> str:
     """A short id unique across monitor runs (random per-process prefix + counter)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    return f"{ID_PREFIX}{next(ID_COUNTER):x}"
 
 
 def rfc3339(time_ns: int) -> str:

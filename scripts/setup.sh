@@ -87,7 +87,8 @@ SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 # Debian's bcc is pure Python over libbcc: link the package dir into the venv.
 [ -e "$SITE/bcc" ] || ln -sfn /usr/lib/python3/dist-packages/bcc "$SITE/bcc"
 
-hash_now="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+# the install also builds the C decoder (monitor/sensor/_fastdecode.c): its source is in the stamp
+hash_now="$(cat "$ROOT/pyproject.toml" "$ROOT"/monitor/sensor/*.c | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$hash_now" ]; then
     log "pip install -e .[test]"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]" 2>&1 \

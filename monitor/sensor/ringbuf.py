@@ -45,6 +45,12 @@ def walk(data: bytes | mmap.mmap, base: int, mask: int, consumer: int, producer:
     return records, consumer, discarded
 
 
+try:  # the same walk in C (monitor/sensor/_fastdecode.c), ~0.05 us a record against ~0.25
+    from monitor.sensor._fastdecode import walk as native_walk
+except ImportError:
+    native_walk = walk
+
+
 class RingReader:
     """Batches of raw records from one BPF_MAP_TYPE_RINGBUF map (by fd and data size)."""
 
@@ -82,7 +88,7 @@ class RingReader:
         (producer,) = _POS.unpack_from(self._data, 0)
         if consumer == producer:
             return []
-        records, consumer, _ = walk(self._data, self._base, self._mask, consumer, producer, limit)
+        records, consumer, _ = native_walk(self._data, self._base, self._mask, consumer, producer, limit)
         _POS.pack_into(self._consumer_page, 0, consumer)
         return records
 
