@@ -20,6 +20,7 @@ from monitor.sandbox import SandboxRegistry
 MAX_ANCESTORS = 16
 EXITED_KEEP = 4096  # exited processes stay resolvable this long (late events, children)
 AT_FDCWD = -100
+TABLE_KINDS = frozenset({"fork", "exec", "chdir", "exit"})  # the kinds that change the process table
 
 
 class Linker(Protocol):
@@ -208,9 +209,12 @@ class Enricher:
         if not pid:
             return
         info = self.seed(pid)
-        self._update(event, info)
-        if event.file is not None:
-            self._resolve_file(event, info)
+        if event.kind in TABLE_KINDS:
+            self._update(event, info)
+        file = event.file
+        if file is not None:
+            if not (file.get("path", "").startswith("/") and "new_path" not in file):
+                self._resolve_file(event, info)  # a relative path (most paths are absolute)
         elif event.kind in ("listen", "bind") and event.net is not None:
             self._resolve_local(event)
         if self.linker is not None:
