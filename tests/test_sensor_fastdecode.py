@@ -99,3 +99,15 @@ def test_other_records_keep_their_order_around_opens_and_short_records_are_count
     result=st.integers(-(2**31), 2**31 - 1), cut=st.booleans()), max_size=8))
 def test_any_batch_of_file_records_decodes_alike(records: list[bytes]) -> None:
     assert_same(records)
+
+
+def test_the_built_extension_is_not_older_than_its_source() -> None:
+    """scripts/setup.sh rebuilds it when the C changes (its stamp hashes the source); a stale
+    build would decode with yesterday's code."""
+    from pathlib import Path
+
+    from monitor.sensor import _fastdecode
+
+    source = Path(decode.__file__).with_name("_fastdecode.c")
+    assert Path(_fastdecode.__file__).stat().st_mtime >= source.stat().st_mtime, \
+        "monitor/sensor/_fastdecode.c changed since the build: run scripts/setup.sh"
