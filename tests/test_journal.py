@@ -461,3 +461,35 @@ def test_the_judging_thread_never_waits_for_the_journal(tmp_path: Path, monkeypa
     indexes = JournalReader(tmp_path / "j").index()
     assert len(indexes) == 2 and all(i.complete for i in indexes)
     assert len(list(JournalReader(tmp_path / "j").events())) == 55
+
+
+def test_a_process_map_freed_while_its_block_fills_is_not_taken_for_a_later_one(tmp_path: Path) -> None:
+    """Rows are made as events arrive and maps are interned by identity: a map that dies before its
+    block is written must not lend its id() (and its entry) to a new map at the same address."""
+    sink = JournalSink(tmp_path / "j", max_bytes=None, max_age_s=None)
+    for i in range(300):
+        sink.on_event(Event("exec", NOW + i, process={"pid": 1000 + i}, sandbox={"id": f"sb-{i % 7}"}))
+    sink.close()
+    got = list(JournalReader(tmp_path / "j").events())
+    assert [e.process["pid"] for e in got] == [1000 + i for i in range(300)]
+    assert [e.sandbox["id"] for e in got] == [f"sb-{i % 7}" for i in range(300)]
+
+
+def test_a_split_block_keeps_alerts_actions_and_order(tmp_path: Path) -> None:
+    big = os.urandom(1 << 20).hex()  # 2 MiB each: 8 records are over a block's raw limit
+    sink = JournalSink(tmp_path / "j", max_bytes=None, max_age_s=None)
+    events = [Event("llm_response", NOW + i, process=PROC, sandbox=SANDBOX if i % 2 else OTHER,
+                    llm={"text": big}) for i in range(8)]
+    for ev in events:
+        sink.on_event(ev)
+        sink.on_alert(Alert(rule="r", severity="high", action="alert", tags=[], event=ev, time_ns=ev.time_ns))
+    sink.on_action(ActionRecord(action="kill", rule="r", target={"sandbox": "sb-1"}, outcome="done",
+                                  latency_ms=1.0))
+    sink.close({"done": True})
+    assert sink.stats()["blocks"] >= 2 and not sink.stats().get("records_lost")
+    got = [(r.type, r.time_ns) for r in JournalReader(tmp_path / "j").records()]
+    assert got[:16] == [(t, ev.time_ns) for ev in events for t in ("event", "alert")]
+    assert [t for t, _ in got[16:]] == ["action", "summary"]
+    index = JournalReader(tmp_path / "j").index()[0]
+    assert (index.events, index.alerts, index.records) == (8, 8, 18)
+    assert index.sandboxes["sb-1"]["events"] == 4 and index.sandboxes["sb-2"]["events"] == 4

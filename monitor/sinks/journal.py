@@ -17,8 +17,9 @@ Crash safety: a block is written with one write() when it fills and at least eve
 `flush_interval_s` (default 1 s), so a SIGKILL loses at most the records of the last interval;
 `fsync=True` also survives power loss at the cost of one fsync per flush (default False: the
 page cache survives a killed process; segments are fsynced when closed, a rolled one on a
-thread of its own). The journal runs on the judging thread: `on_event` writes a full block only
-when the flush thread does not hold the lock, and never waits for a disk. On read, a torn last
+thread of its own). The journal runs on the judging thread: `on_event` makes the record's row
+at once (while the event is still in the CPU cache) and writes a full block, but only when the
+flush thread does not hold the lock; else the record is queued. It never waits for a disk. On read, a torn last
 frame is skipped with a warning; a damaged frame in the middle is skipped with a warning and
 reading resumes at the next frame that checks out (the sync magic makes that findable).
 
@@ -120,7 +121,7 @@ def frame(frame_type: int, payload: bytes) -> bytes:
 
 
 class _BlockEncoder:
-    """Turns pending records into one block (format 3):
+    """Collects records as rows and turns them into one block (format 3):
 
         header  [3, procs, sandboxes, kinds, times, event_sandboxes]   (one msgpack array)
         rows    one msgpack array of the records' rows, after the header
@@ -130,16 +131,21 @@ class _BlockEncoder:
     times: the events' time_ns, delta-coded (the first absolute); event_sandboxes: their sandbox
     index. An event row is [id, proc, file, net, container, llm, detail, result, verdict, source,
     cgroup_id]: a reader filters on the header alone and skips unwanted rows without decoding them.
+
+    A row is made when its record arrives (`add`), while the event is still in the CPU cache; the
+    block is packed when it is written (`encode`).
     """
 
     def __init__(self) -> None:
         self.packer = _new_packer()
+        self.rows: list[list[Any]] = []
         self.proc_by_obj: dict[int, int] = {}
         self.proc_by_bytes: dict[bytes, int] = {}
         self.procs: list[bytes] = []
         self.sb_by_obj: dict[int, int] = {}
         self.sb_by_bytes: dict[bytes, int] = {}
         self.sandboxes: list[bytes] = []
+        self.interned: list[Any] = []  # keeps the maps interned by id() alive while the block fills
         self.kinds: list[str | None] = []
         self.times: list[int] = []  # of the events, in order
         self.event_sandboxes: list[int | None] = []  # their sandbox index
@@ -157,6 +163,7 @@ class _BlockEncoder:
                 table.append(packed)
                 by_bytes[packed] = idx
             by_obj[id(obj)] = idx
+            self.interned.append(obj)  # its id() stays its own
         return idx
 
     def _refs(self, ev: Event) -> tuple[int | None, int | None]:
@@ -176,13 +183,19 @@ class _BlockEncoder:
             sidx = None
         return pidx, sidx
 
-    def event_row(self, ev: Event) -> list[Any]:
-        pidx, sidx = self._refs(ev)
-        self.kinds.append(ev.kind)
-        self.times.append(ev.time_ns)
+    def add(self, item: Any) -> int:
+        """One record's row (an Event, Alert, ActionRecord or (time_ns, summary)); the rows so far."""
+        rows = self.rows
+        if type(item) is not Event:
+            rows.append(self.row(item))
+            return len(rows)
+        pidx, sidx = self._refs(item)
+        self.kinds.append(item.kind)
+        self.times.append(item.time_ns)
         self.event_sandboxes.append(sidx)
-        return [ev.id, pidx, ev.file, ev.net, ev.container, ev.llm, ev.detail, ev.result, ev.verdict,
-                ev.source, ev.cgroup_id]
+        rows.append([item.id, pidx, item.file, item.net, item.container, item.llm, item.detail,
+                     item.result, item.verdict, item.source, item.cgroup_id])
+        return len(rows)
 
     def full_event_row(self, ev: Event) -> list[Any]:
         """An alert's copy of its event (self-contained: kind, time and sandbox included)."""
@@ -191,8 +204,6 @@ class _BlockEncoder:
                 ev.result, ev.verdict, ev.source, ev.cgroup_id]
 
     def row(self, item: Any) -> list[Any]:
-        if isinstance(item, Event):
-            return self.event_row(item)
         self.kinds.append(None)
         if isinstance(item, Alert):
             self.alerts += 1
@@ -203,23 +214,37 @@ class _BlockEncoder:
         time_ns, summary = item
         return [REC_SUMMARY, time_ns, summary]
 
-    def encode(self, items: list[Any]) -> tuple[bytes, int]:
-        """The block's bytes and its number of records."""
-        event_row, row = self.event_row, self.row
-        rows = [event_row(item) if type(item) is Event else row(item) for item in items]
+    def split(self) -> tuple[_BlockEncoder, _BlockEncoder]:
+        """The rows in two blocks (for one too big to write); both keep the whole tables."""
+        half = len(self.rows) // 2
+        events = sum(kind is not None for kind in self.kinds[:half])
+        parts = []
+        for rows, kinds, times, sbs in ((self.rows[:half], self.kinds[:half], self.times[:events],
+                                         self.event_sandboxes[:events]),
+                                        (self.rows[half:], self.kinds[half:], self.times[events:],
+                                         self.event_sandboxes[events:])):
+            part = _BlockEncoder()
+            part.procs, part.sandboxes = self.procs, self.sandboxes
+            part.rows, part.kinds, part.times, part.event_sandboxes = rows, kinds, times, sbs
+            part.alerts = sum(kind is None and row[0] == REC_ALERT for kind, row in zip(kinds, rows, strict=True))
+            parts.append(part)
+        return parts[0], parts[1]
+
+    def encode(self) -> bytes:
+        """The block's bytes."""
         pack = self.packer.pack
         try:
-            body = pack(rows)
+            body = pack(self.rows)
         except (OverflowError, ValueError, TypeError):
             self.packer = _new_packer()
             pack = self.packer.pack
-            body = pack([_sanitize(r) for r in rows])
+            body = pack([_sanitize(r) for r in self.rows])
         times = self.times
         deltas = [b - a for a, b in zip(times, times[1:], strict=False)]
         if times:
             deltas.insert(0, times[0])
         header = [BLOCK_FORMAT, self.procs, self.sandboxes, self.kinds, deltas, self.event_sandboxes]
-        return pack(header) + body, len(rows)
+        return pack(header) + body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +393,8 @@ class JournalSink(Sink):
         self.segment_age_s = seg_age
         self._clock = clock
         self._compressor = zstandard.ZstdCompressor(level=level)
-        self._pending: collections.deque[Any] = collections.deque()
+        self._encoder = _BlockEncoder()  # the block being filled (held by the lock)
+        self._pending: collections.deque[Any] = collections.deque()  # came while the lock was taken
         self._lock = threading.Lock()  # serialises block writes, rolls and retention
         self._sealing: list[threading.Thread] = []  # rolled segments being fsynced and indexed
         self._closed = False
@@ -390,20 +416,24 @@ class JournalSink(Sink):
 
     # -- Sink interface -----------------------------------------------------------------------
 
-    def on_event(self, event: Event) -> None:
-        self._pending.append(event)
-        # Never waits: while the flush thread holds the lock, the block goes with a later event.
-        if len(self._pending) >= self.block_records and self._lock.acquire(blocking=False):
-            try:
+    def on_event(self, record: Any) -> None:
+        """An Event (also on_alert, on_action). Its row is made now, on the judging thread, while
+        the event is in the CPU cache; a full block is written here too. Never waits: while the
+        flush thread holds the lock, the record is queued, and goes with a later one."""
+        if not self._lock.acquire(False):
+            self._pending.append(record)
+            return
+        try:
+            if self._pending:  # what came while the lock was taken goes first, now
+                self._pending.append(record)
                 self._flush_locked()
-            finally:
-                self._lock.release()
+                return
+            if self._encoder.add(record) >= self.block_records:
+                self._write_encoder()
+        finally:
+            self._lock.release()
 
-    def on_alert(self, alert: Alert) -> None:
-        self._pending.append(alert)
-
-    def on_action(self, record: ActionRecord) -> None:
-        self._pending.append(record)
+    on_alert = on_action = on_event
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if self._closed:
@@ -433,20 +463,13 @@ class JournalSink(Sink):
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if self._finished:  # records after close() have nowhere to go: counted, not written
-            self.counters["records_after_close"] += len(self._pending)
-            self._pending.clear()
-            return
-        while self._pending:
-            n = min(len(self._pending), self.block_records)
-            popleft = self._pending.popleft
-            items = [popleft() for _ in range(n)]
-            try:
-                self._write_block(items)
-            except Exception as exc:  # the journal must never take the pipeline down
-                self.counters["errors"] += 1
-                self.counters["records_lost"] += len(items)
-                self.last_error = f"{type(exc).__name__}: {exc}"
+        pending = self._pending
+        while pending:
+            self._encoder.add(pending.popleft())
+            if len(self._encoder.rows) >= self.block_records:
+                self._write_encoder()
+        if self._encoder.rows:
+            self._write_encoder()
         if self.fsync and self._dirty and self._fd >= 0:
             self._dirty = False
             try:
@@ -455,15 +478,27 @@ class JournalSink(Sink):
                 self.counters["errors"] += 1
                 self.last_error = f"fsync: {exc}"
 
-    def _write_block(self, items: list[Any]) -> None:
+    def _write_encoder(self) -> None:
+        encoder, self._encoder = self._encoder, _BlockEncoder()
+        if self._finished:  # records after close() have nowhere to go: counted, not written
+            self.counters["records_after_close"] += len(encoder.rows)
+            return
+        try:
+            self._write_block(encoder)
+        except Exception as exc:  # the journal must never take the pipeline down
+            self.counters["errors"] += 1
+            self.counters["records_lost"] += len(encoder.rows)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _write_block(self, encoder: _BlockEncoder) -> None:
         if self._fd < 0:
             self._open_segment()
-        encoder = _BlockEncoder()
-        raw, records = encoder.encode(items)
-        if len(raw) > MAX_BLOCK_RAW_BYTES and len(items) > 1:  # huge records (LLM text): smaller blocks
-            half = len(items) // 2
-            self._write_block(items[:half])
-            self._write_block(items[half:])
+        raw = encoder.encode()
+        records = len(encoder.rows)
+        if len(raw) > MAX_BLOCK_RAW_BYTES and records > 1:  # huge records (LLM text): smaller blocks
+            first, second = encoder.split()
+            self._write_block(first)
+            self._write_block(second)
             return
         payload = self._compressor.compress(raw)
         if len(payload) > MAX_FRAME_BYTES:
