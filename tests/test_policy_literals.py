@@ -1,5 +1,5 @@
-"""The literal gate in front of RE2 (monitor/policy/literals.py): it may let through strings no
-pattern matches (RE2 still decides), never stop one that a pattern matches."""
+"""The gate in front of RE2 and of the guards' string tests (monitor/policy/literals.py): it may let
+through strings no pattern matches (the tests still decide), never stop one that a pattern matches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.policy import DEFAULT_RULES_DIR, load_rules
-from monitor.policy.literals import literal_gate, required_literals
+from monitor.policy.literals import gate_check, literal_gate, regex_gate, required_literals
 from monitor.policy.prefilter import compile_regex
 
 
@@ -28,7 +28,30 @@ def test_no_gate_where_it_cannot_be_shown() -> None:
 
 
 def test_redundant_literals_are_dropped() -> None:
-    assert literal_gate(["/[.]ssh/id_", "/[.]aws/", "/[.]"]) == ("/.",)
+    assert literal_gate(["/[.]ssh/id_", "/[.]aws/", "/[.]"]) == ((), ("/.",))
+    assert literal_gate(["^/etc/", "^/etc/cron[.]d/", "^/home/[.]x", "[.]x"]) == (("/etc/",), (".x",))
+
+
+def test_anchored_branches_give_prefixes() -> None:
+    assert regex_gate("^/etc/cron(tab$|[.]d/)|^/var/spool/cron/") == (
+        {"/etc/crontab", "/etc/cron.d/", "/var/spool/cron/"}, set())
+    assert regex_gate("^/(var/)?run/secrets/") == ({"/var/run/secrets/", "/run/secrets/"}, set())
+    assert regex_gate("^/proc/[0-9]+/environ$|/[.]ssh/") == ({"/proc/"}, {"/.ssh/"})
+    assert regex_gate("^/(etc|lib)/x") == ({"/etc/x", "/lib/x"}, set())
+    assert regex_gate("^a+bc") == (set(), {"bc"})  # no prefix of 2+ characters: the literals
+    assert regex_gate("(?m)^/etc/x") == (set(), {"/etc/x"})  # ^ after any newline too
+    assert regex_gate("^a+") is None
+
+
+def test_gate_check() -> None:
+    passes = gate_check((("/etc/cron", "/etc/passwd", "/proc/"), ("/.",)))
+    assert passes is not None
+    assert passes("/etc/passwd") and passes("/etc/passwd-") and passes("/proc/1/environ")
+    assert passes("/home/u/.bashrc") and passes("/etc/crontab")
+    assert not passes("/etc/pass") and not passes("/etc/hosts") and not passes("/pro") and not passes("")
+    assert gate_check((("",), ())) is None and gate_check(((), ("",))) is None  # lets everything through
+    nothing = gate_check(((), ()))
+    assert nothing is not None and not nothing("/etc/passwd")
 
 
 def _pack_patterns() -> list[str]:
@@ -44,7 +67,8 @@ def _pack_patterns() -> list[str]:
 
 PACK_PATTERNS = _pack_patterns()
 PIECES = ["/", ".", "etc", "ssh", "/home/u/", ".bashrc", "cron", "systemd/", "id_rsa", "x", "_history",
-          "/var/spool/cron/", "/etc/", "/.", "environ", "/proc/1/", "secrets/", "aws/credentials"]
+          "/var/spool/cron/", "/etc/", "/.", "environ", "/proc/1/", "secrets/", "aws/credentials",
+          "/run/", "/var/run/", "secrets/tokens/", "/etc/cron.d/", "/usr/lib/systemd/user/", "task/2/"]
 
 
 def test_the_pack_has_gated_patterns() -> None:
@@ -55,6 +79,10 @@ def test_the_pack_has_gated_patterns() -> None:
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=8).map("".join), st.sampled_from(PACK_PATTERNS))
 def test_gate_never_stops_a_match(text: str, pattern: str) -> None:
-    literals = required_literals(pattern)
-    if compile_regex(pattern).search(text) is not None and literals:
-        assert any(lit in text for lit in literals), (pattern, text, literals)
+    literals, gate = required_literals(pattern), regex_gate(pattern)
+    if compile_regex(pattern).search(text) is not None:
+        if literals:
+            assert any(lit in text for lit in literals), (pattern, text, literals)
+        if gate:
+            passes = gate_check((tuple(gate[0]), tuple(gate[1])))
+            assert passes is None or passes(text), (pattern, text, gate)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
-from monitor.policy.literals import literal_gate
+from monitor.policy.literals import gate_check, literal_gate, simplest_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
 MISSING = object()
@@ -153,26 +153,10 @@ def _exists(node: Call, scope: str) -> Need | None:
     if body is None:
         return Opaque(lambda data: type(items := get(data)) is list and len(items) > 0)
     if isinstance(body, FieldTest) and body.path == (ELEMENT,):
-        check = _memoised(_value_check(body))  # e.g. args.exists(a, a.matches(..)): args repeat
+        check = _value_check(body, memo_size=8192)  # e.g. args.exists(a, a.matches(..)): args repeat
         return Opaque(lambda data: type(items := get(data)) is list and any(map(check, items)))
     test = compile_need(body)
     return Opaque(lambda data: type(items := get(data)) is list and any(test({ELEMENT: i}) for i in items))
-
-
-def _memoised(check: Callable[[Any], bool], size: int = 8192) -> Callable[[Any], bool]:
-    cache: dict[str, bool] = {}
-
-    def memo(value: Any) -> bool:
-        if type(value) is not str:
-            return check(value)
-        known = cache.get(value)
-        if known is None:
-            known = check(value)
-            if len(cache) >= size:
-                cache.clear()
-            cache[value] = known
-        return known
-    return memo
 
 
 def _not_equal(node: Node, field_path: Callable[[Node], Any]) -> Need | None:
@@ -287,16 +271,11 @@ def _regex_searches(patterns: list[str]) -> tuple[Callable[[str], Any], ...]:
     except ValueError:
         searches = tuple(_raw_search(compile_regex(p)) for p in patterns)
     gate = literal_gate(patterns)
-    if not gate or len(searches) != 1:
+    passes = gate_check(gate) if gate is not None else None
+    if passes is None or len(searches) != 1:
         return searches
     (search,) = searches
-
-    def gated(text: str) -> bool:
-        for literal in gate:
-            if literal in text:
-                return search(text)
-        return False
-    return (gated,)
+    return (lambda text: passes(text) and search(text),)
 
 
 def _raw_search(compiled: Any) -> Callable[[str], bool]:
@@ -312,27 +291,58 @@ def _raw_search(compiled: Any) -> Callable[[str], bool]:
     return search
 
 
-def _value_check(test: FieldTest) -> Callable[[Any], bool]:
-    """The OR of a FieldTest's tests on one value (plain code: this runs for every event)."""
+def _string_gate(test: FieldTest) -> Callable[[str], bool] | None:
+    """A necessary condition for any of the test's string tests to pass, cheaper than they are
+    (for a path that none can match: ~0.1 us instead of ~0.45 us). None: no gate possible."""
+    prefixes = test.starts | {v for v in test.equals if type(v) is str}  # v == "/x": v starts with "/x"
+    substrings = test.ends | test.contains
+    if test.regexes:
+        found = literal_gate(sorted(test.regexes))
+        if found is None:
+            return None
+        prefixes |= set(found[0])
+        substrings |= set(found[1])
+    return gate_check(simplest_gate(prefixes, substrings))
+
+
+def _value_check(test: FieldTest, memo_size: int = 0) -> Callable[[Any], bool]:
+    """The OR of a FieldTest's tests on one value (plain code: this runs for every event). With
+    memo_size, verdicts on strings are memoised (events repeat the same paths: ld.so.cache, libc,
+    the same source files), except where the gate alone says no: on a stream of new paths the
+    memo would only churn (a miss, an insert, a clear every memo_size: ~0.2 us a path)."""
     starts, ends = tuple(sorted(test.starts)), tuple(sorted(test.ends))
     contains, equals = tuple(sorted(test.contains)), frozenset(test.equals)
     searches = _regex_searches(sorted(test.regexes))
     search = searches[0] if len(searches) == 1 else (
         (lambda v: any(s(v) for s in searches)) if searches else None)
     items = frozenset(test.has_item)
+    gate = _string_gate(test)
+
+    def string_check(value: str) -> bool:
+        if starts and value.startswith(starts):
+            return True
+        if ends and value.endswith(ends):
+            return True
+        if value in equals:
+            return True
+        for part in contains:
+            if part in value:
+                return True
+        return search is not None and search(value)
+    memo: dict[str, bool] = {}
 
     def check(value: Any) -> bool:
         if type(value) is str:
-            if starts and value.startswith(starts):
-                return True
-            if ends and value.endswith(ends):
-                return True
-            if value in equals:
-                return True
-            for part in contains:
-                if part in value:
-                    return True
-            return search is not None and search(value)
+            known = memo.get(value)
+            if known is None:
+                if gate is not None and not gate(value):
+                    return False
+                known = string_check(value)
+                if memo_size:
+                    if len(memo) >= memo_size:
+                        memo.clear()
+                    memo[value] = known
+            return known
         if items and type(value) in (list, dict):
             try:
                 return not items.isdisjoint(value)
@@ -345,26 +355,10 @@ def _value_check(test: FieldTest) -> Callable[[Any], bool]:
     return check
 
 
-def _field_predicate(test: FieldTest, cache_size: int = 0) -> Predicate:
-    """Predicate on the event for a FieldTest; with cache_size, string results are memoised
-    (events repeat the same paths: ld.so.cache, libc, the same source files)."""
-    get, check = getter(test.path), _value_check(test)
-    if not cache_size:
-        return lambda data: check(get(data))
-    cache: dict[str, bool] = {}
-
-    def cached(data: dict[str, Any]) -> bool:
-        value = get(data)
-        if type(value) is not str:
-            return value is not MISSING and check(value)  # no test passes on a missing field
-        known = cache.get(value)
-        if known is None:
-            known = check(value)
-            if len(cache) >= cache_size:
-                cache.clear()
-            cache[value] = known
-        return known
-    return cached
+def _field_predicate(test: FieldTest, memo_size: int = 0) -> Predicate:
+    """Predicate on the event for a FieldTest (no test passes on a missing field)."""
+    get, check = getter(test.path), _value_check(test, memo_size)
+    return lambda data: check(get(data))
 
 
 def compile_need(need: Need) -> Predicate:
@@ -455,11 +449,12 @@ def necessary(root: Node, kinds: list[str]) -> dict[str, tuple[Predicate | None,
     return out
 
 
-def merge_guards(tests: list[FieldTest]) -> Predicate:
+def merge_guards(tests: list[FieldTest]) -> Callable[[Any], bool]:
+    """One check of a field's value for the guard tests of many rules (memoised)."""
     merged = tests[0]
     for test in tests[1:]:
         merged = merged.merge(test)
-    return _field_predicate(merged, cache_size=8192)
+    return _value_check(merged, memo_size=8192)
 
 
 def kinds_of(root: Node) -> set[str] | None:

@@ -120,14 +120,13 @@ class _KindPlan:
     """How one event kind is evaluated: merged guard checks (one per field) select the rules worth
     looking at (plus the unguarded ones), then each rule's own pre-filter, then CEL."""
     unguarded: tuple[_Planned, ...]
-    guard_checks: tuple[Predicate, ...]
-    guarded: tuple[tuple[_Planned, ...], ...]  # per guard check, the rules it selects
-    project: Callable[[dict[str, Any]], dict[str, Any]]
+    guards: tuple[tuple[Callable[[dict[str, Any]], Any], Callable[[Any], bool], tuple[_Planned, ...]], ...]
+    project: Callable[[dict[str, Any]], dict[str, Any]]  # per guarded field: getter, check, the rules
 
     @property
     def entries(self) -> list[tuple[_Compiled, tuple[int, ...]]]:
         found = {index: entry for index, entry, _ in self.unguarded}
-        for group in self.guarded:
+        for _, _, group in self.guards:
             found.update((index, entry) for index, entry, _ in group)
         return [(found[i], ()) for i in sorted(found)]
 
@@ -140,11 +139,10 @@ def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
         planned.append(((index, entry, prefilter), guard))
         for path, test in (guard or {}).items():
             by_path.setdefault(path, []).append(test)
-    paths = list(by_path)
-    checks = tuple(merge_guards(by_path[p]) for p in paths)
     unguarded = tuple(item for item, guard in planned if not guard)
-    guarded = tuple(tuple(item for item, guard in planned if guard and path in guard) for path in paths)
-    return _KindPlan(unguarded, checks, guarded, _projection(entries))
+    guards = tuple((getter(path), merge_guards(tests), tuple(item for item, guard in planned if guard and path in guard))
+                   for path, tests in by_path.items())
+    return _KindPlan(unguarded, guards, _projection(entries))
 
 
 def _projection(entries: list[_Compiled]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -355,8 +353,8 @@ class RuleSet:
         data = event_view(event)
         selected = plan.unguarded
         several = False
-        for check, group in zip(plan.guard_checks, plan.guarded, strict=True):
-            if check(data):
+        for get, check, group in plan.guards:
+            if check(get(data)):
                 several = bool(selected)
                 selected = selected + group
         if several:  # a rule guarded on two fields may be selected twice; keep rule order
