@@ -80,6 +80,26 @@ def test_prefilters_never_change_a_verdict():
         assert [a.rule for a in fast.evaluate(event)] == [a.rule for a in plain.evaluate(event)], data
 
 
+def test_guards_read_the_event_as_the_view_shows_it():
+    """The guards read fields from the event itself (no view is built for an event they reject):
+    what they read is what a rule reads in event_view."""
+    from monitor.policy.prefilter import getter
+    from monitor.policy.ruleset import event_getter, event_view
+
+    events = [Event(kind="open"), Event(kind="open", process={}, file={"path": "/x", "flags": ["O_CREAT"]}),
+              Event(kind="exec", process={"executable": "/bin/sh", "ancestors": [{"executable": "/a"}]},
+                    result=0, detail={"uid": None}, verdict="allowed", sandbox={"name": "s"})]
+    events[0].id = None  # always in the view, even when None
+    paths = [("id",), ("kind",), ("time_ns",), ("source",), ("process",), ("file",), ("result",), ("verdict",),
+             ("detail",), ("time",), ("cgroup_id",), ("hints",), ("to_dict",), ("file", "path"), ("file", "flags"),
+             ("file", "new_path"), ("process", "executable"), ("process", "ancestors", 0, "executable"),
+             ("process", "ancestors", 1, "executable"), ("detail", "uid"), ("sandbox", "name"), ("net", "port")]
+    for event in events:
+        view = event_view(event)
+        for path in paths:
+            assert event_getter(path)(event) == getter(path)(view), (event, path)
+
+
 # -- evaluation -----------------------------------------------------------------------------------
 
 RULES = """
