@@ -6,12 +6,14 @@ hand them to `Pipeline.process`. A source implements `Source`.
 
 from __future__ import annotations
 
+import operator
 import queue
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from time import perf_counter
 from typing import Any, Protocol
 
 from monitor.event import ActionRecord, Alert, Event
@@ -20,6 +22,7 @@ from monitor.sinks import Sink
 Judged = tuple[Event, list[Alert], list[ActionRecord]]
 
 EVAL_SAMPLE_EVERY = 8
+_KIND = operator.attrgetter("kind")
 SINK_BATCH = 1024  # events per queued sink batch
 SINK_QUEUE_BATCHES = 64  # at most 64 x 1024 events wait for the sinks; then judging waits too
 SINK_HOLD_S = 0.05  # judged events without an alert wait this long to go to the sinks together
@@ -96,18 +99,24 @@ class Pipeline:
 
     def judge(self, event: Event) -> tuple[list[Alert], list[ActionRecord]]:
         """enrich -> policy -> actions: the latency-critical half (no sink runs here)."""
+        judged = self._judge(event)
+        self.events_by_kind[event.kind] += 1
+        return judged
+
+    def _judge(self, event: Event) -> tuple[list[Alert], list[ActionRecord]]:
+        """judge() without counting the event (process_all counts a batch at once)."""
         if self.enricher is not None:
             self.enricher.enrich(event)
-        self.events_by_kind[event.kind] += 1
         if self.policy is not None:
-            started = time.perf_counter()
+            started = perf_counter()
             alerts = self.policy.evaluate(event)
-            seconds = time.perf_counter() - started
+            seconds = perf_counter() - started
             self.eval_seconds[event.kind] += seconds
-            self._eval_count += 1
-            if self._eval_observers and self._eval_count % EVAL_SAMPLE_EVERY == 0:
-                for observe in self._eval_observers:
-                    observe(event.kind, seconds)
+            if self._eval_observers:
+                self._eval_count += 1
+                if self._eval_count % EVAL_SAMPLE_EVERY == 0:
+                    for observe in self._eval_observers:
+                        observe(event.kind, seconds)
         else:
             alerts = []
         records: list[ActionRecord] = []
@@ -140,9 +149,11 @@ class Pipeline:
     def process_all(self, events: Iterable[Event]) -> None:
         """A batch: every event is judged (and acted on) before any sink sees the batch, so a
         kill never waits behind a sink."""
-        judged = [(event, *self.judge(event)) for event in events]
+        events = events if type(events) is list else list(events)
+        judged = [(event, *self._judge(event)) for event in events]
         if not judged:
             return
+        self.events_by_kind.update(map(_KIND, events))  # counted per batch: one C loop
         if self._queue is not None:  # first: an alert reaches the terminal before the journal
             if not self._outbox:
                 self._outbox_since = time.monotonic()

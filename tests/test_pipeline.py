@@ -111,3 +111,25 @@ def test_a_json_file_runs_inline_and_a_pipe_on_the_thread(tmp_path: Any) -> None
         to_pipe.close({})
     finally:
         os.close(reader)
+
+
+class Observer(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[str, float]] = []
+
+    def record_rule_eval(self, kind: str, seconds: float) -> None:
+        self.samples.append((kind, seconds))
+
+
+def test_counts_eval_time_and_samples_per_batch_and_per_event() -> None:
+    observer = Observer()
+    pipeline = Pipeline(None, AlertOnExec(), None, [observer])
+    pipeline.process_all(Event(kind=kind) for kind in ["open"] * 12 + ["exec"] * 3)  # any iterable
+    pipeline.process(Event(kind="exit"))
+    assert pipeline.events_by_kind == {"open": 12, "exec": 3, "exit": 1}
+    assert set(pipeline.eval_seconds) == {"open", "exec", "exit"}
+    assert all(seconds > 0 for seconds in pipeline.eval_seconds.values())
+    assert [kind for kind, _ in observer.samples] == ["open", "exit"]  # the 8th and the 16th event
+    assert pipeline.alerts_by_rule == {"exec seen": 3}
+    assert len(observer.events) == 16
