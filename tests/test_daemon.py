@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from daemon_process import ROOT, DaemonProcess, daemon_cmd
 
-from monitor.daemon import ConfigError, Daemon, DaemonConfig, TimedPolicy, parse_config
+from monitor.daemon import ConfigError, Daemon, DaemonConfig, parse_config, record_rule_errors
 
 ONE_RULE = """\
 - rule: Daemon test marker
@@ -258,8 +258,11 @@ def test_health_reports_a_stalled_main_loop():
     assert not ok and reason.startswith("main loop stalled for 10s")
 
 
-def test_timed_policy_feeds_rule_metrics(tmp_path):
+def test_rule_metrics_come_from_the_pipeline_sample_and_the_error_totals(tmp_path):
+    """The daemon's /metrics: evaluation time is the pipeline's one-in-8 sample (never also timed
+    per event by the daemon: each event once, at most), error totals from the rule set."""
     from monitor.event import Event
+    from monitor.pipeline import EVAL_SAMPLE_EVERY, Pipeline
     from monitor.policy import load_rules
     from monitor.sinks.metrics import MetricsSink
     rules_file = tmp_path / "r.yaml"
@@ -268,15 +271,16 @@ def test_timed_policy_feeds_rule_metrics(tmp_path):
   condition: event.process.pid > "x"
 """)
     metrics = MetricsSink()
-    policy = TimedPolicy(load_rules([rules_file]), [metrics])
-    event = Event(kind="exec", process={"pid": 5, "executable": "/nonexistent/marker"})
-    assert [a.rule for a in policy.evaluate(event)] == ["Daemon test marker"]
-    policy.evaluate(event)
-    policy.record_totals()
+    rules = load_rules([rules_file])
+    pipeline = Pipeline(None, rules, None, [metrics])
+    events = [Event(kind="exec", process={"pid": 5, "executable": "/nonexistent/marker"})
+              for _ in range(2 * EVAL_SAMPLE_EVERY)]
+    pipeline.process_all(events)
+    record_rule_errors(rules, [metrics])
     text = metrics.exposition().decode()
+    assert pipeline.alerts_by_rule["Daemon test marker"] == 2 * EVAL_SAMPLE_EVERY
     assert 'sandbox_monitor_rule_eval_duration_seconds_count{kind="exec"} 2.0' in text
-    assert 'sandbox_monitor_rule_errors_total{rule="Daemon test type error"} 2.0' in text
-
+    assert f'sandbox_monitor_rule_errors_total{{rule="Daemon test type error"}} {2.0 * EVAL_SAMPLE_EVERY}' in text
 
 
 # --- early discovery: held events, runtime-setup filter --------------------------------------
