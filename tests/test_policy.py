@@ -358,3 +358,19 @@ def test_rule_watcher_reloads_on_file_change(tmp_path):
         assert len(rules.evaluate(exec_event("/usr/bin/ncat"))) == 1
     finally:
         watcher.stop()
+
+
+def test_a_nul_in_a_field_does_not_blind_the_rules():
+    """The C++ runtime reads a string up to its first NUL: "\\x00/usr/bin/nc" was "" to every rule
+    (a DNS label or a tool call's text can hold a NUL). The activation carries it as U+2400."""
+    from monitor.policy.engine import CelEngine, without_nul
+
+    rules = load_rules([DEFAULT_RULES_DIR])
+    hidden = Event(kind="exec", process={"pid": 9, "executable": "\x00/usr/bin/nc", "args": ["nc\x00", "-e"]})
+    assert "Netcat-like tool run" in [a.rule for a in rules.evaluate(hidden)]
+    engine = CelEngine()
+    size = engine.compile('size(event.s) == 4 && event.s.endsWith("ab")')
+    assert size.eval(engine.activation({"s": "a\x00ab"}))
+    clean = {"process": {"args": ["a", "b"], "ancestors": [{"comm": "sh"}]}, "n": 3}
+    assert without_nul(clean) is clean  # nothing copied when there is no NUL
+    assert without_nul({"k\x00": ["\x00"]}) == {"k\u2400": ["\u2400"]}

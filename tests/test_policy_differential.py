@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import celpy
 from celpy.adapter import json_to_cel
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.event import Event
@@ -171,6 +171,7 @@ def test_engine_and_reference_agree_on_every_rule(data):
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_fixture_events())
+@example({"process": {"executable": "\x00/usr/bin/nc"}, "kind": "exec"})  # the runtime stopped at NUL
 def test_engine_and_reference_agree_near_the_fixtures(data):
     """Fixture events perturbed around what each rule tests: where verdicts flip, both must flip."""
     event = Event.from_dict(data)

@@ -6,6 +6,11 @@ True / False, or raises `EvalError` (missing field, type error, non-bool result)
 
 Functions beyond standard CEL (both here and in the cel-python oracle, see `oracle_functions`):
   in_cidr(address: string, cidr: string) -> bool   false when the address does not parse
+
+The runtime reads a Python string only up to its first NUL: "\x00/usr/bin/nc" was "" to every
+rule (an evasion open to anything that can put a NUL in a field: model text, tool-call arguments,
+container labels). The activation carries each NUL as U+2400 (the symbol for NUL), one code
+point for one, so sizes, offsets and every other character are the event's own.
 """
 
 from __future__ import annotations
@@ -96,7 +101,29 @@ class CelEngine:
         return Program(expr, text)
 
     def activation(self, data: dict[str, Any]) -> Any:
-        return self._env.Activation({"event": data})
+        return self._env.Activation({"event": without_nul(data)})
+
+
+NUL_STAND_IN = "\u2400"
+
+
+def without_nul(value: Any) -> Any:
+    """`value` with every NUL in its strings (keys too) as U+2400; the same object when it has none
+    (the usual case: no copy)."""
+    kind = type(value)
+    if kind is str:
+        return value.replace("\x00", NUL_STAND_IN) if "\x00" in value else value
+    if kind is dict:
+        for key, item in value.items():
+            if without_nul(key) is not key or without_nul(item) is not item:
+                return {without_nul(k): without_nul(v) for k, v in value.items()}
+        return value
+    if kind is list:
+        for item in value:
+            if without_nul(item) is not item:
+                return [without_nul(v) for v in value]
+        return value
+    return value
 
 
 def oracle_functions() -> dict[str, Any]:
