@@ -65,6 +65,19 @@ def new_id() -> str:
     return f"{ID_PREFIX}{next(ID_COUNTER):x}"
 
 
+def utf8_safe(text: str) -> str:
+    """`text` as valid UTF-8 can carry it: a lone surrogate (JSON allows "\\ud800", so a model's
+    text can hold one) as its escape text. The same object when it has none (`isascii()` is a
+    flag test). For the consumers that refuse it: the CEL runtime, protobuf (OTLP)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def rfc3339(time_ns: int) -> str:
     secs, ns = divmod(time_ns, 1_000_000_000)
     return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"

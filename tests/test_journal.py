@@ -131,6 +131,19 @@ def test_unencodable_values_are_journaled_as_text_not_raised(tmp_path: Path) -> 
                                  "pair": [1, 2]}  # tuples come back as lists (the JSON/CEL form)
 
 
+def test_a_lone_surrogate_is_journaled_exactly_and_loses_nothing_around_it(tmp_path: Path) -> None:
+    """JSON allows "\\ud800", so a model's text can carry a lone surrogate; strict UTF-8 failed
+    the whole block (every record in it lost, counted)."""
+    llm = {"tool_calls": [{"name": "bash", "arguments_json": "x \ud800 y"}]}
+    events = [Event("llm_response", NOW, source="llm", llm=llm), *make_events(3, NOW + 1)]
+    sink = write_journal(tmp_path / "j", events)
+    assert sink.stats().get("errors", 0) == 0 and sink.stats().get("records_lost", 0) == 0
+    records, _ = read_all(tmp_path / "j")
+    events_back = [r.value for r in records if isinstance(r.value, Event)]
+    assert [e.kind for e in events_back] == ["llm_response", "open", "connect", "exec"]
+    assert events_back[0].llm == llm
+
+
 def test_compact_on_disk(tmp_path: Path) -> None:
     events = make_events(20_000)
     write_journal(tmp_path / "j", events)

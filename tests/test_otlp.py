@@ -522,3 +522,17 @@ def test_credentials_never_reach_the_summary_and_bad_interval_is_one_line(monkey
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
     with pytest.raises(OtlpConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
         OtlpSink(f"http://127.0.0.1:{free_port()}")
+
+
+def test_a_lone_surrogate_in_an_attribute_is_escaped_for_protobuf():
+    """JSON allows "\\ud800" in a model's text; protobuf refuses it, and one bad attribute failed
+    the export of its whole batch of spans."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from monitor.sinks.otlp import _attr_value
+
+    for value in ("a\ud800b", ["x\udfff"], {"text": "\ud800"}):
+        out = _attr_value(value)
+        for text in out if isinstance(out, list) else [out]:
+            AnyValue(string_value=text).SerializeToString()  # raised UnicodeEncodeError
+    assert _attr_value("a\ud800b") == "a\\ud800b" and _attr_value("é") == "é"

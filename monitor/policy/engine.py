@@ -9,8 +9,10 @@ Functions beyond standard CEL (both here and in the cel-python oracle, see `orac
 
 The runtime reads a Python string only up to its first NUL: "\x00/usr/bin/nc" was "" to every
 rule (an evasion open to anything that can put a NUL in a field: model text, tool-call arguments,
-container labels). The activation carries each NUL as U+2400 (the symbol for NUL), one code
-point for one, so sizes, offsets and every other character are the event's own.
+a DNS label, container labels). And a string with a lone surrogate (JSON allows "\ud800": a
+model's tool call can carry one) made building the activation raise. The activation carries
+each NUL as U+2400 (the symbol for NUL), one code point for one, and a lone surrogate as its
+escape text ("\\ud800"); anything else the runtime refuses is an EvalError, counted per rule.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import re
 from typing import Any
 
 from cel_expr_python import cel
+
+from monitor.event import utf8_safe
 
 
 class CompileError(Exception):
@@ -101,27 +105,32 @@ class CelEngine:
         return Program(expr, text)
 
     def activation(self, data: dict[str, Any]) -> Any:
-        return self._env.Activation({"event": without_nul(data)})
+        try:
+            return self._env.Activation({"event": cel_safe(data)})
+        except RuntimeError as exc:  # the binding's own conversion errors
+            raise EvalError(str(exc).splitlines()[0]) from None
 
 
 NUL_STAND_IN = "\u2400"
 
 
-def without_nul(value: Any) -> Any:
-    """`value` with every NUL in its strings (keys too) as U+2400; the same object when it has none
-    (the usual case: no copy)."""
+def cel_safe(value: Any) -> Any:
+    """`value` as the runtime can read it whole: in every string (keys too) a NUL as U+2400 and a
+    lone surrogate as its escape text. The same object when nothing needs it (the usual case:
+    no copy; `isascii()` is a flag test)."""
     kind = type(value)
     if kind is str:
+        value = utf8_safe(value)
         return value.replace("\x00", NUL_STAND_IN) if "\x00" in value else value
     if kind is dict:
         for key, item in value.items():
-            if without_nul(key) is not key or without_nul(item) is not item:
-                return {without_nul(k): without_nul(v) for k, v in value.items()}
+            if cel_safe(key) is not key or cel_safe(item) is not item:
+                return {cel_safe(k): cel_safe(v) for k, v in value.items()}
         return value
     if kind is list:
         for item in value:
-            if without_nul(item) is not item:
-                return [without_nul(v) for v in value]
+            if cel_safe(item) is not item:
+                return [cel_safe(v) for v in value]
         return value
     return value
 

@@ -400,9 +400,9 @@ class RuleSet:
                 continue
             if entry.selector is not None and not entry.selector(data.get("sandbox")):
                 continue
-            if activation is None:
-                activation = engine.activation(plan.project(data))
             try:
+                if activation is None:
+                    activation = engine.activation(plan.project(data))
                 matched = entry.program.eval(activation)
             except EvalError as exc:
                 self._count_error(entry.rule, str(exc))

@@ -101,12 +101,17 @@ def _sanitize(obj: Any) -> Any:
     return obj
 
 
+# A lone surrogate (JSON allows "\ud800": a model's text can carry one) is not UTF-8: strict
+# encoding failed the whole block. "surrogatepass" both ways keeps the text exactly as it came.
+UNICODE_ERRORS = "surrogatepass"
+
+
 def _new_packer() -> msgpack.Packer:
-    return msgpack.Packer(use_bin_type=True, default=_pack_default)
+    return msgpack.Packer(use_bin_type=True, default=_pack_default, unicode_errors=UNICODE_ERRORS)
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, unicode_errors=UNICODE_ERRORS)
 
 
 def frame(frame_type: int, payload: bytes) -> bytes:
@@ -726,7 +731,7 @@ class _Block:
         self.segment = segment
         self.offset = offset
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True,
-                                         max_buffer_size=max(len(raw), 1))
+                                         max_buffer_size=max(len(raw), 1), unicode_errors=UNICODE_ERRORS)
         self.unpacker.feed(raw)
         fmt, packed_procs, packed_sandboxes, kinds, deltas, event_sandboxes = self.unpacker.unpack()
         if fmt != BLOCK_FORMAT:

@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
-from monitor.event import SEVERITIES, ActionRecord, Alert, Event
+from monitor.event import SEVERITIES, ActionRecord, Alert, Event, utf8_safe
 from monitor.sinks import Sink
 from monitor.sinks import metrics as m
 
@@ -459,8 +459,10 @@ class _Session:
 
 
 def _clip(value: Any, limit: int = 4096) -> Any:
+    """A string attribute: at most `limit` characters, valid UTF-8 (protobuf refuses a lone
+    surrogate, and one bad value failed the export of its whole batch)."""
     if isinstance(value, str):
-        return value[:limit]
+        return utf8_safe(value[:limit])
     return value
 
 
