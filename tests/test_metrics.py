@@ -102,3 +102,12 @@ def test_docs_list_every_metric() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "otlp.md").read_text()
     for metric in m.METRICS:
         assert f"`{metric.series()[0].removesuffix('_bucket')}`" in doc, metric.name
+
+
+def test_a_lone_surrogate_in_a_label_does_not_break_the_exposition():
+    """A model's reply names its model; "\\ud800" in it made every later scrape of /metrics fail."""
+    sink = m.MetricsSink()
+    sink.on_event(Event(kind="llm_response", source="llm",
+                        llm={"provider": "anthropic", "model": "claude\ud800", "usage": {"input_tokens": 5}}))
+    text = sink.exposition().decode()
+    assert 'model="claude\\\\ud800"' in text

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from monitor.event import ActionRecord, Alert, Event
+from monitor.event import ActionRecord, Alert, Event, utf8_safe
 from monitor.sinks import Sink
 
 COUNTER = "counter"            # monotonic, incremented by the recorder
@@ -213,6 +213,13 @@ def is_known_attribute(name: str) -> bool:
 
 # --- the event -> metric mapping, written once --------------------------------------------------
 
+
+def _label(value: Any) -> str:
+    """A label value as text the exposition can encode: a lone surrogate (a model's reply can
+    name its model "\\ud800...") made every later scrape of /metrics fail."""
+    return utf8_safe(str(value or ""))
+
+
 class MetricsRecorder(Sink):
     """Turns events, alerts and actions into metric updates; subclasses store them somewhere.
 
@@ -237,11 +244,11 @@ class MetricsRecorder(Sink):
     # Sink
     def on_event(self, event: Event) -> None:
         sandbox = event.sandbox
-        runtime = str(sandbox.get("runtime") or "none") if sandbox else "none"
+        runtime = _label(sandbox.get("runtime") or "none") if sandbox else "none"
         self._add(EVENTS, (event.kind, runtime))
         if sandbox:
-            sandbox_id = str(sandbox.get("id") or "")
-            self._add(SANDBOX_EVENTS, (sandbox_id, str(sandbox.get("name") or ""), runtime))
+            sandbox_id = _label(sandbox.get("id"))
+            self._add(SANDBOX_EVENTS, (sandbox_id, _label(sandbox.get("name")), runtime))
             if event.kind == "sandbox_end":
                 self._active.pop(sandbox_id, None)
             else:
@@ -251,7 +258,7 @@ class MetricsRecorder(Sink):
 
     def _record_tokens(self, llm: Mapping[str, Any]) -> None:
         usage = llm.get("usage") or {}
-        provider, model = str(llm.get("provider") or ""), str(llm.get("model") or "")
+        provider, model = _label(llm.get("provider")), _label(llm.get("model"))  # the API's own words
         for token_type in ("input", "output"):
             count = usage.get(f"{token_type}_tokens")
             if isinstance(count, int) and count > 0:
@@ -261,8 +268,7 @@ class MetricsRecorder(Sink):
         self._add(ALERTS, (alert.rule, alert.severity, alert.mode))
         sandbox = alert.event.sandbox
         if sandbox:
-            self._add(SANDBOX_ALERTS, (str(sandbox.get("id") or ""), str(sandbox.get("name") or ""),
-                                       alert.severity))
+            self._add(SANDBOX_ALERTS, (_label(sandbox.get("id")), _label(sandbox.get("name")), alert.severity))
 
     def on_action(self, record: ActionRecord) -> None:
         self._add(ACTIONS, (record.action, record.outcome))
