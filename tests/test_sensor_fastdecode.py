@@ -111,3 +111,10 @@ def test_the_built_extension_is_not_older_than_its_source() -> None:
     source = Path(decode.__file__).with_name("_fastdecode.c")
     assert Path(_fastdecode.__file__).stat().st_mtime >= source.stat().st_mtime, \
         "monitor/sensor/_fastdecode.c changed since the build: run scripts/setup.sh"
+
+
+def test_the_c_decoder_is_not_used_when_it_fills_other_slots_than_the_event_has(monkeypatch) -> None:
+    """A field added to Event and not to the C would be left unset (AttributeError on read)."""
+    assert decode.native_open_decoder(0) is not None
+    monkeypatch.setattr(decode, "NATIVE_FIELDS", decode.NATIVE_FIELDS[:-1])
+    assert decode.native_open_decoder(0) is None

@@ -152,8 +152,9 @@ class _KindPlan:
     """How one event kind is evaluated: merged guard checks (one per field) select the rules worth
     looking at (plus the unguarded ones), then each rule's own pre-filter, then CEL."""
     unguarded: tuple[_Planned, ...]
+    # per guarded field: its getter, its check, the rules it selects
     guards: tuple[tuple[Callable[[Event], Any], Callable[[Any], bool], tuple[_Planned, ...]], ...]
-    project: Callable[[dict[str, Any]], dict[str, Any]]  # per guarded field: getter, check, the rules
+    project: Callable[[dict[str, Any]], dict[str, Any]]
 
     @property
     def entries(self) -> list[tuple[_Compiled, tuple[int, ...]]]:

@@ -8,7 +8,8 @@
  *
  * An Event is a slots dataclass: it is allocated with its type's tp_alloc and its slots are
  * filled through the member descriptors' offsets (what the generated __init__ does, without
- * its argument parsing). The constructor checks that FIELDS are exactly the Event's fields.
+ * its argument parsing). FIELDS are the slots it fills: decode.py uses it only when they are
+ * exactly the Event's fields.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,6 +55,7 @@ typedef struct {
     PyObject *id_counter;    /* the iterator Python's new_id() draws from: one id sequence */
     PyObject *open_flags;    /* callable: oflags -> (names, write) */
     uint32_t k_open, k_open2, f_denied, o_creat;
+    Py_ssize_t path_len;     /* wire.PATH_LEN */
     /* one-entry caches: a storm of opens comes from few processes with few flag words */
     char last_comm[16];
     PyObject *last_comm_text;
@@ -165,8 +167,8 @@ static PyObject *decode_open(OpenDecoder *self, const char *buf, Py_ssize_t size
     memcpy(&f, buf + HDR_SIZE, sizeof(f));
     const char *raw_path = buf + PATH_AT;
     Py_ssize_t room = size - PATH_AT;
-    if (room > 256)
-        room = 256; /* PATH_LEN: a rename's second path is not an open's */
+    if (room > self->path_len)
+        room = self->path_len; /* a rename's second path is not an open's */
     const char *nul = memchr(raw_path, 0, room);
     Py_ssize_t path_len = nul ? nul - raw_path : room;
 
@@ -329,12 +331,12 @@ static int field_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset
 
 static int OpenDecoder_init(OpenDecoder *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"event_type", "wall_offset", "id_prefix", "id_counter", "open_flags",
-                             "k_open", "k_open2", "f_denied", "o_creat", NULL};
+                             "k_open", "k_open2", "f_denied", "o_creat", "path_len", NULL};
     PyObject *event_type, *id_prefix, *id_counter, *open_flags;
     long long wall_offset;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!LUOOIIII", kwlist, &PyType_Type, &event_type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!LUOOIIIIn", kwlist, &PyType_Type, &event_type,
                                      &wall_offset, &id_prefix, &id_counter, &open_flags, &self->k_open,
-                                     &self->k_open2, &self->f_denied, &self->o_creat))
+                                     &self->k_open2, &self->f_denied, &self->o_creat, &self->path_len))
         return -1;
     for (int i = 0; i < N_FIELDS; i++)
         if (field_offset((PyTypeObject *)event_type, FIELD_NAMES[i], &self->offsets[i]) < 0)
