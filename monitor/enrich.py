@@ -26,6 +26,8 @@ TABLE_KINDS = frozenset({"fork", "exec", "chdir", "exit"})  # the kinds that cha
 class Linker(Protocol):
     """Links processes to the model response whose tool call caused them (monitor.llm)."""
 
+    kinds: frozenset[str]  # the event kinds it reads: no other event is handed to it
+
     def observe(self, event: Event) -> None: ...
 
 
@@ -217,7 +219,7 @@ class Enricher:
                 self._resolve_file(event, info)  # a relative path (most paths are absolute)
         elif event.kind in ("listen", "bind") and event.net is not None:
             self._resolve_local(event)
-        if self.linker is not None:
+        if self.linker is not None and event.kind in self.linker.kinds:
             event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
             self.linker.observe(event)  # may set event.process["caused_by"]
         caused_by = event.process.get("caused_by")

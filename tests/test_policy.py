@@ -100,6 +100,50 @@ def test_guards_read_the_event_as_the_view_shows_it():
             assert event_getter(path)(event) == getter(path)(view), (event, path)
 
 
+def test_exists_guards_select_a_rule_only_when_an_item_can_match(tmp_path):
+    """`list.exists(a, A)` and `list.exists(a, A && B)` are guarded on the items (a rule on
+    arguments is not even looked at for an exec whose arguments cannot match), and the verdicts
+    stay CEL's (pre-filters off for comparison)."""
+    rules = write(tmp_path, """
+- rule: Pipe to shell
+  when: [exec]
+  condition: event.process.args.exists(a, a.contains("| sh"))
+- rule: Decoded and run
+  when: [exec]
+  condition: event.process.args.exists(a, a.contains("b64decode") && a.matches("exec|eval"))
+""")
+    fast, plain = load_rules(rules), load_rules(rules)
+    plain.disable_prefilters()
+    plan = fast._state[1]["exec"]
+    assert plan.unguarded == ()
+    assert {entry.rule.name for _, _, group in plan.guards for _, entry, _ in group} == {"Pipe to shell",
+                                                                                        "Decoded and run"}
+    cases = [("/bin/true",), ("/bin/sh", "-c", "curl x | sh"), ("/usr/bin/python3", "-c", "b64decode(x)"),
+             ("/usr/bin/python3", "-c", "exec(b64decode(x))"), ("/bin/sh",)]
+    for argv in cases:
+        event = exec_event(*argv)
+        assert [a.rule for a in fast.evaluate(event)] == [a.rule for a in plain.evaluate(event)], argv
+    assert [a.rule for a in fast.evaluate(exec_event("/usr/bin/python3", "-c", "exec(b64decode(x))"))] == [
+        "Decoded and run"]
+
+
+def test_exists_over_a_map_tests_its_keys_as_cel_does(tmp_path):
+    """CEL's `map.exists(k, ...)` iterates the keys: the pre-filter did not look at maps, so such
+    a rule never fired."""
+    rules = load_rules(write(tmp_path, """
+- rule: Exit code known
+  when: [exit]
+  condition: event.detail.exists(k, k == "code")
+- rule: Any detail
+  when: [exit]
+  condition: event.detail.exists(k, k.size() > 0)
+"""))
+    event = Event(kind="exit", process={"pid": 5}, detail={"code": 0})
+    assert [a.rule for a in rules.evaluate(event)] == ["Exit code known", "Any detail"]
+    killed = Event(kind="exit", process={"pid": 5}, detail={"signal": "unknown"})
+    assert [a.rule for a in rules.evaluate(killed)] == ["Any detail"]
+
+
 # -- evaluation -----------------------------------------------------------------------------------
 
 RULES = """

@@ -10,7 +10,8 @@ Windows are kept by time, not by arrival order: the eBPF sensor and the llm sour
 in turn, so an exec may be processed after the agent's next request although it happened
 before it.
 
-Call `observe(event)` on every enriched event, in pipeline order (after enrich, before policy).
+Call `observe(event)` on every enriched event of the kinds in `ToolCallLinker.kinds`, in pipeline
+order (after enrich, before policy): it reads no other.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class _Window:
 class ToolCallLinker:
     """`on_exec(pid, executable, cgroup_id)` is called for every exec (LlmSource.notice_exec: attach to a new binary's
     TLS library at once)."""
+
+    kinds = frozenset({"exec", "llm_request", "llm_response"})
 
     def __init__(self, on_exec: Callable[[int, str, int], None] | None = None) -> None:
         self.on_exec = on_exec

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
@@ -120,6 +120,10 @@ def _compare_predicate(get: Callable[[dict[str, Any]], Any], compare: Callable[[
 
 
 ELEMENT = "__element__"  # comprehension bodies are tested against {ELEMENT: item}
+# A FieldTest whose path ends here tests the items of the field (a list's elements, a map's keys):
+# it passes when one of them does (`event.process.args.exists(a, a.contains("x"))`).
+ANY_ITEM = "[*]"
+_ITERABLE = (list, dict)
 
 
 def _path(node: Node, scope: str) -> tuple[Any, ...] | None:
@@ -142,7 +146,8 @@ def _path(node: Node, scope: str) -> tuple[Any, ...] | None:
 
 
 def _exists(node: Call, scope: str) -> Need | None:
-    """`list.exists(x, body)`: true only for a non-empty list with an item passing body's need."""
+    """`x.exists(v, body)`: true only for a non-empty list or map (CEL iterates a map's keys) with
+    an item passing body's need."""
     if scope != "event" or node.target is None or len(node.args) != 2 or not isinstance(node.args[0], Ident):
         return None
     path = field_path(node.target)
@@ -151,12 +156,15 @@ def _exists(node: Call, scope: str) -> Need | None:
     get = getter(path)
     body = _need(node.args[1], node.args[0].name)
     if body is None:
-        return Opaque(lambda data: type(items := get(data)) is list and len(items) > 0)
+        return Opaque(lambda data: type(items := get(data)) in _ITERABLE and len(items) > 0)
     if isinstance(body, FieldTest) and body.path == (ELEMENT,):
-        check = _value_check(body, memo_size=8192)  # e.g. args.exists(a, a.matches(..)): args repeat
-        return Opaque(lambda data: type(items := get(data)) is list and any(map(check, items)))
+        return replace(body, path=(*path, ANY_ITEM))  # e.g. args.exists(a, a.matches(..)): a guard
     test = compile_need(body)
-    return Opaque(lambda data: type(items := get(data)) is list and any(test({ELEMENT: i}) for i in items))
+    whole = Opaque(lambda data: type(items := get(data)) in _ITERABLE and any(test({ELEMENT: i}) for i in items))
+    # exists(a, A && B) needs exists(a, A): A on the items is a guard
+    parts = body.parts if isinstance(body, AllOf) else []
+    on_items = [replace(p, path=(*path, ANY_ITEM)) for p in parts if isinstance(p, FieldTest) and p.path == (ELEMENT,)]
+    return AllOf([*on_items, whole]) if on_items else whole
 
 
 def _not_equal(node: Node, field_path: Callable[[Node], Any]) -> Need | None:
@@ -357,8 +365,22 @@ def _value_check(test: FieldTest, memo_size: int = 0) -> Callable[[Any], bool]:
 
 def _field_predicate(test: FieldTest, memo_size: int = 0) -> Predicate:
     """Predicate on the event for a FieldTest (no test passes on a missing field)."""
-    get, check = getter(test.path), _value_check(test, memo_size)
+    get, check = getter(guarded_field(test.path)), _field_check(test, memo_size)
     return lambda data: check(get(data))
+
+
+def guarded_field(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The field a FieldTest's path reads (its items' field for an ANY_ITEM path)."""
+    return path[:-1] if path[-1:] == (ANY_ITEM,) else path
+
+
+def _field_check(test: FieldTest, memo_size: int = 0) -> Callable[[Any], bool]:
+    """The test on the value of guarded_field(test.path): for an ANY_ITEM path, on its items
+    (memoised: the same arguments recur on every exec of a program)."""
+    if test.path[-1:] != (ANY_ITEM,):
+        return _value_check(test, memo_size)
+    check = _value_check(test, memo_size=max(memo_size, 8192))
+    return lambda items: type(items) in _ITERABLE and any(map(check, items))
 
 
 def compile_need(need: Need) -> Predicate:
@@ -450,11 +472,12 @@ def necessary(root: Node, kinds: list[str]) -> dict[str, tuple[Predicate | None,
 
 
 def merge_guards(tests: list[FieldTest]) -> Callable[[Any], bool]:
-    """One check of a field's value for the guard tests of many rules (memoised)."""
+    """One check of a field's value (of guarded_field(path)) for the guard tests of many rules
+    (memoised)."""
     merged = tests[0]
     for test in tests[1:]:
         merged = merged.merge(test)
-    return _value_check(merged, memo_size=8192)
+    return _field_check(merged, memo_size=8192)
 
 
 def kinds_of(root: Node) -> set[str] | None:

@@ -24,6 +24,7 @@ from monitor.policy.prefilter import (
     Predicate,
     compile_regex,
     getter,
+    guarded_field,
     kinds_of,
     merge_guards,
     necessary,
@@ -173,7 +174,8 @@ def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
         for path, test in (guard or {}).items():
             by_path.setdefault(path, []).append(test)
     unguarded = tuple(item for item, guard in planned if not guard)
-    guards = tuple((event_getter(path), merge_guards(tests), tuple(item for item, guard in planned if guard and path in guard))
+    guards = tuple((event_getter(guarded_field(path)), merge_guards(tests),
+                    tuple(item for item, guard in planned if guard and path in guard))
                    for path, tests in by_path.items())
     return _KindPlan(unguarded, guards, _projection(entries))
 
