@@ -1,6 +1,7 @@
-"""The C decoder of open records (monitor/sensor/_fastdecode.c) against the Python one: for any
-batch of records, the same Events in the same order (ids aside: each draws the next one), the
-same decode errors, and every record it does not handle left to Python."""
+"""The C decoder (monitor/sensor/_fastdecode.c) against the Python one: for any batches of
+records, the same Events in the same order (ids aside: each draws the next one), the same decode
+errors, the same execs held for their result and exits noted, and every record it does not
+handle left to Python."""
 
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ def assert_same(records: list[bytes]) -> list[Event]:
     return from_c
 
 
-def test_the_extension_is_built_and_used_for_opens() -> None:
-    assert decode.OpenDecoder is not None, "monitor/sensor/_fastdecode is not built (scripts/setup.sh)"
+def test_the_extension_is_built_and_used_for_opens() -> None:  # (and below: fork, exit, exec)
+    assert decode.NativeDecoder is not None, "monitor/sensor/_fastdecode is not built (scripts/setup.sh)"
     (event,) = assert_same([open_record(b"/etc/hosts")])
     assert event.kind == "open" and event.file == {"path": "/etc/hosts", "flags": ["O_RDONLY"], "write": False}
     assert event.process == {"pid": 42, "tid": 43, "uid": 1000, "gid": 1001, "comm": "tool"}
@@ -115,6 +116,98 @@ def test_the_built_extension_is_not_older_than_its_source() -> None:
 
 def test_the_c_decoder_is_not_used_when_it_fills_other_slots_than_the_event_has(monkeypatch) -> None:
     """A field added to Event and not to the C would be left unset (AttributeError on read)."""
-    assert decode.native_open_decoder(0) is not None
+    assert decode.native_decoder(0, {}, set()) is not None
     monkeypatch.setattr(decode, "NATIVE_FIELDS", decode.NATIVE_FIELDS[:-1])
-    assert decode.native_open_decoder(0) is None
+    assert decode.native_decoder(0, {}, set()) is None
+
+
+# -- fork, exit and exec ------------------------------------------------------------------------
+
+_FAR = 10**15  # record times far ahead: no exec is ever flushed as stale during a test
+
+
+def header(kind: int, pid: int, tid: int, flags: int = 0, result: int = 0, comm: bytes = b"sh") -> bytes:
+    return struct.pack("<QQIIIIIiII16s", time.monotonic_ns() + _FAR, 77, kind, pid, tid, 0, 0, result, flags, 0,
+                       comm)
+
+
+def sys_record(kind: int, pid: int, tid: int, a0: int, a1: int = 0, strs: bytes | None = None,
+               flags: int = 0, size: int | None = None) -> bytes:
+    raw = header(kind, pid, tid, flags) + struct.pack("<5Q", a0, a1, 0, 0, 0) + (strs or b"")
+    return raw if size is None else raw[:size].ljust(size, b"\0")
+
+
+def exec_rec(pid: int, tid: int, path: bytes, args: list[bytes], flags: int = 0, argc: int | None = None,
+             size: int | None = None) -> bytes:
+    body = struct.pack(f"<II{wire.PATH_LEN}s", len(args) if argc is None else argc, 0, path)
+    body += b"".join(a.ljust(wire.ARG_LEN, b"\0") for a in args).ljust(wire.ARG_LEN * wire.MAX_ARGS, b"\0")
+    raw = header(wire.K_EXEC, pid, tid, flags) + body
+    return raw if size is None else raw[:size]
+
+
+def pending_fields(decoder: RecordDecoder) -> dict[int, dict[str, object]]:
+    return {tid: fields(event) for tid, event in decoder._exec_pending.items()}
+
+
+def assert_same_batches(batches: list[list[bytes]]) -> list[Event]:
+    native, python = RecordDecoder(123, native=True), RecordDecoder(123, native=False)
+    assert native.native is not None, "the C decoder is not built: scripts/setup.sh builds it"
+    decoded = []
+    for batch in batches:
+        from_c, from_python = native.decode_batch(list(batch)), python.decode_batch(list(batch))
+        assert [fields(e) for e in from_c] == [fields(e) for e in from_python]
+        assert native._exited == python._exited
+        assert pending_fields(native) == pending_fields(python)
+        decoded += from_c
+    assert (native.errors, native.exec_enoent) == (python.errors, python.exec_enoent)
+    return decoded
+
+
+def test_fork_exit_and_exec_are_decoded_in_c_and_joined_alike() -> None:
+    path = b"/usr/bin/env".ljust(wire.STR_LEN, b"\0")
+    batch = [sys_record(wire.K_FORK, 10, 10, 11, 10),
+             exec_rec(11, 11, b"/usr/local/bin/tool", [b"tool"]),
+             record(wire.K_EXEC_RESULT, 11, -2),  # execvp's walk along $PATH: counted
+             exec_rec(11, 11, b"", [b"env", b"-i"], flags=wire.F_UNREADABLE | wire.F_ARG_TRUNC),
+             sys_record(wire.K_EXEC_FILE, 11, 11, 11, strs=path[: wire.STR_LEN]),  # fills the empty path
+             record(wire.K_EXEC_RESULT, 11, 0),
+             sys_record(wire.K_EXIT, 11, 11, 1, 0x1FF),
+             sys_record(wire.K_EXIT, 12, 12, 0, 0)]  # killed by a signal
+    calls: list[bytes] = []
+    decoder = RecordDecoder(123)
+    events = decoder.native.decode(batch, lambda record: calls.append(record))
+    assert calls == [], "a fork, exit or exec record went to the Python decoder"
+    assert [e.kind for e in events] == ["fork", "exec", "exit", "exit"]
+    fork, exec_, exit_, killed = events
+    assert fork.detail == {"child_pid": 11} and fork.result == 0
+    assert exec_.process["executable"] == "/usr/bin/env" and exec_.process["args"] == ["env", "-i"]
+    assert exec_.detail == {"args_truncated": True, "args_unreadable": True} and exec_.result == 0
+    assert exit_.detail == {"code": 0xFF} and killed.detail == {"signal": "unknown"}
+    assert decoder.exec_enoent == 1 and decoder._exited == {11, 12}
+    assert_same_batches([batch])
+
+
+_pids = st.sampled_from([10, 11, 12])
+_text = st.binary(max_size=wire.ARG_LEN).map(lambda b: b.replace(b"\0", b"x"))
+_exec_flags = st.sampled_from([0, wire.F_UNREADABLE, wire.F_ARG_TRUNC | wire.F_PATH_TRUNC, wire.F_DENIED,
+                               wire.F_ARGS_TRUNC | wire.F_UNREADABLE])
+_records = st.one_of(
+    st.builds(exec_rec, _pids, _pids, _text, st.lists(_text, max_size=wire.MAX_ARGS), _exec_flags,
+              st.one_of(st.none(), st.integers(0, 40), st.just(2**32 - 1)),
+              st.one_of(st.none(), st.integers(0, 3000))),
+    st.builds(sys_record, st.just(wire.K_EXEC_FILE), _pids, _pids, _pids, st.just(0),
+              _text.map(lambda b: b.ljust(wire.STR_LEN, b"\0")), st.sampled_from([0, wire.F_DENIED]),
+              st.one_of(st.none(), st.integers(60, 400))),
+    st.builds(lambda tid, result, flags: header(wire.K_EXEC_RESULT, tid, tid, flags, result), _pids,
+              st.sampled_from([0, -2, -13]), st.sampled_from([0, wire.F_DENIED])),
+    st.builds(sys_record, st.sampled_from([wire.K_FORK, wire.K_EXIT]), _pids, _pids,
+              st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.just(bytes(3 * wire.STR_LEN)),
+              st.sampled_from([0, wire.F_DENIED]), st.sampled_from([None, 104, 200, 60])),
+    st.builds(open_record, st.binary(max_size=40).map(lambda b: b.replace(b"\0", b"/"))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_records, max_size=10), min_size=1, max_size=3))
+def test_any_batches_of_process_records_decode_and_join_alike(batches: list[list[bytes]]) -> None:
+    assert_same_batches(batches)

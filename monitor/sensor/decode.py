@@ -2,9 +2,10 @@
 process.py), and the joins across records (an exec with its result and the kernel's copy of its
 path). Pure logic: no kernel, no bcc; the Sensor feeds it what it reads from the ring.
 
-Open records, most of what a busy sandbox sends, are decoded in C when the extension
-`_fastdecode` is built (scripts/setup.sh builds it): the same Events as decode_file(), a third
-of the cost. Without it (a pure-Python install) everything is decoded here.
+Open, fork, exit and exec records, most of what a busy sandbox sends, are decoded in C when the
+extension `_fastdecode` is built (scripts/setup.sh builds it): the same Events as the Python
+here, which stays the reference, at a third of the cost. Without it (a pure-Python install)
+everything is decoded here.
 """
 
 from __future__ import annotations
@@ -29,33 +30,43 @@ _KIND_NAMES, _F_DENIED = wire.KIND_NAMES, wire.F_DENIED  # module names: read fo
 _K_EXEC, _K_EXEC_RESULT, _K_EXEC_FILE, _K_EXIT = wire.K_EXEC, wire.K_EXEC_RESULT, wire.K_EXEC_FILE, wire.K_EXIT
 _FILE_KINDS = {wire.K_OPEN, wire.K_OPEN2, wire.K_UNLINK, wire.K_RENAME, wire.K_CHMOD}
 _NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_DNS}
+_NATIVE_CONSTANTS = {name: getattr(wire, name) for name in (
+    "K_OPEN", "K_OPEN2", "K_FORK", "K_EXIT", "K_EXEC", "K_EXEC_FILE", "K_EXEC_RESULT", "F_DENIED",
+    "F_PATH_TRUNC", "F_ARG_TRUNC", "F_ARGS_TRUNC", "F_UNREADABLE", "PATH_LEN", "ARG_LEN", "MAX_ARGS",
+    "STR_LEN")} | {"O_CREAT": O_CREAT, "ENOENT": errno.ENOENT}
 
 
 try:
     from monitor.sensor._fastdecode import FIELDS as NATIVE_FIELDS
-    from monitor.sensor._fastdecode import OpenDecoder
+    from monitor.sensor._fastdecode import NativeDecoder
 except ImportError:  # not built: every record is decoded in Python
-    OpenDecoder, NATIVE_FIELDS = None, ()
+    NativeDecoder, NATIVE_FIELDS = None, ()
 
 
-def native_open_decoder(wall_offset_ns: int) -> Any:
-    """The C decoder of open records, or None when the extension is not built or fills other
-    slots than the Event has (a field added to Event and not to the C: tests fail on None)."""
-    if OpenDecoder is None or set(NATIVE_FIELDS) != {f.name for f in dataclasses.fields(Event)}:
+def native_decoder(wall_offset_ns: int, pending: dict[int, Event], exited: set[int]) -> Any:
+    """The C decoder, sharing a RecordDecoder's pending execs and exited pids; None when the
+    extension is not built or fills other slots than the Event has (a field added to Event and
+    not to the C: tests fail on None)."""
+    if NativeDecoder is None or set(NATIVE_FIELDS) != {f.name for f in dataclasses.fields(Event)}:
         return None
-    return OpenDecoder(Event, wall_offset_ns, event_model.ID_PREFIX, event_model.ID_COUNTER, open_flags,
-                       wire.K_OPEN, wire.K_OPEN2, wire.F_DENIED, O_CREAT, wire.PATH_LEN)
+    return NativeDecoder(Event, wall_offset_ns, event_model.ID_PREFIX, event_model.ID_COUNTER, open_flags,
+                         _NATIVE_CONSTANTS, pending, exited)
 
 
 class RecordDecoder:
     def __init__(self, wall_offset_ns: int, native: bool = True) -> None:
         self.wall_offset = wall_offset_ns  # wall clock minus the kernel's monotonic clock
-        self.native = native_open_decoder(wall_offset_ns) if native else None
         self.errors = 0  # records that did not decode (counted as lost `decode_error`)
-        self.exec_enoent = 0  # execs that failed with ENOENT on execvp's $PATH walk (not reported)
+        self._enoent = 0  # see exec_enoent
         self._exec_pending: dict[int, Event] = {}  # by tid: execs waiting for their result
         self._exited: set[int] = set()  # processes whose exit record is in the current batch
         self._comms: dict[bytes, str] = {}  # raw comm field -> text (a few dozen names repeat)
+        self.native = native_decoder(wall_offset_ns, self._exec_pending, self._exited) if native else None
+
+    @property
+    def exec_enoent(self) -> int:
+        """Execs that failed with ENOENT on execvp's $PATH walk (counted, not reported)."""
+        return self._enoent + (self.native.exec_enoent if self.native is not None else 0)
 
     def flush(self) -> list[Event]:
         """The execs still waiting for their result (at the end of a run)."""
@@ -149,7 +160,7 @@ class RecordDecoder:
         event.result = result
         if result == -errno.ENOENT and event.verdict is None:
             # execvp's walk along $PATH: counted, not an event (the successful try follows).
-            self.exec_enoent += 1
+            self._enoent += 1
             return None
         return event
 

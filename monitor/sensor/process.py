@@ -32,7 +32,7 @@ def namespace_flags(flags: int) -> list[str]:
 def decode_exec(event: Event, flags: int, buf: bytes) -> Event:
     argc, _, filename = _EXEC_BODY.unpack_from(buf, wire.HDR_SIZE)
     base = wire.HDR_SIZE + _EXEC_BODY.size
-    args = [cstr(buf[base + i * wire.ARG_LEN: base + (i + 1) * wire.ARG_LEN]) for i in range(argc)]
+    args = [cstr(buf[base + i * wire.ARG_LEN: base + (i + 1) * wire.ARG_LEN]) for i in range(min(argc, wire.MAX_ARGS))]
     event.process["executable"] = cstr(filename)
     event.process["args"] = args
     detail: dict[str, bool] = {}
