@@ -388,7 +388,8 @@ class RuleSet:
         selected = plan.unguarded
         several = False
         for get, check, group in plan.guards:
-            if check(get(event)):
+            value = get(event)
+            if value is not MISSING and check(value):  # no guard passes on a field the event lacks
                 several = bool(selected)
                 selected = selected + group
         if not selected:
