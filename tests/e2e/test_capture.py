@@ -29,7 +29,10 @@ def one(events: list[dict], **where: object) -> dict:
 def _get(event: dict, dotted: str) -> object:
     value: object = event
     for part in dotted.split("__"):
-        value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list) and part.isdigit():
+            value = value[int(part)] if int(part) < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
@@ -51,6 +54,23 @@ def test_exec_args_exit_code_and_lineage(tmp_path: Path) -> None:
     assert r.events("fork"), "bash forks its children"
     assert r.summary["exit_status"] == 3
     assert r.summary["lost"] == {}
+
+
+def test_exec_records_cut_after_the_last_argument_keep_every_argument(tmp_path: Path) -> None:
+    """Exec records leave the kernel cut after their last argument (probes/process.c): the first
+    20 arguments arrive whole, a longer one cut at ARG_LEN, and the truncation is flagged."""
+    from monitor.sensor import wire
+
+    long_arg = "L" * 300
+    args = [f"arg{i}" for i in range(1, 19)] + [long_arg, "dropped-1", "dropped-2", "dropped-3"]
+    r = monitor_run("/bin/true " + " ".join(args) + "; /bin/true short", "--no-rules")
+    many = one(r.events("exec"), process__executable="/bin/true", process__args__1="arg1")
+    assert len(many["process"]["args"]) == wire.MAX_ARGS
+    assert many["process"]["args"][1:19] == args[:18]
+    assert many["process"]["args"][19] == long_arg[: wire.ARG_LEN - 1]
+    assert many["detail"] == {"args_truncated": True}
+    short = one(r.events("exec"), process__executable="/bin/true", process__args__1="short")
+    assert short["process"]["args"] == ["/bin/true", "short"] and not short.get("detail")
 
 
 def test_exec_of_strings_not_in_memory_is_never_blank(tmp_path: Path) -> None:
