@@ -38,6 +38,7 @@ def test_kill_ends_the_sandbox_with_137(tmp_path: Path) -> None:
     assert r.summary["killed_by"] == "Kill on secret"
     ebpf = r.summary["sources"]["ebpf"]
     assert ebpf["wakeup"] == "eager" and "exec" in ebpf["eager_kinds"]  # a kill rule on opens
+    assert r.summary["monitor"]["poll_ms"] == 5  # batched records are read within 5 ms
     action = r.actions[0]
     assert action["action"] == "kill" and action["outcome"] == "done" and action["latency_ms"] < 1000
 
@@ -102,6 +103,7 @@ def test_audit_mode_enforces_nothing(tmp_path: Path) -> None:
     assert r.returncode == 0 and after.exists()
     assert r.actions[0]["outcome"] == "audit" and r.actions[0]["message"] == "would kill"
     assert r.summary["sources"]["ebpf"]["wakeup"] == "batched"  # nothing to act on in a hurry
+    assert r.summary["monitor"]["poll_ms"] == 50  # so the reader wakes 20 times a second, not 200
 
 
 def test_process_already_gone_is_recorded_not_an_error(tmp_path: Path) -> None:
