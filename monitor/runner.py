@@ -33,9 +33,9 @@ from monitor.sinks.console import ConsoleSink
 from monitor.sinks.jsonl import JsonlSink
 
 DRAIN_QUIET_POLLS = 3  # consecutive empty polls that mean the ring buffer is drained
-# The longest a batched (no-wakeup) record waits in the ring buffer: while a rule kills or freezes
-# from user space, 5 ms; while the rules only alert (or deny in the kernel), 50 ms, so an idle
-# monitor wakes 20 times a second instead of 200 (an idle turn costs ~70 us of CPU on our VMs).
+# The longest a batched (no-wakeup) record waits in the ring buffer (see poll_ms()): while a rule
+# enforces from user space, 5 ms; while the rules only alert, 50 ms, so an idle monitor wakes 20
+# times a second instead of 200 (an idle turn costs ~70 us of CPU on our VMs).
 POLL_MS = 5
 ALERT_POLL_MS = 50
 TICK_S = 0.25  # housekeeping between batches (is the sandbox frozen?) at most this often
@@ -152,6 +152,16 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
+def poll_ms(policy: Any) -> int:
+    """POLL_MS while a rule enforces from user space: kill, kill_process and freeze, and deny too
+    (its fallback kills an exec the kernel's map missed, e.g. run by a relative path, once read);
+    ALERT_POLL_MS while the rules only alert (alerts are then at most 50 ms late)."""
+    if policy is None or policy.audit:
+        return ALERT_POLL_MS
+    acting = (*USER_SPACE_ENFORCEMENT, "deny")
+    return POLL_MS if any(r.action in acting and r.mode != "audit" for r in policy.rules) else ALERT_POLL_MS
 
 
 def one_wait(sources: list[Any]) -> select.epoll | None:
@@ -282,7 +292,7 @@ def run(options: RunOptions, sensor: Any = None) -> int:
     apply_denies(policy, sensor, sandbox)
     session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
     try:
-        return _run_child(options, sandbox, session, actions, pipeline, sensor)
+        return _run_child(options, sandbox, session, actions, pipeline, poll_ms(policy))
     finally:
         session.close()
         for source in session.sources:
@@ -322,7 +332,7 @@ def _otlp_env(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> dict
 
 
 def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions: Actions,
-               pipeline: Pipeline, sensor: Any) -> int:
+               pipeline: Pipeline, poll: int) -> int:
     started = time.monotonic()
     extra_env = _otlp_env(options, sandbox, pipeline)
     pipeline.process(Event(kind="sandbox_start", time_ns=sandbox.started_ns, source="monitor",
@@ -331,7 +341,6 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     returncode: int | None = None
     message = ""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    poll_ms = POLL_MS if sensor.eager_kinds else ALERT_POLL_MS
 
     def on_signal(signum: int, _frame: object) -> None:
         if signum == signal.SIGTERM:  # stop: the sandbox dies, the summary is still written
@@ -358,7 +367,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
                           f"`monitor sandbox thaw {sandbox.id}` or `monitor sandbox kill {sandbox.id}`",
                           file=sys.stderr)
 
-            session.run_until(lambda: child.poll() is not None, tick, poll_ms)
+            session.run_until(lambda: child.poll() is not None, tick, poll)
             returncode = exit_status(child.wait())
         cg.kill(sandbox.cgroup_path)  # what CMD left running in its sandbox ends with it
         cg.wait_empty(sandbox.cgroup_path, 2.0)
@@ -376,7 +385,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
                     "lost": session.lost(), "folded": session.folded(), "killed_by": killed_by,
-                    "monitor": {**monitor_cost(), "poll_ms": poll_ms},
+                    "monitor": {**monitor_cost(), "poll_ms": poll},
                     "rule_eval_ms": {k: round(v * 1e3, 3) for k, v in pipeline.eval_seconds.items()},
                     "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)

@@ -103,3 +103,19 @@ def test_the_reader_is_woken_eagerly_only_for_rules_that_act_from_user_space(tmp
     assert eager_kinds(policy("kill", mode="audit")) == set()
     assert eager_kinds(policy("kill", audit=True)) == set()
     assert eager_kinds(None) == set()
+
+
+def test_batched_records_wait_5_ms_while_a_rule_enforces_from_user_space_else_50(tmp_path: Path) -> None:
+    from monitor.policy import load_rules
+    from monitor.runner import ALERT_POLL_MS, POLL_MS, poll_ms
+
+    def policy(action: str, mode: str = "enforce", audit: bool = False) -> Any:
+        path = tmp_path / f"{action}-{mode}-{audit}.yaml"
+        path.write_text(RULE.format(action=action, mode=mode, when="exec"))
+        return load_rules([str(path)], audit=audit)
+
+    assert (POLL_MS, ALERT_POLL_MS) == (5, 50)
+    for action in ("kill", "kill_process", "freeze", "deny"):  # deny: its user-space fallback
+        assert poll_ms(policy(action)) == POLL_MS, action
+    assert poll_ms(policy("alert")) == poll_ms(None) == ALERT_POLL_MS
+    assert poll_ms(policy("kill", mode="audit")) == poll_ms(policy("deny", audit=True)) == ALERT_POLL_MS

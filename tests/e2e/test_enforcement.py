@@ -94,6 +94,7 @@ def test_connect_deny_fails_with_eperm_and_is_reported(tmp_path: Path) -> None:
     assert len(denied) == 5, "a refused connect is never folded into an earlier one"
     assert all(e["verdict"] == "denied" and e["result"] == -1 for e in denied)
     assert r.actions[0]["outcome"] == "done"
+    assert r.summary["monitor"]["poll_ms"] == 5  # a deny's fallback acts from user space
 
 
 def test_audit_mode_enforces_nothing(tmp_path: Path) -> None:
