@@ -113,14 +113,18 @@ def exit_status(returncode: int) -> int:
 USER_SPACE_ENFORCEMENT = ("kill", "kill_process", "freeze")
 
 
+def _enforcing(policy: Any, actions: tuple[str, ...]) -> list[Any]:
+    """The loaded rules that act with one of `actions` (none in audit mode, global or the rule's)."""
+    if policy is None or policy.audit:
+        return []
+    return [rule for rule in policy.rules if rule.action in actions and rule.mode != "audit"]
+
+
 def eager_kinds(policy: Any) -> set[str]:
     """The event kinds an enforcing rule kills or freezes on from user space: their records wake
     the reader at once (Sensor.set_eager_wakeup). `deny` is in the kernel; its fallback for an
-    exec that slips past the map waits for the next poll (5 ms)."""
-    if policy is None or policy.audit:
-        return set()
-    return {kind for rule in policy.rules if rule.action in USER_SPACE_ENFORCEMENT and rule.mode != "audit"
-            for kind in rule.when}
+    exec that slips past the map waits for the next poll (5 ms: poll_ms())."""
+    return {kind for rule in _enforcing(policy, USER_SPACE_ENFORCEMENT) for kind in rule.when}
 
 
 def apply_denies(policy: Any, sensor: Any, sandbox: Sandbox) -> int:
@@ -158,10 +162,7 @@ def poll_ms(policy: Any) -> int:
     """POLL_MS while a rule enforces from user space: kill, kill_process and freeze, and deny too
     (its fallback kills an exec the kernel's map missed, e.g. run by a relative path, once read);
     ALERT_POLL_MS while the rules only alert (alerts are then at most 50 ms late)."""
-    if policy is None or policy.audit:
-        return ALERT_POLL_MS
-    acting = (*USER_SPACE_ENFORCEMENT, "deny")
-    return POLL_MS if any(r.action in acting and r.mode != "audit" for r in policy.rules) else ALERT_POLL_MS
+    return POLL_MS if _enforcing(policy, (*USER_SPACE_ENFORCEMENT, "deny")) else ALERT_POLL_MS
 
 
 def one_wait(sources: list[Any]) -> select.epoll | None:

@@ -197,7 +197,7 @@ static PyObject *make_event(NativeDecoder *self, const struct hdr *h, int kind_s
         event = self->event_type->tp_alloc(self->event_type, 0);
     for (int i = 0; i < N_FIELDS; i++) {
         if (event != NULL)
-            *(PyObject **)((char *)event + self->offsets[i]) = values[i];
+            set_slot(self, event, i, values[i]);
         else
             Py_XDECREF(values[i]);
         values[i] = NULL;
@@ -230,7 +230,7 @@ static PyObject *decode_open(NativeDecoder *self, const struct hdr *h, const cha
     Py_XDECREF(path);
     if (f.repeats && !PyErr_Occurred())
         values[F_DETAIL] = one_item_dict(S_REPEATS, PyLong_FromUnsignedLong(f.repeats));
-    if ((room == 0 || raw_path[0] == 0 || raw_path[0] != '/') && !PyErr_Occurred())
+    if ((room == 0 || raw_path[0] != '/') && !PyErr_Occurred())  /* relative, or empty */
         values[F_HINTS] = one_item_dict(S_DFD, PyLong_FromLong(f.dfd));
     values[F_RESULT] = PyLong_FromLong(h->result);
     return make_event(self, h, S_OPEN, values);
