@@ -21,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
-                         llm_capture=args.llm_capture)
+                         llm_capture=args.llm_capture, cpu=args.cpu)
     return run(options)
 
 
@@ -39,6 +39,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=["cgroup", "gvisor"], default="cgroup")
     p.add_argument("--llm-capture", choices=["off", "metadata", "full"], default="metadata",
                    help="model-call capture from TLS (default metadata: no prompt/response text)")
+    p.add_argument("--cpu", default="auto", metavar="auto|off|N",
+                   help="keep the judging loop on one CPU (default auto: the highest this process may use)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every event on the terminal")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal view")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")

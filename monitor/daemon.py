@@ -11,6 +11,8 @@ The config file (YAML; every key optional):
     rules: [/usr/share/sandbox-monitor/rules, rules.d]   # files or folders; default: the pack
     audit: false                     # true: alert and record, never enforce
     probes: true                     # false: no eBPF (posture and inventory only)
+    cpu: auto                        # the judging loop stays on one CPU (auto: the highest it
+                                     #   may use), off: the scheduler moves it, or a CPU number
     docker:
       enabled: true
       host: unix:///var/run/docker.sock      # default: $DOCKER_HOST, else this
@@ -99,10 +101,11 @@ class DaemonConfig:
     llm_capture: str = "metadata"  # off | metadata | full (see monitor/llm/README.md)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = DEFAULT_METRICS_PORT
+    cpu: str = "auto"  # the judging loop's CPU: auto | off | N (runner.judging_cpu)
 
 
 _SCHEMA: dict[str, Any] = {
-    "rules": "paths", "audit": bool, "probes": bool, "llm_capture": str,
+    "rules": "paths", "audit": bool, "probes": bool, "llm_capture": str, "cpu": "cpu",
     "docker": {"enabled": bool, "host": str, "watch": str, "kill_timeout": "seconds"},
     "cgroups": "cgroups",
     "gvisor": {"enabled": bool, "socket": "path", "hold_unknown_ms": "milliseconds"},
@@ -214,6 +217,8 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
             raise reader.fail(node, "llm_capture: expected off, metadata or full")
     if "cgroups" in top:
         config.cgroups = reader.cgroups(top["cgroups"][1])
+    if "cpu" in top:
+        config.cpu = _cpu(reader, top["cpu"][1])
     if "docker" in top:
         _docker_section(reader, top["docker"][1], config)
     if "gvisor" in top:
@@ -234,6 +239,21 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
             node = metrics["address"][1]
             config.metrics_host, config.metrics_port = _address(reader, node)
     return config
+
+
+def _cpu(reader: _Reader, node: yaml.Node) -> str:
+    from monitor.runner import RunError, judging_cpu
+
+    value = reader.value(node) if isinstance(node, yaml.ScalarNode) else None
+    if value is False:
+        return "off"  # YAML reads a bare `off` as false
+    if value is True or not isinstance(value, str | int):
+        raise reader.fail(node, "cpu: expected auto, off or a CPU number")
+    try:
+        judging_cpu(str(value))
+    except RunError as exc:
+        raise reader.fail(node, str(exc).replace("--cpu", "cpu:", 1)) from None
+    return str(value)
 
 
 def _check_otlp(reader: _Reader, node: yaml.Node, url: str) -> None:
@@ -646,6 +666,12 @@ class Daemon:
         self._reload_requested.set()
 
     def run(self) -> None:
+        from monitor.runner import judging_cpu, pinned_to
+
+        with pinned_to(judging_cpu(self.config.cpu)):
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
             if self.session.sources:

@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class RunOptions:
     verbose: bool = False
     quiet: bool = False
     llm_capture: str = "metadata"
+    cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,6 +113,41 @@ def exit_status(returncode: int) -> int:
 
 
 USER_SPACE_ENFORCEMENT = ("kill", "kill_process", "freeze")
+
+
+def judging_cpu(choice: str) -> int | None:
+    """The CPU the judging loop stays on: `auto` (the default) is the highest-numbered CPU this
+    process may use, `off` lets the scheduler move it, a number names one.
+
+    Why: on our 2-core VMs a fork+exec storm keeps both cores in use, and a monitor the scheduler
+    moves between them lands on whichever core the storm wants next: the same monitor cost the
+    storm +4.4 % unpinned and +1.7 % with its loop on one CPU (one interleaved run, 7 repeats;
+    README, performance). Only the loop's thread is pinned, only while it runs (pinned_to()), so
+    the sandboxed command, spawned before it, keeps every CPU. One CPU allowed: nothing to pin."""
+    allowed = os.sched_getaffinity(0)
+    if choice == "off":
+        return None
+    if choice == "auto":
+        return max(allowed) if len(allowed) > 1 else None
+    if not choice.isdigit() or int(choice) not in allowed:
+        raise RunError(f"--cpu {choice}: not auto, off or one of this process's CPUs "
+                       f"({', '.join(map(str, sorted(allowed)))})")
+    return int(choice)
+
+
+@contextmanager
+def pinned_to(cpu: int | None) -> Iterator[None]:
+    """The calling thread on `cpu` (None: unchanged) until the block ends, then as it was: a test
+    or benchmark that runs monitor in-process gets its thread back."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _enforcing(policy: Any, actions: tuple[str, ...]) -> list[Any]:
@@ -272,6 +309,7 @@ def run(options: RunOptions, sensor: Any = None) -> int:
         return run_gvisor(options)
     if options.runtime != "cgroup":
         raise RunError(f"--runtime {options.runtime}: unknown runtime (cgroup, gvisor)")
+    cpu = judging_cpu(options.cpu)
     cg.cleanup_stale()
     policy = load_policy(options)
     from monitor.sensor import Sensor, SensorError
@@ -293,7 +331,7 @@ def run(options: RunOptions, sensor: Any = None) -> int:
     apply_denies(policy, sensor, sandbox)
     session = Session(pipeline, [sensor, *start_llm(options, sandbox, pipeline)])
     try:
-        return _run_child(options, sandbox, session, actions, pipeline, poll_ms(policy))
+        return _run_child(options, sandbox, session, actions, pipeline, poll_ms(policy), cpu)
     finally:
         session.close()
         for source in session.sources:
@@ -333,7 +371,7 @@ def _otlp_env(options: RunOptions, sandbox: Sandbox, pipeline: Pipeline) -> dict
 
 
 def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions: Actions,
-               pipeline: Pipeline, poll: int) -> int:
+               pipeline: Pipeline, poll: int, cpu: int | None) -> int:
     started = time.monotonic()
     extra_env = _otlp_env(options, sandbox, pipeline)
     pipeline.process(Event(kind="sandbox_start", time_ns=sandbox.started_ns, source="monitor",
@@ -368,11 +406,13 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
                           f"`monitor sandbox thaw {sandbox.id}` or `monitor sandbox kill {sandbox.id}`",
                           file=sys.stderr)
 
-            session.run_until(lambda: child.poll() is not None, tick, poll)
+            with pinned_to(cpu):
+                session.run_until(lambda: child.poll() is not None, tick, poll)
             returncode = exit_status(child.wait())
         cg.kill(sandbox.cgroup_path)  # what CMD left running in its sandbox ends with it
         cg.wait_empty(sandbox.cgroup_path, 2.0)
-        session.drain()
+        with pinned_to(cpu):
+            session.drain()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -386,7 +426,7 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
                     "lost": session.lost(), "folded": session.folded(), "killed_by": killed_by,
-                    "monitor": {**monitor_cost(), "poll_ms": poll},
+                    "monitor": {**monitor_cost(), "poll_ms": poll, "cpu": cpu},
                     "rule_eval_ms": {k: round(v * 1e3, 3) for k, v in pipeline.eval_seconds.items()},
                     "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)

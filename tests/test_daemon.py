@@ -71,6 +71,7 @@ def test_full_config(tmp_path):
 
 def test_empty_config_is_defaults(tmp_path):
     config = parse("", tmp_path)
+    assert config.cpu == "auto" and parse("cpu: off", tmp_path).cpu == "off"
     assert config.rules == [] and config.watch == {} and config.docker_enabled
     assert (config.metrics_host, config.metrics_port) == ("127.0.0.1", 9464)
     assert parse("docker: {watch: all}", tmp_path).watch == {}
@@ -92,6 +93,8 @@ def test_empty_config_is_defaults(tmp_path):
     ("sinks:\n  json: out.jsonl\n  otlp: ftp://collector\n", 3, "sinks.otlp: OTLP endpoint"),
     ("gvisor:\n  hold_unknown_ms: 1.5\n", 2, "whole number of milliseconds"),
     ("audit: false\nllm_capture: everything\n", 2, "off, metadata or full"),
+    ("audit: false\ncpu: [1]\n", 2, "cpu: expected auto, off or a CPU number"),
+    ("cpu: 4096\n", 1, "cpu: 4096: not auto, off or one of this process's CPUs"),
 ])
 def test_config_errors_name_file_and_line(tmp_path, text, line, message):
     with pytest.raises(ConfigError) as info:

@@ -119,3 +119,64 @@ def test_batched_records_wait_5_ms_while_a_rule_enforces_from_user_space_else_50
         assert poll_ms(policy(action)) == POLL_MS, action
     assert poll_ms(policy("alert")) == poll_ms(None) == ALERT_POLL_MS
     assert poll_ms(policy("kill", mode="audit")) == poll_ms(policy("deny", audit=True)) == ALERT_POLL_MS
+
+
+def in_thread(work: Any) -> Any:
+    """work() on a fresh thread (CPU affinity is per thread), its result or its exception."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = work()
+        except Exception as exc:
+            out["error"] = exc
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_judging_cpu_auto_is_the_highest_allowed_off_is_none_and_a_bad_number_one_line() -> None:
+    import pytest
+
+    from monitor.runner import RunError, judging_cpu
+
+    allowed = os.sched_getaffinity(0)
+    assert judging_cpu("off") is None
+    assert judging_cpu("auto") == (max(allowed) if len(allowed) > 1 else None)
+    assert judging_cpu(str(min(allowed))) == min(allowed)
+    for bad in (str(max(allowed) + 1), "-1", "fast", ""):
+        with pytest.raises(RunError, match="not auto, off or one of this process's CPUs") as info:
+            judging_cpu(bad)
+        assert "\n" not in str(info.value)
+
+    def on_one_cpu() -> int | None:
+        os.sched_setaffinity(0, {min(allowed)})
+        return judging_cpu("auto")
+    assert in_thread(on_one_cpu) is None  # nothing to choose between
+
+
+def test_pinned_to_holds_the_thread_on_one_cpu_and_gives_it_back() -> None:
+    from monitor.runner import pinned_to
+
+    allowed = os.sched_getaffinity(0)
+
+    def pinned_then_released() -> tuple[set[int], set[int]]:
+        with pinned_to(max(allowed)):
+            inside = os.sched_getaffinity(0)
+        return inside, os.sched_getaffinity(0)
+    assert in_thread(pinned_then_released) == ({max(allowed)}, allowed)
+
+    def released_on_error() -> set[int]:
+        try:
+            with pinned_to(min(allowed)):
+                raise ValueError("a failing loop")
+        except ValueError:
+            return os.sched_getaffinity(0)
+    assert in_thread(released_on_error) == allowed
+    with pinned_to(None):
+        assert os.sched_getaffinity(0) == allowed

@@ -16,7 +16,7 @@ from typing import Any
 from monitor.event import ActionRecord, Event
 from monitor.gvisor.runner import GvisorActor, GvisorError, GvisorSandbox, deny_rules_refused
 from monitor.pipeline import Pipeline
-from monitor.runner import RunError, RunOptions, Session, build_sinks, load_policy
+from monitor.runner import RunError, RunOptions, Session, build_sinks, judging_cpu, load_policy, pinned_to
 from monitor.sandbox import SandboxRegistry
 
 
@@ -31,6 +31,7 @@ def _refuse_denies(policy: Any, audit: bool) -> None:
 
 
 def run_gvisor(options: RunOptions) -> int:
+    cpu = judging_cpu(options.cpu)
     policy = load_policy(options)
     _refuse_denies(policy, options.audit)
     registry = SandboxRegistry()
@@ -69,8 +70,9 @@ def run_gvisor(options: RunOptions) -> int:
             if sandbox.not_found:
                 print(f"monitor: {options.cmd[0]}: command not found", file=sys.stderr)
             session = Session(pipeline, [sandbox])
-            session.run_until(lambda: sandbox.finished)
-            session.drain()
+            with pinned_to(cpu):
+                session.run_until(lambda: sandbox.finished)
+                session.drain()
             if sandbox.proc is not None:
                 sandbox.wait()
             status = sandbox.exit_status()
@@ -90,7 +92,7 @@ def run_gvisor(options: RunOptions) -> int:
     summary.update({"sandbox": {"id": sandbox.sandbox.id, "name": sandbox.sandbox.name,
                                 "runtime": "gvisor"},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
-                    "lost": lost, "killed_by": rule, "gvisor": stats,
+                    "lost": lost, "killed_by": rule, "gvisor": stats, "monitor": {"cpu": cpu},
                     "sinks": {s.name: s.stats() for s in pipeline.sinks if s.stats()}})
     pipeline.close(summary)
     return status

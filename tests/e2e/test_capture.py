@@ -297,6 +297,23 @@ def test_unknown_command_exits_127() -> None:
     assert r.summary["exit_status"] == 127
 
 
+def test_judging_loop_keeps_one_cpu_and_the_sandbox_keeps_every_cpu() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    # the child, then the monitor's judging (main) thread once its loop runs
+    show = "grep Cpus_allowed_list /proc/self/status; sleep 0.5; grep Cpus_allowed_list /proc/$PPID/status"
+    r = monitor_run(show, "--no-rules")
+    child, loop = (line.split()[-1] for line in r.stdout.splitlines())
+    every = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    assert child == every, r.stdout  # the sandboxed command is not pinned
+    if len(allowed) > 1:
+        assert loop == str(allowed[-1]) and r.summary["monitor"]["cpu"] == allowed[-1], r.stdout
+    off = monitor_run(show, "--no-rules", "--cpu", "off")
+    assert off.stdout.splitlines()[1].split()[-1] == every and off.summary["monitor"]["cpu"] is None
+    bad = monitor_run("true", "--no-rules", "--cpu", "4096")
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "--cpu 4096" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_not_root_is_one_line_error() -> None:
     proc = subprocess.run([MONITOR, "run", "--", "true"], capture_output=True, text=True, user=65534,
                           env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}, timeout=60)
