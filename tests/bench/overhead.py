@@ -1,7 +1,9 @@
 """Workload overhead: the same workloads bare, under `monitor run` (default rule pack, every event
 journaled), under auditd (execve/openat/connect rules), and with empty BPF programs on the
 probes' tracepoints (what the hooks alone cost: the floor), interleaved and repeated in one run;
-median ratios.
+median ratios. The exec storm also runs under two variants of the monitor (EXEC_VARIANTS): its
+judging loop left to the scheduler (`--cpu off`), and the pack plus a kill rule on execs that
+never fires (every exec then wakes the reader at once).
 
     python -m tests.bench.overhead [--smoke] [--repeats N (9)] [--workload WORD]  (WORD: run only those)
 
@@ -34,6 +36,24 @@ python3 -m unittest -q test_small 2>/dev/null
 end=$(date +%s%N)
 echo $((end - start))
 """
+
+
+KILL_RULE = """- rule: Kill netcat (never fires here)
+  description: a kill rule on execs, so every exec record wakes the reader at once
+  when: [exec]
+  condition: event.process.executable == "/usr/bin/nc"
+  action: kill
+  severity: high
+  tags: [T1095]
+"""
+PACK = str(Path(__file__).resolve().parents[2] / "rules")
+
+
+def exec_variants(base: Path) -> dict[str, list[str]]:
+    """`monitor run` options of the exec storm's extra columns (the row's `<name>_overhead_pct`)."""
+    kill_rule = base / "kill-rule.yaml"
+    kill_rule.write_text(KILL_RULE)
+    return {"unpinned": ["--cpu", "off"], "kill_rule": ["--rules", PACK, "--rules", str(kill_rule)]}
 
 
 def make_repo(base: Path) -> Path:
@@ -75,6 +95,8 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
             audited: list[int] = []
             hooked: list[int] = []
             summaries: list[dict[str, Any]] = []
+            variants = exec_variants(base) if cmd[1:2] == ["exec"] else {}
+            varied: dict[str, list[int]] = {variant: [] for variant in variants}
             run_bare(cmd)  # warm caches
             for _ in range(repeats):  # interleaved: noise hits all three alike
                 bare.append(run_bare(cmd))
@@ -83,6 +105,10 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
                     run = run_monitored(cmd, "--no-json-events", "--journal", journal)
                 monitored.append(run.elapsed_ns)
                 summaries.append(run.summary)
+                for variant, options in variants.items():
+                    with tempfile.TemporaryDirectory(prefix="smbench-journal-") as journal:
+                        varied[variant].append(run_monitored(cmd, "--no-json-events", "--journal", journal,
+                                                             *options).elapsed_ns)
                 with auditd() as audit_on:
                     if audit_on:
                         audited.append(run_bare(cmd))
@@ -105,6 +131,9 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
                 row["empty_hooks_ms"] = median(hooked) / 1e6
                 row["empty_hooks_overhead_pct"] = (median(hooked) / median(bare) - 1) * 100
                 row["empty_hooks_overhead_best_pct"] = (min(hooked) / min(bare) - 1) * 100
+            for variant, times in varied.items():
+                row[f"{variant}_overhead_pct"] = (median(times) / median(bare) - 1) * 100
+                row[f"{variant}_overhead_best_pct"] = (min(times) / min(bare) - 1) * 100
             results["workloads"][name] = row
             print(f"{name:36} bare {row['bare_ms']:8.1f} ms  monitor {row['monitor_overhead_pct']:+6.1f}%"
                   f" (best {row['monitor_overhead_best_pct']:+.1f}%)"
@@ -112,6 +141,8 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
                      if audited else "  auditd n/a")
                   + (f"  empty hooks {row['empty_hooks_overhead_pct']:+6.1f}% (best "
                      f"{row['empty_hooks_overhead_best_pct']:+.1f}%)" if hooked else "")
+                  + "".join(f"  {variant.replace('_', ' ')} {row[f'{variant}_overhead_pct']:+6.1f}% (best "
+                            f"{row[f'{variant}_overhead_best_pct']:+.1f}%)" for variant in varied)
                   + f"  events {row['events_per_run']:.0f}  lost {row['lost_events_total']}", flush=True)
     results["attach_s"] = attach_seconds()
     print(f"probes compiled+attached in {results['attach_s']:.2f} s")
