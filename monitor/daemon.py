@@ -668,7 +668,9 @@ class Daemon:
     def run(self) -> None:
         from monitor.runner import judging_cpu, pinned_to
 
-        with pinned_to(judging_cpu(self.config.cpu)):
+        cpu = judging_cpu(self.config.cpu)
+        log.info("judging loop: %s", f"on CPU {cpu}" if cpu is not None else "moved by the scheduler")
+        with pinned_to(cpu):
             self._loop()
 
     def _loop(self) -> None:

@@ -1,7 +1,7 @@
 """Workload overhead: the same workloads bare, under `monitor run` (default rule pack, every event
 journaled), under auditd (execve/openat/connect rules), and with empty BPF programs on the
 probes' tracepoints (what the hooks alone cost: the floor), interleaved and repeated in one run;
-median ratios. The exec storm also runs under two variants of the monitor (EXEC_VARIANTS): its
+median ratios. The exec storm also runs under two variants of the monitor (exec_variants()): its
 judging loop left to the scheduler (`--cpu off`), and the pack plus a kill rule on execs that
 never fires (every exec then wakes the reader at once).
 
