@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,15 +139,20 @@ def judging_cpu(choice: str) -> int | None:
 def pinned_to(cpu: int | None) -> Iterator[None]:
     """The calling thread on `cpu` (None: unchanged) until the block ends, then as it was: a test
     or benchmark that runs monitor in-process gets its thread back."""
-    if cpu is None:
-        yield
-        return
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # the CPU went offline or left our cpuset since it was chosen
+        print(f"monitor: judging loop not pinned to CPU {cpu} ({exc.strerror}): the scheduler moves it",
+              file=sys.stderr)
+        cpu = None
     try:
         yield
     finally:
-        os.sched_setaffinity(0, before)
+        if cpu is not None:
+            with suppress(OSError):
+                os.sched_setaffinity(0, before)
 
 
 def _enforcing(policy: Any, actions: tuple[str, ...]) -> list[Any]:

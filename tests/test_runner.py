@@ -180,3 +180,8 @@ def test_pinned_to_holds_the_thread_on_one_cpu_and_gives_it_back() -> None:
     assert in_thread(released_on_error) == allowed
     with pinned_to(None):
         assert os.sched_getaffinity(0) == allowed
+
+    def cpu_not_ours() -> set[int]:
+        with pinned_to(max(allowed) + 4096):  # as if it went offline since it was chosen
+            return os.sched_getaffinity(0)
+    assert in_thread(cpu_not_ours) == allowed  # the loop runs on, unpinned
