@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import auditd, build_workload, empty_hooks, median, run_bare, run_monitored, save
+from tests.bench.common import (
+    Monitored,
+    auditd,
+    build_workload,
+    empty_hooks,
+    median,
+    run_bare,
+    run_monitored,
+    save,
+)
 
 AGENT_SCRIPT = r"""
 set -e
@@ -54,6 +63,23 @@ def exec_variants(base: Path) -> dict[str, list[str]]:
     kill_rule = base / "kill-rule.yaml"
     kill_rule.write_text(KILL_RULE)
     return {"unpinned": ["--cpu", "off"], "kill_rule": ["--rules", PACK, "--rules", str(kill_rule)]}
+
+
+def run_journaled(cmd: list[str], *options: str) -> Monitored:
+    """`monitor run` with every event journaled; JSON carries alerts and the summary."""
+    with tempfile.TemporaryDirectory(prefix="smbench-journal-") as journal:
+        return run_monitored(cmd, "--no-json-events", "--journal", journal, *options)
+
+
+def overheads(row: dict[str, Any], prefix: str, times: list[int], bare: list[int]) -> None:
+    """`<prefix>_overhead_pct` of the medians, and `_best_pct` of the best runs: the least
+    disturbed of each (this VM is shared)."""
+    row[f"{prefix}_overhead_pct"] = (median(times) / median(bare) - 1) * 100
+    row[f"{prefix}_overhead_best_pct"] = (min(times) / min(bare) - 1) * 100
+
+
+def shown(label: str, row: dict[str, Any], prefix: str) -> str:
+    return f"  {label} {row[f'{prefix}_overhead_pct']:+6.1f}% (best {row[f'{prefix}_overhead_best_pct']:+.1f}%)"
 
 
 def make_repo(base: Path) -> Path:
@@ -100,15 +126,11 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
             run_bare(cmd)  # warm caches
             for _ in range(repeats):  # interleaved: noise hits all three alike
                 bare.append(run_bare(cmd))
-                with tempfile.TemporaryDirectory(prefix="smbench-journal-") as journal:
-                    # default pack, every event journaled; JSON carries alerts and the summary
-                    run = run_monitored(cmd, "--no-json-events", "--journal", journal)
+                run = run_journaled(cmd)  # the default pack
                 monitored.append(run.elapsed_ns)
                 summaries.append(run.summary)
                 for variant, options in variants.items():
-                    with tempfile.TemporaryDirectory(prefix="smbench-journal-") as journal:
-                        varied[variant].append(run_monitored(cmd, "--no-json-events", "--journal", journal,
-                                                             *options).elapsed_ns)
+                    varied[variant].append(run_journaled(cmd, *options).elapsed_ns)
                 with auditd() as audit_on:
                     if audit_on:
                         audited.append(run_bare(cmd))
@@ -117,32 +139,23 @@ def measure(repeats: int, smoke: bool, only: str | None = None) -> dict[str, Any
                         hooked.append(run_bare(cmd))
             events = [s.get("events", 0) for s in summaries]
             lost = [sum((s.get("lost") or {}).values()) for s in summaries]
-            row = {"bare_ms": median(bare) / 1e6, "monitored_ms": median(monitored) / 1e6,
-                   "monitor_overhead_pct": (median(monitored) / median(bare) - 1) * 100,
-                   # best of the repeats: the least disturbed run of each (this VM is shared)
-                   "monitor_overhead_best_pct": (min(monitored) / min(bare) - 1) * 100,
-                   "events_per_run": median(events), "lost_events_total": sum(lost),
-                   "events_per_s_sustained": median(events) / (median(monitored) / 1e9)}
+            row: dict[str, Any] = {"bare_ms": median(bare) / 1e6, "monitored_ms": median(monitored) / 1e6,
+                                   "events_per_run": median(events), "lost_events_total": sum(lost),
+                                   "events_per_s_sustained": median(events) / (median(monitored) / 1e9)}
+            overheads(row, "monitor", monitored, bare)
             if audited:
                 row["auditd_ms"] = median(audited) / 1e6
-                row["auditd_overhead_pct"] = (median(audited) / median(bare) - 1) * 100
-                row["auditd_overhead_best_pct"] = (min(audited) / min(bare) - 1) * 100
+                overheads(row, "auditd", audited, bare)
             if hooked:  # empty programs on the same tracepoints: the floor for any probe body
                 row["empty_hooks_ms"] = median(hooked) / 1e6
-                row["empty_hooks_overhead_pct"] = (median(hooked) / median(bare) - 1) * 100
-                row["empty_hooks_overhead_best_pct"] = (min(hooked) / min(bare) - 1) * 100
+                overheads(row, "empty_hooks", hooked, bare)
             for variant, times in varied.items():
-                row[f"{variant}_overhead_pct"] = (median(times) / median(bare) - 1) * 100
-                row[f"{variant}_overhead_best_pct"] = (min(times) / min(bare) - 1) * 100
+                overheads(row, variant, times, bare)
             results["workloads"][name] = row
-            print(f"{name:36} bare {row['bare_ms']:8.1f} ms  monitor {row['monitor_overhead_pct']:+6.1f}%"
-                  f" (best {row['monitor_overhead_best_pct']:+.1f}%)"
-                  + (f"  auditd {row['auditd_overhead_pct']:+6.1f}% (best {row['auditd_overhead_best_pct']:+.1f}%)"
-                     if audited else "  auditd n/a")
-                  + (f"  empty hooks {row['empty_hooks_overhead_pct']:+6.1f}% (best "
-                     f"{row['empty_hooks_overhead_best_pct']:+.1f}%)" if hooked else "")
-                  + "".join(f"  {variant.replace('_', ' ')} {row[f'{variant}_overhead_pct']:+6.1f}% (best "
-                            f"{row[f'{variant}_overhead_best_pct']:+.1f}%)" for variant in varied)
+            print(f"{name:36} bare {row['bare_ms']:8.1f} ms" + shown("monitor", row, "monitor")
+                  + (shown("auditd", row, "auditd") if audited else "  auditd n/a")
+                  + (shown("empty hooks", row, "empty_hooks") if hooked else "")
+                  + "".join(shown(variant.replace("_", " "), row, variant) for variant in varied)
                   + f"  events {row['events_per_run']:.0f}  lost {row['lost_events_total']}", flush=True)
     results["attach_s"] = attach_seconds()
     print(f"probes compiled+attached in {results['attach_s']:.2f} s")
