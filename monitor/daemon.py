@@ -250,9 +250,9 @@ def _cpu(reader: _Reader, node: yaml.Node) -> str:
     if value is True or not isinstance(value, str | int):
         raise reader.fail(node, "cpu: expected auto, off or a CPU number")
     try:
-        judging_cpu(str(value))
+        judging_cpu(str(value), option="cpu:")
     except RunError as exc:
-        raise reader.fail(node, str(exc).replace("--cpu", "cpu:", 1)) from None
+        raise reader.fail(node, str(exc)) from None
     return str(value)
 
 

@@ -115,9 +115,10 @@ def exit_status(returncode: int) -> int:
 USER_SPACE_ENFORCEMENT = ("kill", "kill_process", "freeze")
 
 
-def judging_cpu(choice: str) -> int | None:
+def judging_cpu(choice: str, option: str = "--cpu") -> int | None:
     """The CPU the judging loop stays on: `auto` (the default) is the highest-numbered CPU this
-    process may use, `off` lets the scheduler move it, a number names one.
+    process may use, `off` lets the scheduler move it, a number names one. `option` names the
+    setting in the error (the daemon's config says `cpu:`).
 
     Why: on our 2-core VMs a fork+exec storm keeps both cores in use, and a monitor the scheduler
     moves between them lands on whichever core the storm wants next: the same monitor cost the
@@ -130,7 +131,7 @@ def judging_cpu(choice: str) -> int | None:
     if choice == "auto":
         return max(allowed) if len(allowed) > 1 else None
     if not choice.isdigit() or int(choice) not in allowed:
-        raise RunError(f"--cpu {choice}: not auto, off or one of this process's CPUs "
+        raise RunError(f"{option} {choice}: not auto, off or one of this process's CPUs "
                        f"({', '.join(map(str, sorted(allowed)))})")
     return int(choice)
 
