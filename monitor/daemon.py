@@ -36,17 +36,13 @@ Relative paths are relative to the config file. Any error is one line `FILE:LINE
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import queue
 import re
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -782,67 +778,3 @@ class Daemon:
             self.metrics_server.close()
             self.metrics_server = None
         return summary
-
-
-def _install_signals(daemon: Daemon) -> Callable[[], None]:
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    signal.signal(signal.SIGTERM, daemon.request_stop)
-    signal.signal(signal.SIGINT, daemon.request_stop)
-    signal.signal(signal.SIGHUP, daemon.request_reload)
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return restore
-
-
-def daemon_command(config_path: str | None, check: bool = False) -> int:
-    """`monitor daemon`: run until SIGTERM (exit 0); any start-up error is one line, exit 1."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s monitor daemon: %(levelname)s %(message)s")
-    try:
-        config = load_config(config_path)
-        if check:
-            from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
-            try:
-                rules = load_rules(config.rules or [DEFAULT_RULES_DIR])
-            except PolicyError as exc:
-                raise DaemonError(str(exc)) from None
-            print(f"{config.source}: ok ({len(rules.rules)} rules)")
-            return 0
-        daemon = Daemon(config)
-        restore = _install_signals(daemon)
-        try:
-            daemon.start()
-            daemon.run()
-        finally:
-            summary = daemon.close()
-            restore()
-        log.info("stopped: %d events, %d alerts", summary.get("events", 0), summary.get("alerts", 0))
-        return 0
-    except (ConfigError, DaemonError) as exc:
-        print(f"monitor daemon: {exc}", file=sys.stderr)
-        return 1
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="daemon config (YAML); default: built-in defaults")
-    parser.add_argument("--check", action="store_true", help="validate the config and its rules, then exit")
-
-
-def add_daemon_parser(sub: argparse._SubParsersAction) -> None:
-    """`monitor daemon` in monitor/cli.py."""
-    parser = sub.add_parser("daemon", help="watch Docker containers and sandboxes; serve /metrics, /healthz")
-    _add_arguments(parser)
-    parser.set_defaults(handler=lambda args: daemon_command(args.config, args.check))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="monitor daemon", description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    return daemon_command(args.config, args.check)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -125,7 +125,7 @@ def test_malformed_config_exits_1_with_file_line(tmp_path):
 def test_monitor_cli_runs_the_daemon_subcommand(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("metrics:\n  address: 0.0.0.0:9464\n")
-    result = subprocess.run([sys.executable, "-m", "monitor.cli", "daemon", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "monitor", "daemon", "--config", str(config)],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"monitor daemon: {config}:2: metrics.address '0.0.0.0:9464': "

@@ -32,7 +32,7 @@ READ_EVERY_S = ALERT_POLL_MS / 1000  # as monitor run's reader with the default 
 # `monitor run` with its judging loop timed (thread CPU from the first turn to the child's exit)
 _TIMED_RUN = """
 import sys, time
-from monitor import cli, runner
+from monitor import commands, runner
 run_until = runner.Session.run_until
 def timed(self, *args, **kwargs):
     started = time.thread_time_ns()
@@ -41,7 +41,7 @@ def timed(self, *args, **kwargs):
     finally:
         print("LOOP_CPU_NS", time.thread_time_ns() - started, file=sys.stderr)
 runner.Session.run_until = timed
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(commands.main(sys.argv[1:]))
 """
 
 

@@ -62,7 +62,7 @@ def _handler(args: argparse.Namespace) -> int:
         return 1
 
 
-def add_gvisor_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gvisor", help="gVisor (runsc): Docker runtime install, trace config, checks")
     p.add_argument("gvisor_cmd", choices=["install", "uninstall", "config", "check"],
                    help="install: add runsc with the monitor's trace session to Docker's daemon.json; "

@@ -10,6 +10,7 @@ in a temporary home directory.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,3 +80,9 @@ def demo(json_path: str | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         Path("/tmp/.demo-helper").unlink(missing_ok=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="a scripted agent in a sandbox: ordinary and suspicious acts, live")
+    p.add_argument("--json", metavar="FILE|-")
+    p.set_defaults(handler=lambda args: demo(json_path=args.json))

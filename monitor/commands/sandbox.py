@@ -5,6 +5,7 @@ Idempotent: thawing a running sandbox, killing one already gone, say so and succ
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -58,3 +59,10 @@ def sandbox_command(command: str, sandbox_id: str | None) -> int:
         cg.dispose(path, str(state["id"]), 2.0)
     print(f"sandbox {state['id']} {messages.get(outcome, outcome)}")
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sandbox", help="list sandboxes; thaw or kill a frozen (quarantined) one")
+    p.add_argument("sandbox_cmd", choices=["list", "thaw", "kill"])
+    p.add_argument("id", nargs="?")
+    p.set_defaults(handler=lambda args: sandbox_command(args.sandbox_cmd, args.id))

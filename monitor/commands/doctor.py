@@ -3,6 +3,7 @@ Exit 1 when something required is missing."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from collections.abc import Callable
@@ -94,3 +95,8 @@ def doctor(print_fn: Callable[..., None] | None = None) -> int:
         table.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
     (print_fn or Console().print)(table)
     return 1 if any(c.required and not c.ok for c in checks) else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="what this host supports, what is missing, how to fix it")
+    p.set_defaults(handler=lambda args: doctor())

@@ -1,0 +1,42 @@
+"""`monitor run [options] -- CMD`: one command in a fresh watched sandbox."""
+
+from __future__ import annotations
+
+import argparse
+
+from monitor.runner import RunError, RunOptions, run
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise RunError("run: no command given (monitor run [options] -- CMD [ARG...])")
+    options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
+                         json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
+                         runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
+                         llm_capture=args.llm_capture, cpu=args.cpu)
+    return run(options)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run CMD in a fresh watched sandbox")
+    p.add_argument("--rules", action="append", metavar="PATH", help="rule file or folder (repeatable; default: the shipped pack)")
+    p.add_argument("--no-rules", action="store_true", help="capture only, evaluate no rules")
+    p.add_argument("--json", metavar="FILE|-", help="JSON lines of events, alerts, actions and the summary")
+    p.add_argument("--json-events", action=argparse.BooleanOptionalAction, default=True,
+                   help="events in the JSON output too (--no-json-events: alerts, actions, summary)")
+    p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
+    p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
+    p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")
+    p.add_argument("--name", help="sandbox name (default: its id)")
+    p.add_argument("--runtime", choices=["cgroup", "gvisor"], default="cgroup")
+    p.add_argument("--llm-capture", choices=["off", "metadata", "full"], default="metadata",
+                   help="model-call capture from TLS (default metadata: no prompt/response text)")
+    p.add_argument("--cpu", default="auto", metavar="auto|off|N",
+                   help="keep the judging loop on one CPU (default auto: the highest this process may use)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every event on the terminal")
+    p.add_argument("-q", "--quiet", action="store_true", help="no terminal view")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(handler=_run)
