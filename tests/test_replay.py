@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from monitor.commands import main
+from monitor.commands.replay import _LazyProgress
 from monitor.event import Event
 from monitor.pipeline import Pipeline
 from monitor.policy import load_rules
-from monitor.commands import main
-from monitor.commands.replay import _LazyProgress
 from monitor.replay import ReplayOptions, UsageError, otlp_sink, parse_time, replay_journal
-from monitor.timeline import build_timeline, render_session
 from monitor.sinks import Sink
 from monitor.sinks.journal import JournalSink
+from monitor.timeline import build_timeline, render_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from otlp_receiver import OtlpReceiver  # noqa: E402
