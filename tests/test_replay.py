@@ -13,10 +13,10 @@ from rich.console import Console
 
 from monitor.commands import main
 from monitor.commands.replay import _LazyProgress
+from monitor.engine.pipeline import Pipeline
+from monitor.engine.replay import ReplayOptions, UsageError, otlp_sink, parse_time, replay_journal
 from monitor.event import Event
-from monitor.pipeline import Pipeline
 from monitor.policy import load_rules
-from monitor.replay import ReplayOptions, UsageError, otlp_sink, parse_time, replay_journal
 from monitor.sinks import Sink
 from monitor.sinks.journal import JournalSink
 from monitor.timeline import build_timeline, render_session

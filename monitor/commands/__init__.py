@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from monitor.commands import daemon, demo, doctor, gvisor, replay, rules, run, sandbox, timeline
-from monitor.runner import RunError
+from monitor.engine.run import RunError
 
 COMMANDS = (run, daemon, replay, timeline, rules, sandbox, gvisor, doctor, demo)
 

@@ -8,8 +8,11 @@ import signal
 import sys
 from collections.abc import Callable
 
-from monitor.daemon import ConfigError, Daemon, DaemonError, load_config, log
-from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
+from monitor.engine.assemble import AssemblyError, build_policy
+from monitor.engine.config import ConfigError, load_config
+from monitor.engine.daemon import Daemon, DaemonError, log
+from monitor.engine.loop import LoopError
+from monitor.policy import PolicyError
 
 
 def _install_signals(daemon: Daemon) -> Callable[[], None]:
@@ -31,11 +34,8 @@ def daemon_command(config_path: str | None, check: bool = False) -> int:
     try:
         config = load_config(config_path)
         if check:
-            try:
-                rules = load_rules(config.rules or [DEFAULT_RULES_DIR])
-            except PolicyError as exc:
-                raise DaemonError(str(exc)) from None
-            print(f"{config.source}: ok ({len(rules.rules)} rules)")
+            rules = build_policy(config)
+            print(f"{config.source}: ok ({len(rules.rules) if rules is not None else 0} rules)")
             return 0
         daemon = Daemon(config)
         restore = _install_signals(daemon)
@@ -47,7 +47,7 @@ def daemon_command(config_path: str | None, check: bool = False) -> int:
             restore()
         log.info("stopped: %d events, %d alerts", summary.get("events", 0), summary.get("alerts", 0))
         return 0
-    except (ConfigError, DaemonError) as exc:
+    except (ConfigError, DaemonError, AssemblyError, PolicyError, LoopError) as exc:
         print(f"monitor daemon: {exc}", file=sys.stderr)
         return 1
 

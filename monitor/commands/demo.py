@@ -15,8 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from monitor.engine.run import RunOptions, run
 from monitor.policy import DEFAULT_RULES_DIR
-from monitor.runner import RunOptions, run
 
 DEMO_RULE = """\
 - rule: Demo - stop the agent at the SSH key

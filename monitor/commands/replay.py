@@ -14,9 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from monitor.event import Alert, rfc3339
-from monitor.policy import PolicyError
-from monitor.replay import (
+from monitor.engine.replay import (
     ReplayOptions,
     ReplayResult,
     RuleDiff,
@@ -27,6 +25,8 @@ from monitor.replay import (
     replay_journal,
     times,
 )
+from monitor.event import Alert, rfc3339
+from monitor.policy import PolicyError
 from monitor.sinks.journal import JournalError, JournalReader
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}

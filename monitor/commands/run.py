@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monitor.runner import RunError, RunOptions, run
+from monitor.engine.run import RunError, RunOptions, run
 
 
 def _run(args: argparse.Namespace) -> int:

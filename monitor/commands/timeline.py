@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from monitor.commands.replay import check_sandbox
-from monitor.replay import UsageError
+from monitor.engine.replay import UsageError
 from monitor.sinks.journal import JournalError, JournalReader
 from monitor.timeline import build_timeline, render_session
 

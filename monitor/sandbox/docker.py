@@ -698,19 +698,3 @@ def _cgroup_kill(sandbox: Sandbox, why: str) -> KillResult:
     if outcome == "already_gone":
         return KillResult(outcome, f"{why}; cgroup already empty")
     return KillResult(outcome, f"{why}; killed with cgroup.kill")
-
-
-class DockerEnforcer:
-    """The `Actions` enforcer for runtime "docker": kill through the engine (cgroup.kill when it
-    does not answer in time), freeze with the container's cgroup-v2 cgroup.freeze."""
-
-    def __init__(self, kill_timeout_s: float = DEFAULT_KILL_TIMEOUT_S) -> None:
-        self.kill_timeout_s = kill_timeout_s
-        self.last: KillResult | None = None  # how the last kill went (engine or fallback)
-
-    def kill(self, sandbox: Sandbox) -> str:
-        self.last = kill_container(sandbox, self.kill_timeout_s)
-        return self.last.outcome
-
-    def freeze(self, sandbox: Sandbox) -> str:
-        return cg.freeze(sandbox.cgroup_path)

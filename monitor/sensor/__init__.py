@@ -19,10 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from monitor.event import Event
+from monitor.sandbox import Sandbox
 from monitor.sensor import wire
 from monitor.sensor.decode import RecordDecoder
 from monitor.sensor.memory import release_compiler_memory
 from monitor.sensor.ringbuf import RingReader
+from monitor.source import Source
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
 PROBE_FILES = ("events.h", "process.c", "file.c", "net.c", "netdeny.c")
@@ -38,7 +40,7 @@ def bpf_source(probe_dir: Path = PROBES_DIR) -> str:
     return wire.c_defines() + "".join((probe_dir / name).read_text() for name in PROBE_FILES)
 
 
-class Sensor:
+class Sensor(Source):
     name = "ebpf"
 
     def __init__(self, probe_dir: Path = PROBES_DIR) -> None:
@@ -65,6 +67,12 @@ class Sensor:
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
 
     # -- watched cgroups ---------------------------------------------------------------
+    def watch(self, sandbox: Sandbox) -> None:
+        self.add_cgroup(sandbox.cgroup_id)
+
+    def unwatch(self, sandbox: Sandbox) -> None:
+        self.remove_cgroup(sandbox.cgroup_id)
+
     def add_cgroup(self, cgroup_id: int) -> None:
         self._watched[ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
 

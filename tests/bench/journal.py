@@ -117,7 +117,7 @@ def bench_read(directory: str, total: int) -> dict[str, Any]:
 
 def bench_engine(events: list[Event]) -> dict[str, Any]:
     """The policy engine's own rate on the same events in memory (what replay can at best reach)."""
-    from monitor.replay import load_replay_rules
+    from monitor.engine.replay import load_replay_rules
     ruleset = load_replay_rules(None)
     start, cpu = time.perf_counter(), time.process_time()
     for ev in events:
@@ -127,7 +127,7 @@ def bench_engine(events: list[Event]) -> dict[str, Any]:
 
 
 def bench_replay(directory: str, total: int) -> dict[str, Any]:
-    from monitor.replay import ReplayOptions, load_replay_rules, replay_journal
+    from monitor.engine.replay import ReplayOptions, load_replay_rules, replay_journal
     out: dict[str, Any] = {}
     # The default pack (rules for exec/open/connect...) and a pack with no rule for these kinds.
     no_match_rules = Path(directory).parent / "no-match.yaml"

@@ -16,55 +16,26 @@ registered sandbox are never touched, whatever a rule says.
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import Protocol
+from collections.abc import Callable
 
+from monitor.actions.enforcer import CgroupEnforcer, EnforceError, Enforcer
 from monitor.event import ActionRecord, Alert
 from monitor.sandbox import Sandbox, SandboxRegistry
-from monitor.sandbox import cgroup as cg
-
-
-class Enforcer(Protocol):
-    """A runtime's way to stop a sandbox (cgroup by default; Docker and gVisor supply theirs)."""
-
-    def kill(self, sandbox: Sandbox) -> str: ...
-
-    def freeze(self, sandbox: Sandbox) -> str: ...
-
-
-class CgroupEnforcer:
-    def kill(self, sandbox: Sandbox) -> str:
-        return cg.kill(sandbox.cgroup_path)
-
-    def freeze(self, sandbox: Sandbox) -> str:
-        outcome = cg.freeze(sandbox.cgroup_path)
-        if outcome == "done" and sandbox.runtime == "cgroup":
-            cg.write_state(sandbox, frozen=True)
-        return outcome
-
-
-def kill_pid(pid: int) -> str:
-    """SIGKILL one process through a pidfd (no pid-reuse race between check and kill)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return "already_gone"
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return "done"
-    except ProcessLookupError:
-        return "already_gone"
-    finally:
-        os.close(pidfd)
 
 
 class Actions:
+    """The one actor: finds the alert's sandbox in the registry and acts through the enforcer of
+    its runtime. `on_record` sees every record as it is made (a command telling its user that
+    the sandbox is now frozen)."""
+
     def __init__(self, registry: SandboxRegistry, audit: bool = False,
-                 enforcers: dict[str, Enforcer] | None = None) -> None:
+                 enforcers: dict[str, Enforcer] | None = None,
+                 on_record: Callable[[ActionRecord], None] | None = None) -> None:
         self.registry = registry
         self.audit = audit
         self.enforcers: dict[str, Enforcer] = {"cgroup": CgroupEnforcer(), **(enforcers or {})}
+        self.on_record = on_record
         self.protected = {os.getpid(), os.getppid()}
         self.killed: dict[str, str] = {}  # sandbox id -> rule that killed it
 
@@ -82,45 +53,38 @@ class Actions:
             return self._record(alert, target, "refused", started, "never acts on the monitor itself")
         if self.audit or alert.mode == "audit":
             return self._record(alert, target, "audit", started, f"would {alert.action}")
-        outcome, message = self._enforce(alert.action, sandbox, pid, event.verdict)
+        # The runtime that reported the event says how its pid is addressed: a runsc container
+        # is a Docker sandbox whose events come from gVisor's trace session (identity "gvisor").
+        runtime = event.sandbox.get("runtime") or sandbox.runtime
+        outcome, message = self._enforce(alert.action, runtime, sandbox, pid, event.verdict)
         if alert.action == "kill" and outcome == "done":
             self.killed.setdefault(sandbox.id, alert.rule)
         return self._record(alert, target, outcome, started, message)
 
-    def _enforce(self, action: str, sandbox: Sandbox, pid: int, verdict: str | None) -> tuple[str, str]:
-        enforcer = self.enforcers.get(sandbox.runtime, self.enforcers["cgroup"])
+    def _enforce(self, action: str, runtime: str, sandbox: Sandbox, pid: int,
+                 verdict: str | None) -> tuple[str, str]:
+        enforcer = self.enforcers.get(runtime, self.enforcers["cgroup"])
         try:
             if action == "kill":
-                return enforcer.kill(sandbox), ""
+                return enforcer.kill(sandbox)
             if action == "freeze":
-                return enforcer.freeze(sandbox), "sandbox quarantined: monitor sandbox thaw|kill " + sandbox.id
+                return enforcer.freeze(sandbox)
             if action == "kill_process":
-                return self._kill_process(sandbox, pid)
+                return enforcer.kill_process(sandbox, pid)
             if action == "deny":
-                if verdict == "denied":
-                    return "done", "denied in kernel"
-                outcome, message = self._kill_process(sandbox, pid)
-                return outcome, "not matched in kernel; process killed instead " + message
+                return enforcer.deny(sandbox, pid, verdict)
         except OSError as exc:
             return "failed", f"{action}: {exc.strerror or exc}"
+        except EnforceError as exc:
+            return "failed", f"{action}: {exc}"
         return "refused", f"unknown action {action!r}"
-
-    def _kill_process(self, sandbox: Sandbox, pid: int) -> tuple[str, str]:
-        if sandbox.runtime == "gvisor":
-            # a gVisor pid lives in the sandbox's own namespace: the same number on the host is
-            # somebody else. Only the runtime can kill it.
-            enforcer = self.enforcers.get("gvisor")
-            kill_process = getattr(enforcer, "kill_process", None)
-            if kill_process is None:
-                return "refused", "kill_process needs the gVisor runtime's own kill (runsc kill --pid)"
-            return kill_process(sandbox, pid), f"sandbox pid {pid}"
-        if sandbox.cgroup_path and pid not in cg.pids(sandbox.cgroup_path):
-            return "already_gone", f"pid {pid} no longer in the sandbox"
-        return kill_pid(pid), f"pid {pid}"
 
     def _record(self, alert: Alert, target: dict[str, object], outcome: str, started: int,
                 message: str) -> ActionRecord:
         now = time.time_ns()
         latency_ms = (now - alert.event.time_ns) / 1e6 if alert.event.time_ns else (now - started) / 1e6
-        return ActionRecord(action=alert.action, rule=alert.rule, target=target, outcome=outcome,
-                            latency_ms=latency_ms, message=message, alert_id=alert.id, time_ns=now)
+        record = ActionRecord(action=alert.action, rule=alert.rule, target=target, outcome=outcome,
+                              latency_ms=latency_ms, message=message, alert_id=alert.id, time_ns=now)
+        if self.on_record is not None:
+            self.on_record(record)
+        return record

@@ -25,6 +25,7 @@ from monitor.event import Event
 from monitor.gvisor import wire
 from monitor.gvisor.mapping import EventMapper
 from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.source import Source
 
 HANDSHAKE_TIMEOUT_S = 2.0
 RECV_BUFFER = 256 * 1024
@@ -37,7 +38,7 @@ class SinkError(RuntimeError):
 
 
 @dataclass(slots=True)
-class Session:
+class TraceSession:
     """One runsc connection (one sandbox's trace session)."""
     sock: socket.socket
     mapper: EventMapper
@@ -132,7 +133,7 @@ def registry_sandbox_for(registry: SandboxRegistry) -> Callable[[str], dict[str,
     return sandbox_for
 
 
-class TraceSink:
+class TraceSource(Source):
     """Serves gVisor trace sessions on `path` and yields their points as monitor Events."""
 
     name = "gvisor"
@@ -155,11 +156,11 @@ class TraceSink:
             os.umask(old_umask)
         self._listener.listen(backlog)
         self._listener.setblocking(False)
-        self._selector = selectors.DefaultSelector()
+        self._selector = selectors.EpollSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
-        self.sessions: list[Session] = []
+        self.sessions: list[TraceSession] = []
         self.errors: Counter[str] = Counter()  # malformed, truncated, handshake, unknown_type
         self.points = 0
         self._closed = False
@@ -222,7 +223,7 @@ class TraceSink:
         return sum(1 for s in self.sessions if s.open)
 
     def fileno(self) -> int:
-        return self._selector.fileno() if hasattr(self._selector, "fileno") else self._listener.fileno()
+        return self._selector.fileno()
 
     def _accept_all(self) -> None:
         while True:
@@ -235,7 +236,7 @@ class TraceSink:
                 self.sessions.append(session)
                 self._selector.register(conn, selectors.EVENT_READ, session)
 
-    def _handshake(self, conn: socket.socket) -> Session | None:
+    def _handshake(self, conn: socket.socket) -> TraceSession | None:
         conn.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
             version = wire.decode_handshake(conn.recv(10240))
@@ -247,15 +248,15 @@ class TraceSink:
             conn.close()
             return None
         conn.setblocking(False)
-        return Session(sock=conn, mapper=EventMapper(self._sandbox_for), peer_pid=_peer_pid(conn))
+        return TraceSession(sock=conn, mapper=EventMapper(self._sandbox_for), peer_pid=_peer_pid(conn))
 
-    def _end(self, session: Session) -> None:
+    def _end(self, session: TraceSession) -> None:
         session.open = False
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(session.sock)
         session.sock.close()
 
-    def _drain(self, session: Session, events: list[Event]) -> None:
+    def _drain(self, session: TraceSession, events: list[Event]) -> None:
         recv_into, view, flags = session.sock.recv_into, self._view, socket.MSG_TRUNC
         for _ in range(DRAIN_BUDGET):
             try:
@@ -275,7 +276,7 @@ class TraceSink:
             session.points += 1
             self.handle_datagram(session, view[:size], events)
 
-    def handle_datagram(self, session: Session, datagram: bytes | memoryview,
+    def handle_datagram(self, session: TraceSession, datagram: bytes | memoryview,
                         events: list[Event]) -> None:
         """Decode one datagram into `events`; anything malformed is counted and skipped."""
         try:

@@ -1,4 +1,4 @@
-"""The session loop's logic: one wait for every source (sources here are pipes, not probes: the
+"""The judging loop's logic: one wait for every source (sources here are pipes, not probes: the
 kernel side of the same wait is tested in tests/e2e/test_capture.py)."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import select
 from pathlib import Path
 from typing import Any
 
+from monitor.engine.loop import Loop, one_wait
+from monitor.engine.pipeline import Pipeline
 from monitor.event import Event
-from monitor.pipeline import Pipeline
-from monitor.runner import Session, one_wait
+from monitor.source import Source
 
 
-class PipeSource:
+class PipeSource(Source):
     """A source whose records are bytes written to a pipe; it waits like a real one."""
 
     def __init__(self, name: str) -> None:
@@ -30,15 +31,12 @@ class PipeSource:
             return []
         return [Event(kind="open", time_ns=n, file={"path": self.name}) for n in os.read(self.read_end, 64)]
 
-    def lost(self) -> dict[str, int]:
-        return {}
-
     def close(self) -> None:
         os.close(self.read_end)
         os.close(self.write_end)
 
 
-class NoDescriptor:
+class NoDescriptor(Source):
     name = "plain"
 
     def poll(self, timeout_ms: int) -> list[Event]:
@@ -48,7 +46,7 @@ class NoDescriptor:
 def test_a_record_of_a_later_source_does_not_wait_behind_an_idle_earlier_one() -> None:
     quiet, busy = PipeSource("quiet"), PipeSource("busy")
     pipeline = Pipeline(None, None, None, [])
-    session = Session(pipeline, [quiet, busy])
+    session = Loop(pipeline, [quiet, busy])
     try:
         os.write(busy.write_end, b"\x01\x02")
         # without the shared wait, `quiet` would be polled first with the whole timeout
@@ -88,8 +86,8 @@ RULE = """\
 
 
 def test_the_reader_is_woken_eagerly_only_for_rules_that_act_from_user_space(tmp_path: Path) -> None:
+    from monitor.engine.loop import eager_kinds
     from monitor.policy import load_rules
-    from monitor.runner import eager_kinds
 
     def policy(action: str, mode: str = "enforce", audit: bool = False, when: str = "exec") -> Any:
         path = tmp_path / f"{action}-{mode}-{when.replace(', ', '-')}.yaml"
@@ -106,8 +104,8 @@ def test_the_reader_is_woken_eagerly_only_for_rules_that_act_from_user_space(tmp
 
 
 def test_batched_records_wait_5_ms_while_a_rule_enforces_from_user_space_else_50(tmp_path: Path) -> None:
+    from monitor.engine.loop import ALERT_POLL_MS, POLL_MS, poll_ms
     from monitor.policy import load_rules
-    from monitor.runner import ALERT_POLL_MS, POLL_MS, poll_ms
 
     def policy(action: str, mode: str = "enforce", audit: bool = False) -> Any:
         path = tmp_path / f"{action}-{mode}-{audit}.yaml"
@@ -143,7 +141,8 @@ def in_thread(work: Any) -> Any:
 def test_judging_cpu_auto_is_the_highest_allowed_off_is_none_and_a_bad_number_one_line() -> None:
     import pytest
 
-    from monitor.runner import RunError, judging_cpu
+    from monitor.engine.loop import LoopError as RunError
+    from monitor.engine.loop import judging_cpu
 
     allowed = os.sched_getaffinity(0)
     assert judging_cpu("off") is None
@@ -161,7 +160,7 @@ def test_judging_cpu_auto_is_the_highest_allowed_off_is_none_and_a_bad_number_on
 
 
 def test_pinned_to_holds_the_thread_on_one_cpu_and_gives_it_back() -> None:
-    from monitor.runner import pinned_to
+    from monitor.engine.loop import pinned_to
 
     allowed = os.sched_getaffinity(0)
 

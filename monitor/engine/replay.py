@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from monitor.engine.assemble import COMMAND_LINE, AssemblyError, build_sinks
+from monitor.engine.config import MonitorConfig
 from monitor.event import Alert, Event
-from monitor.policy import DEFAULT_RULES_DIR, load_rules
+from monitor.policy import DEFAULT_RULES_DIR, RuleSet, load_rules
 from monitor.sinks import Sink
 from monitor.sinks.journal import JournalReader
 
@@ -157,26 +159,22 @@ class ReplayResult:
                 "sessions": self.sessions, "warnings": self.warnings, "elapsed_s": round(self.elapsed_s, 3)}
 
 
-def load_replay_rules(paths: list[str] | None) -> Any:
+def load_replay_rules(paths: list[str] | None) -> RuleSet:
     """The rule set in audit mode (replay never acts). PolicyError on a bad rule file."""
     return load_rules(list(paths) if paths else [DEFAULT_RULES_DIR], audit=True)
 
 
-def _rule_kinds(ruleset: Any) -> frozenset[str] | None:
-    """The event kinds any rule is indexed under (None: unknown, evaluate every event)."""
-    rules = getattr(ruleset, "rules", None)
-    if rules is None:
-        return None
+def _rule_kinds(ruleset: RuleSet) -> frozenset[str] | None:
+    """The event kinds any rule is indexed under (None: a rule with no `when` reads every kind)."""
     kinds: set[str] = set()
-    for rule in rules:
-        when = getattr(rule, "when", None)
-        if when is None:
+    for rule in ruleset.rules:
+        if not rule.when:
             return None
-        kinds.update(when)
+        kinds.update(rule.when)
     return frozenset(kinds)
 
 
-def replay_journal(options: ReplayOptions, ruleset: Any = None,
+def replay_journal(options: ReplayOptions, ruleset: RuleSet | None = None,
                    on_alert: Callable[[Alert], None] | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_warning: Callable[[str], None] | None = None) -> ReplayResult:
@@ -202,7 +200,7 @@ def replay_journal(options: ReplayOptions, ruleset: Any = None,
         try:
             sink.close(result.summary())
         except Exception as exc:  # an exporter failing at the end must not hide the replay
-            result.warnings.append(f"{getattr(sink, 'name', 'sink')}: {exc}")
+            result.warnings.append(f"{sink.name}: {exc}")
     return result
 
 
@@ -229,9 +227,7 @@ def _replay_records(reader: JournalReader, options: ReplayOptions, kinds: frozen
             result.events_seen += 1
             if event.kind == "sandbox_start":
                 result.sessions += 1
-            for sink in options.sinks:
-                sink.on_event(event)
-            alerts = evaluate(event)
+            alerts = evaluate(event)  # judged first, then shown, as in a live run
             result.events_evaluated += 1
             for alert in alerts:
                 result.alerts.append(alert)
@@ -239,10 +235,12 @@ def _replay_records(reader: JournalReader, options: ReplayOptions, kinds: frozen
                 result.replayed_pairs.add((alert.rule, event.id))
                 if alert.action != "alert":
                     result.would_act[f"{alert.rule} -> {alert.action}"] += 1
-                for sink in options.sinks:
-                    sink.on_alert(alert)
                 if on_alert is not None:
                     on_alert(alert)
+            for sink in options.sinks:
+                sink.on_event(event)
+                for alert in alerts:
+                    sink.on_alert(alert)
         elif rtype == "alert":
             result.recorded_by_rule[rec.value.rule] += 1
             result.recorded_pairs.add((rec.value.rule, rec.value.event.id))
@@ -251,14 +249,12 @@ def _replay_records(reader: JournalReader, options: ReplayOptions, kinds: frozen
 
 
 def otlp_sink(url: str) -> Sink:
-    """The OTLP exporter sink (monitor/sinks/otlp.py) for --otlp; UsageError if it is not built."""
+    """The OTLP sink for --otlp, built as every command builds its sinks (traces and logs: a
+    replay adds nothing to live metrics); UsageError when the URL cannot be used."""
     try:
-        from monitor.sinks.otlp import OtlpSink  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise UsageError(f"--otlp: OTLP export is not available ({exc})") from None
-    try:
-        return OtlpSink(url, signals=("traces", "logs"))  # a replay adds nothing to live metrics
-    except ValueError as exc:  # OtlpConfigError: a URL it cannot use
-        raise UsageError(f"--otlp {url}: {exc}") from None
+        [sink] = build_sinks(MonitorConfig(source=COMMAND_LINE, otlp=url), signals=("traces", "logs"))
+    except AssemblyError as exc:
+        raise UsageError(str(exc)) from None
+    return sink
 
 
