@@ -4,6 +4,7 @@ Exit 1 when something required is missing."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 from collections.abc import Callable
@@ -13,6 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from monitor.checks import Check
+from monitor.gvisor.install import doctor_checks as gvisor_checks
+from monitor.llm.probe import doctor_checks as llm_checks
+from monitor.sandbox.cgroup import cgroup_v2_root
+from monitor.sensor import Sensor, probe_names
 
 FIX_SETUP = "run scripts/setup.sh as root"
 
@@ -32,8 +37,6 @@ def _checks() -> list[Check]:
     tracefs = Path("/sys/kernel/tracing/events/syscalls").is_dir()
     checks.append(Check("tracefs", tracefs, "/sys/kernel/tracing", "mount -t tracefs tracefs /sys/kernel/tracing"))
     try:
-        from monitor.sandbox.cgroup import cgroup_v2_root
-
         root = cgroup_v2_root()
         checks.append(Check("cgroup v2", True, str(root)))
     except Exception as exc:
@@ -41,20 +44,15 @@ def _checks() -> list[Check]:
     build = Path(f"/lib/modules/{platform.release()}/build")
     checks.append(Check("kernel headers", (build / "include").exists(), f"{build} -> {os.path.realpath(build)}",
                         FIX_SETUP + " (links Debian's linux-headers where bcc looks)"))
-    try:
-        import bcc  # noqa: F401
-
-        checks.append(Check("bcc", True, "python3-bpfcc importable"))
-    except ImportError:
-        checks.append(Check("bcc", False, "not importable", "apt-get install python3-bpfcc; " + FIX_SETUP))
+    bcc = importlib.util.find_spec("bcc") is not None
+    checks.append(Check("bcc", bcc, "python3-bpfcc importable" if bcc else "not importable",
+                        "apt-get install python3-bpfcc; " + FIX_SETUP))
     checks += _probe_checks(tracefs)
     checks += _optional_checks()
     return checks
 
 
 def _probe_checks(tracefs: bool) -> list[Check]:
-    from monitor.sensor import probe_names
-
     checks = []
     missing = [tp for tp in probe_names()
                if not Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir()] if tracefs else []
@@ -64,8 +62,6 @@ def _probe_checks(tracefs: bool) -> list[Check]:
     if os.geteuid() != 0:
         return checks
     try:
-        from monitor.sensor import Sensor
-
         sensor = Sensor()
         checks.append(Check("probes compile + attach", True, f"{sensor.attach_seconds:.2f} s"))
         sensor.close()
@@ -75,14 +71,10 @@ def _probe_checks(tracefs: bool) -> list[Check]:
 
 
 def _optional_checks() -> list[Check]:
-    from monitor.gvisor.install import doctor_checks
-
-    checks = [Check(c.name, c.ok, c.detail, c.fix, required=False) for c in doctor_checks()]
+    checks = [Check(c.name, c.ok, c.detail, c.fix, required=False) for c in gvisor_checks()]
     docker = Path("/var/run/docker.sock").exists()
     checks.append(Check("Docker engine", docker, "/var/run/docker.sock" if docker else "no engine socket",
                         "apt-get install docker.io and start dockerd", required=False))
-    from monitor.llm.probe import doctor_checks as llm_checks
-
     checks += [Check(c.name, c.ok, c.detail, c.fix, required=False) for c in llm_checks()]
     return checks
 

@@ -268,7 +268,8 @@ def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path)
     from monitor.gvisor.source import TraceSource, registry_sandbox_for
     from monitor.policy import DEFAULT_RULES_DIR, load_rules
     from monitor.sandbox import SandboxRegistry
-    from monitor.sandbox.docker import DockerEnforcer, DockerInventory
+    from monitor.actions.docker import DockerEnforcer
+    from monitor.sandbox.docker import DockerInventory
 
     sock = tmp_path / "trace.sock"
     install_docker_runtime(daemon_json=docker_engine.config_path, socket_path=sock,
