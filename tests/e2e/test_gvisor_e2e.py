@@ -263,12 +263,12 @@ def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path)
     """`monitor gvisor install` against a real dockerd: a --runtime=runsc container reports to the
     sink, its events carry the inventory's identity, and a kill rule stops it via the engine."""
     from monitor.actions import Actions
+    from monitor.actions.docker import DockerEnforcer
     from monitor.engine.pipeline import Pipeline
     from monitor.gvisor.install import install_docker_runtime, uninstall_docker_runtime
     from monitor.gvisor.source import TraceSource, registry_sandbox_for
     from monitor.policy import DEFAULT_RULES_DIR, load_rules
     from monitor.sandbox import SandboxRegistry
-    from monitor.actions.docker import DockerEnforcer
     from monitor.sandbox.docker import DockerInventory
 
     sock = tmp_path / "trace.sock"
