@@ -32,7 +32,7 @@ from rich.tree import Tree
 from monitor.event import Alert, Event, rfc3339
 from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
 from monitor.sinks import Sink
-from monitor.sinks.journal import JournalError, JournalReader
+from monitor.journal import JournalError, JournalReader
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
 PROGRESS_AFTER_S = 2.0  # a progress bar appears once a replay has run this long
@@ -266,7 +266,7 @@ def _replay_records(reader: JournalReader, options: ReplayOptions, kinds: frozen
 
 
 def otlp_sink(url: str) -> Sink:
-    """The OTLP exporter sink (monitor/sinks/otlp.py) for --otlp; UsageError if it is not built."""
+    """The OTLP exporter sink (monitor/sinks/otlp/) for --otlp; UsageError if it is not built."""
     try:
         from monitor.sinks.otlp import OtlpSink  # type: ignore[import-not-found]
     except ImportError as exc:
