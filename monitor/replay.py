@@ -30,9 +30,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.tree import Tree
 
 from monitor.event import Alert, Event, rfc3339
+from monitor.journal import JournalError, JournalReader
 from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules
 from monitor.sinks import Sink
-from monitor.journal import JournalError, JournalReader
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
 PROGRESS_AFTER_S = 2.0  # a progress bar appears once a replay has run this long
