@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from monitor.event import Alert, Event, rfc3339
-from monitor.sinks.journal import JournalReader
+from monitor.journal import JournalReader
 
 FILE_EVENT_KINDS = frozenset({"open", "unlink", "rename", "chmod"})
 NET_EVENT_KINDS = frozenset({"connect", "accept", "bind", "listen", "dns"})

@@ -26,8 +26,8 @@ from monitor.engine.replay import (
     times,
 )
 from monitor.event import Alert, rfc3339
+from monitor.journal import JournalError, JournalReader
 from monitor.policy import PolicyError
-from monitor.sinks.journal import JournalError, JournalReader
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
 PROGRESS_AFTER_S = 2.0  # a progress bar appears once a replay has run this long

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from monitor.commands.replay import check_sandbox
 from monitor.engine.replay import UsageError
-from monitor.sinks.journal import JournalError, JournalReader
+from monitor.journal import JournalError, JournalReader
 from monitor.timeline import build_timeline, render_session
 
 

@@ -21,9 +21,9 @@ from typing import Any
 from monitor.engine.assemble import COMMAND_LINE, AssemblyError, build_sinks
 from monitor.engine.config import MonitorConfig
 from monitor.event import Alert, Event
+from monitor.journal import JournalReader
 from monitor.policy import DEFAULT_RULES_DIR, RuleSet, load_rules
 from monitor.sinks import Sink
-from monitor.sinks.journal import JournalReader
 
 SESSION_KINDS = frozenset({"sandbox_start", "sandbox_end"})
 

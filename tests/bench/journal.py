@@ -28,7 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from monitor.event import Event  # noqa: E402
-from monitor.sinks.journal import JournalReader, JournalSink  # noqa: E402
+from monitor.journal import JournalReader  # noqa: E402
+from monitor.sinks.journal import JournalSink  # noqa: E402
 
 EXECUTABLES = ["/usr/bin/bash", "/usr/bin/python3.11", "/usr/bin/git", "/usr/bin/node", "/usr/bin/cat",
                "/usr/bin/grep", "/usr/bin/sed", "/usr/bin/ls", "/usr/local/bin/uv", "/usr/bin/make"]
