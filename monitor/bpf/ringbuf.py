@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import select
 import struct
+from collections.abc import Callable
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -45,16 +46,14 @@ def walk(data: bytes | mmap.mmap, base: int, mask: int, consumer: int, producer:
     return records, consumer, discarded
 
 
-try:  # the same walk in C (monitor/sensor/_fastdecode.c), ~0.05 us a record against ~0.25
-    from monitor.sensor._fastdecode import walk as native_walk
-except ImportError:
-    native_walk = walk
+Walk = Callable[..., tuple[list[bytes], int, int]]
 
 
 class RingReader:
     """Batches of raw records from one BPF_MAP_TYPE_RINGBUF map (by fd and data size)."""
 
-    def __init__(self, map_fd: int, data_size: int) -> None:
+    def __init__(self, map_fd: int, data_size: int, walk: Walk = walk) -> None:
+        """`walk`: how records are cut out of the data pages (the eBPF sensor passes its C one)."""
         if data_size & (data_size - 1):
             raise ValueError("ring buffer size must be a power of two")
         page = mmap.PAGESIZE
@@ -66,6 +65,7 @@ class RingReader:
         self._mask = data_size - 1
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
+        self._walk = walk
 
     def wake_on(self, map_fd: int) -> None:
         """Let wait() return for another ring's records too (read with that ring's reader)."""
@@ -88,7 +88,7 @@ class RingReader:
         (producer,) = _POS.unpack_from(self._data, 0)
         if consumer == producer:
             return []
-        records, consumer, _ = native_walk(self._data, self._base, self._mask, consumer, producer, limit)
+        records, consumer, _ = self._walk(self._data, self._base, self._mask, consumer, producer, limit)
         _POS.pack_into(self._consumer_page, 0, consumer)
         return records
 

@@ -1,4 +1,4 @@
-"""Walking a BPF ring buffer's records (monitor/sensor/ringbuf.py) over a buffer laid out like
+"""Walking a BPF ring buffer's records (monitor/bpf/ringbuf.py) over a buffer laid out like
 the kernel's: 8-byte headers (length, BUSY and DISCARD bits), 8-byte aligned records, data
 mapped twice so a record that wraps reads contiguously; each test for the Python walk and the C
 one (monitor/sensor/_fastdecode.c, what RingReader uses). The kernel path runs in tests/e2e."""
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from monitor.bpf.ringbuf import BUSY_BIT, DISCARD_BIT, walk
 from monitor.sensor import _fastdecode
-from monitor.sensor.ringbuf import BUSY_BIT, DISCARD_BIT, walk
 
 both_walks = pytest.mark.parametrize("walk", [walk, _fastdecode.walk], ids=["python", "c"])
 Walk = Callable[..., Any]

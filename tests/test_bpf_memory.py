@@ -1,9 +1,9 @@
-"""Which mappings monitor/sensor/memory.py may drop after a compile: the compiler libraries'
+"""Which mappings monitor/bpf/memory.py may drop after a compile: the compiler libraries'
 mappings with no private (copy-on-write) page, never relocated data or other libraries."""
 
 from __future__ import annotations
 
-from monitor.sensor.memory import clean_compiler_mappings, release_compiler_memory
+from monitor.bpf.memory import clean_compiler_mappings, release_compiler_memory
 
 SMAPS = """\
 7f0000000000-7f0000100000 r-xp 00000000 08:01 12 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
