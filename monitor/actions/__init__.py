@@ -38,6 +38,7 @@ class Actions:
         self.on_record = on_record
         self.protected = {os.getpid(), os.getppid()}
         self.killed: dict[str, str] = {}  # sandbox id -> rule that killed it
+        self.audit_sandboxes: set[str] = set()  # sandboxes whose owner asked for audit only
 
     def take(self, alert: Alert) -> ActionRecord | None:
         if alert.action == "alert":
@@ -51,7 +52,7 @@ class Actions:
             return self._record(alert, target, "refused", started, "event is not from a watched sandbox")
         if pid in self.protected:
             return self._record(alert, target, "refused", started, "never acts on the monitor itself")
-        if self.audit or alert.mode == "audit":
+        if self.audit or alert.mode == "audit" or sandbox.id in self.audit_sandboxes:
             return self._record(alert, target, "audit", started, f"would {alert.action}")
         # The runtime that reported the event says how its pid is addressed: a runsc container
         # is a Docker sandbox whose events come from gVisor's trace session (identity "gvisor").

@@ -12,9 +12,9 @@ import docker.errors
 import requests.exceptions
 
 from monitor.actions.enforcer import Enforcer
-from monitor.sandbox import Sandbox
+from monitor.sandbox import DEFAULT_KILL_TIMEOUT_S, Sandbox
 from monitor.sandbox import cgroup as cg
-from monitor.sandbox.docker import DEFAULT_KILL_TIMEOUT_S, api_version_of, engine_of, engine_url, short_error
+from monitor.sandbox.docker import api_version_of, engine_of, engine_url, short_error
 
 
 @dataclass(frozen=True, slots=True)

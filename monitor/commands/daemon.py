@@ -8,10 +8,11 @@ import signal
 import sys
 from collections.abc import Callable
 
-from monitor.engine.assemble import AssemblyError, build_policy
+from monitor.engine.assemble import build_policy
 from monitor.engine.config import ConfigError, load_config
 from monitor.engine.daemon import Daemon, DaemonError, log
 from monitor.engine.loop import LoopError
+from monitor.engine.sinks import AssemblyError
 from monitor.policy import PolicyError
 
 

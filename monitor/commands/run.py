@@ -1,10 +1,17 @@
-"""`monitor run [options] -- CMD`: one command in a fresh watched sandbox."""
+"""`monitor run [options] -- CMD`: one command in a fresh watched sandbox.
+
+Through the resident monitor when a `monitor daemon` serves its socket (it watches and judges,
+this process only starts CMD and shows what comes back), standalone otherwise or with
+`--standalone` (this process attaches the probes itself).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from monitor.engine.run import RunError, RunOptions, run
+from monitor.client import Client, ResidentUnavailable
+from monitor.engine.config import RunError, RunOptions
+from monitor.engine.remote import run_resident
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -17,6 +24,18 @@ def _run(args: argparse.Namespace) -> int:
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
                          llm_capture=args.llm_capture, cpu=args.cpu)
+    if not args.standalone and args.runtime == "cgroup":
+        try:
+            client = Client(args.connect)
+        except ResidentUnavailable as exc:
+            if args.connect:
+                raise RunError(f"--connect {exc}: no resident monitor there (monitor daemon)") from None
+        else:
+            with client:
+                return run_resident(options, client)
+    # imported here: the probes, the rule engine and the exporters are this path's alone
+    from monitor.engine.run import run
+
     return run(options)
 
 
@@ -36,6 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model-call capture from TLS (default metadata: no prompt/response text)")
     p.add_argument("--cpu", default="auto", metavar="auto|off|N",
                    help="keep the judging loop on one CPU (default auto: the highest this process may use)")
+    p.add_argument("--standalone", action="store_true",
+                   help="attach the probes in this process even when a monitor daemon serves sandboxes")
+    p.add_argument("--connect", metavar="SOCKET",
+                   help="the resident monitor's socket (default: $SANDBOX_MONITOR_SOCKET or "
+                        "/run/sandbox-monitor/monitor.sock; standalone when nothing listens there)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every event on the terminal")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal view")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")

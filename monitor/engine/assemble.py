@@ -28,8 +28,9 @@ from monitor.actions.gvisor import GvisorEnforcer
 from monitor.engine.config import MonitorConfig
 from monitor.engine.loop import Loop, eager_kinds, judging_cpu, monitor_cost, poll_ms
 from monitor.engine.pipeline import Pipeline
+from monitor.engine.sinks import AssemblyError, build_sinks
 from monitor.enrich import Enricher
-from monitor.event import ActionRecord, Event
+from monitor.event import ActionRecord, Alert, Event
 from monitor.gvisor.runner import GvisorSandbox, deny_rules_refused
 from monitor.gvisor.source import SinkError, TraceSource, registry_sandbox_for
 from monitor.llm import LlmSource, ToolCallLinker
@@ -38,23 +39,8 @@ from monitor.sandbox import Sandbox, SandboxRegistry
 from monitor.sensor import Sensor, SensorError
 from monitor.sensor.filters import HeldCgroups, RuntimeSetupFilter
 from monitor.sinks import Sink
-from monitor.sinks.console import ConsoleSink
-from monitor.sinks.journal import JournalSink
-from monitor.sinks.jsonl import JsonlSink
 from monitor.sinks.metrics import MetricsSink
-from monitor.sinks.otlp import OtlpConfigError, OtlpSink
 from monitor.source import Source
-
-COMMAND_LINE = "the command line"  # MonitorConfig.source of `monitor run`: errors name its flags
-
-
-class AssemblyError(Exception):
-    """Something the configuration names cannot be had (a sink's file, the probes): one line."""
-
-
-def setting(config: MonitorConfig, name: str) -> str:
-    """How the user wrote a sink setting: `--json` on the command line, `FILE: sinks.json` in a file."""
-    return f"--{name}" if config.source == COMMAND_LINE else f"{config.source}: sinks.{name}"
 
 
 def build_policy(config: MonitorConfig) -> RuleSet | None:
@@ -64,29 +50,35 @@ def build_policy(config: MonitorConfig) -> RuleSet | None:
     return load_rules(config.rules or [DEFAULT_RULES_DIR], audit=config.audit)
 
 
-def build_sinks(config: MonitorConfig, signals: tuple[str, ...] | None = None) -> list[Sink]:
-    """Every sink the configuration names, in the order they see each event. `signals`: the OTLP
-    signals to export (a replay adds nothing to live metrics)."""
-    sinks: list[Sink] = []
-    if config.console:
-        sinks.append(ConsoleSink(verbose=config.verbose))
-    try:
-        if config.json:
-            sinks.append(JsonlSink(config.json, events=config.json_events))
-        if config.journal:
-            sinks.append(JournalSink(config.journal))
-    except OSError as exc:
-        name = "json" if config.json and exc.filename in (config.json, None) else "journal"
-        raise AssemblyError(f"{setting(config, name)} {exc.filename or getattr(config, name)}: "
-                            f"{exc.strerror or exc}") from None
-    if config.otlp:
-        try:
-            sinks.append(OtlpSink(config.otlp, **({"signals": signals} if signals else {})))
-        except OtlpConfigError as exc:
-            raise AssemblyError(f"{setting(config, 'otlp')} {config.otlp}: {exc}") from None
-    if config.metrics:
-        sinks.append(MetricsSink())
-    return sinks
+class ScopedPolicy:
+    """The daemon's rules for every sandbox, plus the rules a `monitor run` client brought, which
+    judge that client's sandbox alone. Shaped like a RuleSet for the loop's decisions (`rules`:
+    every rule that may act, `audit`), so the poll and the wakeup account for the clients' rules."""
+
+    def __init__(self, base: RuleSet | None) -> None:
+        self.base = base
+        self.scoped: dict[str, RuleSet] = {}  # sandbox id -> its client's rules
+
+    @property
+    def audit(self) -> bool:
+        return self.base.audit if self.base is not None else False
+
+    @property
+    def rules(self) -> list[Any]:
+        own = list(self.base.rules) if self.base is not None else []
+        return own + [rule for rules in self.scoped.values() if not rules.audit for rule in rules.rules]
+
+    def for_sandbox(self, sandbox_id: str) -> list[RuleSet]:
+        extra = self.scoped.get(sandbox_id)
+        return [r for r in (self.base, extra) if r is not None]
+
+    def evaluate(self, event: Event) -> list[Alert]:
+        alerts = self.base.evaluate(event) if self.base is not None else []
+        if self.scoped and event.sandbox:
+            extra = self.scoped.get(event.sandbox.get("id", ""))
+            if extra is not None:
+                alerts = alerts + extra.evaluate(event)
+        return alerts
 
 
 @dataclass
@@ -108,11 +100,12 @@ class Monitor:
     setup_filter: RuntimeSetupFilter | None = None
     owns_sensor: bool = True
     cpu: int | None = None
+    scoped: ScopedPolicy | None = None  # the daemon's: its clients' own rules beside its own
     started: float = field(default_factory=time.monotonic)
 
     @property
     def poll_ms(self) -> int:
-        return poll_ms(self.policy)
+        return poll_ms(self.scoped or self.policy)
 
     @property
     def enricher(self) -> Enricher | None:
@@ -142,13 +135,14 @@ class Monitor:
 
     def apply_denies(self, sandbox: Sandbox, replace: bool = False) -> int:
         """The rules' kernel-compilable `deny` entries into the probes' maps for one sandbox."""
-        sensor, policy = self.sensor, self.policy
-        if sensor is None or policy is None or policy.audit or not sandbox.cgroup_id:
+        sensor = self.sensor
+        if sensor is None or not sandbox.cgroup_id:
             return 0
         if replace:
             sensor.clear_denies(sandbox.cgroup_id)
         count = 0
-        for rule in policy.rules:
+        rulesets = self.scoped.for_sandbox(sandbox.id) if self.scoped else [self.policy] if self.policy else []
+        for rule in (rule for rules in rulesets if not rules.audit for rule in rules.rules):
             spec = rule.deny_spec
             if rule.action != "deny" or spec is None or rule.mode == "audit":
                 continue
@@ -163,10 +157,14 @@ class Monitor:
 
     def rules_changed(self) -> None:
         """After a reload: which records wake the reader, and every sandbox's kernel denies."""
-        if self.sensor is not None:
-            self.sensor.set_eager_wakeup(eager_kinds(self.policy))
+        self.sync_wakeup()
         for sandbox in self.registry.all():
             self.apply_denies(sandbox, replace=True)
+
+    def sync_wakeup(self) -> None:
+        """Records of the kinds a rule kills or freezes on wake the reader at once."""
+        if self.sensor is not None:
+            self.sensor.set_eager_wakeup(eager_kinds(self.scoped or self.policy))
 
     def emit(self, event: Event) -> None:
         """An event the monitor itself makes (sandbox_start/end, container_start): judged and
@@ -281,13 +279,13 @@ def build(config: MonitorConfig, *, gvisor_run: GvisorSandbox | None = None, sen
     enricher = Enricher(registry, linker) if gvisor_run is None else None
     actions = Actions(registry, audit=config.audit, enforcers=_enforcers(config, gvisor_run),
                       on_record=on_record)
-    pipeline = Pipeline(enricher, policy, actions, sinks, threaded_sinks=True)
-    if sensor is not None:
-        sensor.set_eager_wakeup(eager_kinds(policy))
+    scoped = ScopedPolicy(policy) if daemon else None
+    pipeline = Pipeline(enricher, scoped or policy, actions, sinks, threaded_sinks=True)
     monitor = Monitor(config=config, registry=registry, policy=policy, actions=actions, pipeline=pipeline,
-                      loop=Loop(pipeline, sources), sinks=sinks, sources=sources,
+                      loop=Loop(pipeline, sources, wakeable=daemon), sinks=sinks, sources=sources,
                       sensor=sensor if gvisor_run is None else None, llm=llm, gvisor=gvisor, held=held,
-                      setup_filter=setup_filter, owns_sensor=owns_sensor, cpu=cpu)
+                      setup_filter=setup_filter, owns_sensor=owns_sensor, cpu=cpu, scoped=scoped)
+    monitor.sync_wakeup()
     return monitor
 
 

@@ -26,6 +26,8 @@ The daemon's file (YAML; every key optional):
       otlp: http://127.0.0.1:4317
     metrics:
       address: 127.0.0.1:9464        # loopback only; port 0 picks a free one
+    socket: /run/sandbox-monitor/monitor.sock   # where `monitor run` asks for sandboxes
+                                     #   (root only, 0600); off: serve none
 
 Relative paths are relative to the config file. Any error is one line `FILE:LINE: what`.
 """
@@ -38,10 +40,9 @@ from typing import Any
 
 import yaml
 
+from monitor.client import resident_socket_path
 from monitor.engine.loop import LoopError, judging_cpu
-from monitor.llm import CAPTURE_MODES
-from monitor.sandbox.docker import DEFAULT_KILL_TIMEOUT_S, parse_selector
-from monitor.sinks.otlp import resolve_endpoint
+from monitor.sandbox import DEFAULT_KILL_TIMEOUT_S
 from monitor.yamlfile import NodeReader, YamlError, read_text
 
 DEFAULT_METRICS_PORT = 9464
@@ -49,6 +50,7 @@ DEFAULT_GVISOR_SOCKET = "/run/sandbox-monitor/gvisor.sock"  # = monitor.gvisor.i
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 ConfigError = YamlError  # a config file's errors are the YAML reader's: `file:line: what`
+COMMAND_LINE = "the command line"  # MonitorConfig.source of `monitor run`: errors name its flags
 
 
 @dataclass(slots=True)
@@ -89,6 +91,7 @@ class MonitorConfig:
     gvisor_enabled: bool = True
     gvisor_socket: str = DEFAULT_GVISOR_SOCKET
     gvisor_hold_ms: int = 5000
+    resident_socket: str | None = field(default_factory=lambda: resident_socket_path())  # None: serve none
 
 
 _SCHEMA: dict[str, Any] = {
@@ -98,6 +101,7 @@ _SCHEMA: dict[str, Any] = {
     "gvisor": {"enabled": bool, "socket": "path", "hold_unknown_ms": "milliseconds"},
     "sinks": {"json": "path", "journal": "path", "otlp": str},
     "metrics": {"address": str},
+    "socket": "path",
 }
 
 
@@ -116,7 +120,7 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
     if "llm_capture" in top:
         node = top["llm_capture"][1]
         config.llm_capture = reader.scalar(node, "llm_capture", str)
-        if config.llm_capture not in CAPTURE_MODES:
+        if config.llm_capture not in ("off", "metadata", "full"):  # monitor.llm.CAPTURE_MODES
             raise reader.fail(node, "llm_capture: expected off, metadata or full")
     if "cgroups" in top:
         config.cgroups = _cgroups(reader, top["cgroups"][1])
@@ -135,10 +139,18 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         for key, (_, node) in sinks.items():
             setattr(config, key, reader.scalar(node, f"sinks.{key}", _SCHEMA["sinks"][key]))
         if config.otlp:
+            # imported here: the OTLP exporters cost more to import than a `monitor run` through
+            # the resident monitor may take to start, and only a daemon's file names them
+            from monitor.sinks.otlp import resolve_endpoint
+
             try:
                 resolve_endpoint(config.otlp)
             except ValueError as exc:
                 raise reader.fail(sinks["otlp"][1], f"sinks.otlp: {exc}") from None
+    if "socket" in top:
+        node = top["socket"][1]
+        off = isinstance(node, yaml.ScalarNode) and reader.value(node) in (False, "off")
+        config.resident_socket = None if off else reader.scalar(node, "socket", "path")
     if "metrics" in top:
         metrics = reader.mapping(top["metrics"][1], "metrics", _SCHEMA["metrics"])
         if "address" in metrics:
@@ -198,6 +210,8 @@ def _docker_section(reader: NodeReader, node: yaml.Node, config: MonitorConfig) 
     if "watch" in docker:
         watch_node = docker["watch"][1]
         watch = reader.scalar(watch_node, "docker.watch", str)
+        from monitor.sandbox.docker import parse_selector  # the Docker client: as OTLP's above
+
         try:
             config.watch = {} if watch == "all" else parse_selector(watch)
         except ValueError as exc:
@@ -215,3 +229,32 @@ def _address(reader: NodeReader, node: yaml.Node) -> tuple[str, int]:
         raise reader.fail(node, f"metrics.address {text!r}: the monitor listens on loopback only "
                                 "(127.0.0.1 or ::1)")
     return ("127.0.0.1" if host == "localhost" else host), int(port_text)
+
+
+class RunError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+@dataclass
+class RunOptions:
+    cmd: list[str]
+    name: str = ""
+    rules: list[str] = field(default_factory=list)
+    no_rules: bool = False
+    json: str | None = None
+    json_events: bool = True
+    journal: str | None = None
+    otlp: str | None = None
+    audit: bool = False
+    runtime: str = "cgroup"
+    verbose: bool = False
+    quiet: bool = False
+    llm_capture: str = "metadata"
+    cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
+    env: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> MonitorConfig:
+        return MonitorConfig(source=COMMAND_LINE, rules=list(self.rules), no_rules=self.no_rules,
+                             audit=self.audit, llm_capture=self.llm_capture, cpu=self.cpu,
+                             console=not self.quiet, verbose=self.verbose, json=self.json,
+                             json_events=self.json_events, journal=self.journal, otlp=self.otlp)

@@ -24,6 +24,7 @@ from typing import Any
 from monitor.engine.assemble import Monitor, build
 from monitor.engine.config import CgroupWatch, MonitorConfig
 from monitor.engine.loop import pinned_to
+from monitor.engine.resident import ClientStreams, ResidentService, submit_via
 from monitor.event import Event
 from monitor.gvisor.source import TraceSource
 from monitor.policy import RuleWatcher
@@ -54,13 +55,16 @@ class Daemon:
         self.inventory: DockerInventory | None = None
         self.metrics_server: MetricsServer | None = None
         self.rule_watcher: RuleWatcher | None = None
+        self.resident: ResidentService | None = None
+        self._wakeup = threading.Event()  # work posted while the loop waits with no source
         self.reloads: dict[bool, int] = {}  # reload outcome -> count (SIGHUP and file changes)
 
     # start-up ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Build the monitor; PolicyError and AssemblyError (one line each) when it cannot be."""
         cfg = self.config
-        monitor = self.monitor = build(cfg, daemon=True, extra_sinks=(AlertLog(),), warn=log.warning)
+        streams = ClientStreams()
+        monitor = self.monitor = build(cfg, daemon=True, extra_sinks=(AlertLog(), streams), warn=log.warning)
         if monitor.sensor is not None:
             log.info("probes attached in %.1fs", monitor.sensor.attach_seconds)
         self._log_wakeup(None)
@@ -78,6 +82,8 @@ class Daemon:
             self._start_docker()
         if monitor.policy is not None:
             self.rule_watcher = RuleWatcher(monitor.policy, on_reload=self._on_rules_reloaded).start()
+        if cfg.resident_socket is not None:
+            self._serve_clients(monitor, streams, cfg.resident_socket)
         try:  # last: /healthz answers once everything above is in place
             self.metrics_server = serve_metrics(metrics, cfg.metrics_port, cfg.metrics_host, health=self.health)
         except OSError as exc:
@@ -97,6 +103,24 @@ class Daemon:
         eager = ", ".join(sensor.eager_kinds)
         log.info("probes: %s", f"records of {eager} wake the reader at once (a rule kills or freezes)"
                  if eager else f"records are read every {self.monitor.poll_ms} ms")  # type: ignore[union-attr]
+
+    def _serve_clients(self, monitor: Monitor, streams: ClientStreams, path: str) -> None:
+        """`monitor run` through this daemon; not fatal when the socket cannot be served."""
+        service = ResidentService(monitor, streams, path, submit_via(self._post))
+        try:
+            service.start()
+        except OSError as exc:
+            log.warning("resident: %s; `monitor run` runs standalone", exc)
+            return
+        self.resident = service
+        log.info("resident: `monitor run` sandboxes on %s", path)
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        """Hand the judging thread some work, and cut its current wait short."""
+        self._inbox.put(item)
+        self._wakeup.set()
+        if self.monitor is not None:
+            self.monitor.loop.wake()
 
     def _watch_cgroup(self, watch: CgroupWatch) -> None:
         try:
@@ -158,6 +182,7 @@ class Daemon:
     # main loop --------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
+        self._wakeup.set()
 
     def request_reload(self, *_: Any) -> None:
         self._reload_requested.set()
@@ -175,7 +200,8 @@ class Daemon:
             if monitor.sources:
                 monitor.loop.pump(monitor.poll_ms)
             else:
-                self._stop.wait(monitor.poll_ms / 1000)
+                self._wakeup.wait(monitor.poll_ms / 1000)
+                self._wakeup.clear()
             self._drain_inbox(monitor)
             if self._reload_requested.is_set() and monitor.policy is not None:
                 self._reload_requested.clear()
@@ -196,6 +222,12 @@ class Daemon:
                 return
             if what == "event":
                 monitor.emit(item)
+            elif what == "call":
+                job, future = item
+                try:
+                    future.set_result(job())
+                except Exception as exc:  # the caller (a client's thread) gets it
+                    future.set_exception(exc)
             elif what == "added" and not self._on_gvisor(item):
                 if monitor.enricher is not None:
                     monitor.enricher.seed_cgroup(item.cgroup_path)
@@ -241,10 +273,14 @@ class Daemon:
         parts.append("probes attached" if monitor is not None and monitor.sensor is not None else "probes off")
         if self.gvisor is not None:
             parts.append(f"gvisor sessions: {self.gvisor.open_sessions}")
+        if self.resident is not None:
+            parts.append(f"run clients: {self.resident.stats()['active']}")
         return True, "; ".join(parts)
 
     # shutdown ---------------------------------------------------------------------------------
     def close(self) -> dict[str, Any]:
+        if self.resident is not None:
+            self.resident.close()
         if self.inventory is not None:
             self.inventory.stop()
         if self.rule_watcher is not None:
@@ -256,6 +292,8 @@ class Daemon:
                 monitor.loop.drain()
             self._drain_inbox(monitor)
             summary = monitor.summary()
+            if self.resident is not None:
+                summary["resident"] = self.resident.stats()
             if monitor.setup_filter is not None and monitor.held is not None:
                 summary["docker"] = {"runtime_setup_filtered": monitor.setup_filter.filtered,
                                      "unselected_dropped": monitor.held.counts["held_dropped"],

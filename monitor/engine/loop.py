@@ -112,12 +112,13 @@ def poll_ms(policy: Any) -> int:
     return POLL_MS if _enforcing(policy, (*USER_SPACE_ENFORCEMENT, "deny")) else ALERT_POLL_MS
 
 
-def one_wait(sources: list[Source]) -> select.epoll | None:
+def one_wait(sources: list[Source], extra: tuple[int, ...] = ()) -> select.epoll | None:
     """One wait for several sources, when each has a descriptor that polls readable when it has
     records (`fileno()`). Waiting on each in turn let an exec record that came during the TLS
-    source's wait sit in the sensor's ring until that wait ended (+5 ms per extra source)."""
-    descriptors = [source.fileno() for source in sources]
-    if len(sources) < 2 or None in descriptors:
+    source's wait sit in the sensor's ring until that wait ended (+5 ms per extra source).
+    `extra`: more descriptors to wait on (the loop's wake-up pipe)."""
+    descriptors = [source.fileno() for source in sources] + list(extra)
+    if len(descriptors) < 2 or None in descriptors:
         return None
     ready = select.epoll()
     for descriptor in descriptors:
@@ -128,17 +129,28 @@ def one_wait(sources: list[Source]) -> select.epoll | None:
 class Loop:
     """Poll sources into the pipeline until `done()` says stop."""
 
-    def __init__(self, pipeline: Pipeline, sources: list[Source]) -> None:
+    def __init__(self, pipeline: Pipeline, sources: list[Source], wakeable: bool = False) -> None:
+        """`wakeable`: another thread may cut a wait short (`wake()`: the daemon's clients)."""
         self.pipeline = pipeline
         self.sources = sources
         self.stop_requested = False
-        self._ready = one_wait(sources)
+        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if wakeable else None
+        self._ready = one_wait(sources, (self._wake[0],) if self._wake else ())
         tune_gc()
+
+    def wake(self) -> None:
+        """End the current wait now (from any thread); the loop then does what was asked of it."""
+        if self._wake is not None:
+            with suppress(BlockingIOError):
+                os.write(self._wake[1], b"\0")
 
     def pump(self, timeout_ms: int) -> int:
         if self._ready is not None:
             self._ready.poll(timeout_ms / 1000)
             timeout_ms = 0
+            if self._wake is not None:
+                with suppress(BlockingIOError):
+                    os.read(self._wake[0], 512)
         batches = []
         for source in self.sources:
             events = source.poll(timeout_ms if not batches else 0)
@@ -170,6 +182,10 @@ class Loop:
         if self._ready is not None:
             self._ready.close()
             self._ready = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
     def drain(self) -> None:
         quiet = 0

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.engine.assemble import COMMAND_LINE, AssemblyError, build_sinks
-from monitor.engine.config import MonitorConfig
+from monitor.engine.config import COMMAND_LINE, MonitorConfig
+from monitor.engine.sinks import AssemblyError, build_sinks
 from monitor.event import Alert, Event
 from monitor.journal import JournalReader
 from monitor.policy import DEFAULT_RULES_DIR, RuleSet, load_rules

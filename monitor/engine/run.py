@@ -20,12 +20,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.engine.assemble import COMMAND_LINE, AssemblyError, Monitor, action_note, build
-from monitor.engine.config import MonitorConfig
+from monitor.client import exit_status
+from monitor.engine.assemble import Monitor, action_note, build
+from monitor.engine.config import RunError, RunOptions
 from monitor.engine.loop import LoopError, pinned_to
+from monitor.engine.sinks import AssemblyError
 from monitor.event import ActionRecord, Event
 from monitor.gvisor.runner import GvisorError, GvisorSandbox
 from monitor.policy import PolicyError
@@ -34,39 +35,6 @@ from monitor.sandbox import cgroup as cg
 from monitor.sensor import Sensor
 
 RUNTIMES = ("cgroup", "gvisor")
-
-
-class RunError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-@dataclass
-class RunOptions:
-    cmd: list[str]
-    name: str = ""
-    rules: list[str] = field(default_factory=list)
-    no_rules: bool = False
-    json: str | None = None
-    json_events: bool = True
-    journal: str | None = None
-    otlp: str | None = None
-    audit: bool = False
-    runtime: str = "cgroup"
-    verbose: bool = False
-    quiet: bool = False
-    llm_capture: str = "metadata"
-    cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
-    env: dict[str, str] = field(default_factory=dict)
-
-    def config(self) -> MonitorConfig:
-        return MonitorConfig(source=COMMAND_LINE, rules=list(self.rules), no_rules=self.no_rules,
-                             audit=self.audit, llm_capture=self.llm_capture, cpu=self.cpu,
-                             console=not self.quiet, verbose=self.verbose, json=self.json,
-                             json_events=self.json_events, journal=self.journal, otlp=self.otlp)
-
-
-def exit_status(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
 
 
 class _Sandboxed:

@@ -38,7 +38,6 @@ from monitor.sandbox.cgroupwatch import CgroupDirWatch, CgroupRef, log_stderr
 from monitor.sandbox.posture import container_start_event
 
 LIFECYCLE_ACTIONS = ("start", "die", "destroy")
-DEFAULT_KILL_TIMEOUT_S = 2.0
 
 # Engine each watched container was found on: kill_container() goes back to the same engine.
 engine_of: dict[str, str] = {}
