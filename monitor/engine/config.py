@@ -252,6 +252,7 @@ class RunOptions:
     llm_capture: str = "metadata"
     cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
+    exit_at_once: bool = False  # the CLI's: exit after the summary, release the probes in the background
 
     def config(self) -> MonitorConfig:
         return MonitorConfig(source=COMMAND_LINE, rules=list(self.rules), no_rules=self.no_rules,
