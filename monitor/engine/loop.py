@@ -28,9 +28,9 @@ class LoopError(Exception):
 
 
 DRAIN_QUIET_POLLS = 3  # consecutive empty polls that mean the ring buffer is drained
-# The longest a batched (no-wakeup) record waits in the ring buffer (see poll_ms()): while a rule
-# enforces from user space, 5 ms; while the rules only alert, 50 ms, so an idle monitor wakes 20
-# times a second instead of 200 (an idle turn costs ~70 us of CPU on our VMs).
+# The longest a batched (no-wakeup) record waits in the ring buffer (see poll_ms()): short while a
+# rule enforces from user space, ten times longer while the rules only alert, so an idle monitor
+# wakes ten times less often (each idle turn costs CPU: docs/performance.md, "poll").
 POLL_MS = 5
 ALERT_POLL_MS = 50
 TICK_S = 0.25  # housekeeping between batches (is the sandbox frozen?) at most this often
@@ -45,11 +45,11 @@ def judging_cpu(choice: str, option: str = "--cpu") -> int | None:
     process may use, `off` lets the scheduler move it, a number names one. `option` names the
     setting in the error (the daemon's config says `cpu:`).
 
-    Why: on our 2-core VMs a fork+exec storm keeps both cores in use, and a monitor the scheduler
-    moves between them lands on whichever core the storm wants next: the same monitor cost the
-    storm +4.4 % unpinned and +1.7 % with its loop on one CPU (one interleaved run, 7 repeats;
-    README, performance). Only the loop's thread is pinned, only while it runs (pinned_to()), so
-    the sandboxed command, spawned before it, keeps every CPU. One CPU allowed: nothing to pin."""
+    Why: on a 2-core machine a fork+exec storm keeps both cores in use, and a monitor the
+    scheduler moves between them lands on whichever core the storm wants next, with cold caches
+    (docs/performance.md, "judging loop on one CPU", has the figures). Only the loop's thread is
+    pinned, only while it runs (pinned_to()), so the sandboxed command, spawned before it, keeps
+    every CPU. One CPU allowed: nothing to pin."""
     allowed = os.sched_getaffinity(0)
     if choice == "off":
         return None
@@ -98,8 +98,8 @@ def eager_kinds(policy: Any) -> set[str]:
 def tune_gc() -> None:
     """Everything built so far (rules, compiled programs, modules) lives as long as the monitor:
     freeze it out of the cyclic collector, and collect young objects less often. Events are
-    freed by reference counting; at 100k events/s the default thresholds spent ~25% of the
-    monitor's time in full collections re-walking the same long-lived objects."""
+    freed by reference counting; at high event rates the default thresholds spent a large share
+    of the monitor's time re-walking the same long-lived objects (docs/performance.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
@@ -115,7 +115,7 @@ def poll_ms(policy: Any) -> int:
 def one_wait(sources: list[Source], extra: tuple[int, ...] = ()) -> select.epoll | None:
     """One wait for several sources, when each has a descriptor that polls readable when it has
     records (`fileno()`). Waiting on each in turn let an exec record that came during the TLS
-    source's wait sit in the sensor's ring until that wait ended (+5 ms per extra source).
+    source's wait sit in the sensor's ring until that wait ended (one whole wait per extra source).
     `extra`: more descriptors to wait on (the loop's wake-up pipe)."""
     descriptors = [source.fileno() for source in sources] + list(extra)
     if len(descriptors) < 2 or None in descriptors:
@@ -169,7 +169,8 @@ class Loop:
     def run_until(self, done: Callable[[], bool], on_tick: Callable[[], None] | None = None,
                   poll_ms: int = POLL_MS) -> None:
         """Pump until `done()`; `on_tick` at most every TICK_S (under an exec storm the loop turns
-        thousands of times a second, and a tick that reads a cgroup file cost 12 % of the CPU)."""
+        thousands of times a second, and a tick that reads a cgroup file on each turn showed in
+        the storm's overhead)."""
         next_tick = 0.0
         while not done() and not self.stop_requested:
             self.pump(poll_ms)

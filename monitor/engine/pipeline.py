@@ -61,8 +61,8 @@ class Pipeline:
         # run on their own thread, so a slow reader never delays a kill; the queue is bounded
         # and put() blocks when full (backpressure), so no record is ever dropped. The others
         # (journal, OTLP's queue, a JSON file) run inline once each batch is judged: under the
-        # GIL a thread buys them no parallelism, and handing events to another core cost
-        # ~1.2 us per event (at 100k events/s, a tenth of the monitor).
+        # GIL a thread buys them no parallelism, and handing every event to another core costs
+        # more than writing it (docs/performance.md, "sink threads").
         threaded = [s for s in sinks if s.may_block] if threaded_sinks else []
         self._inline_sinks = [s for s in sinks if s not in threaded]
         self._threaded_sinks = threaded

@@ -301,7 +301,7 @@ class LlmSource(Source):
         records = self.probe.poll(timeout_ms)
         if not records:  # a loss matters to the streams only before the records that follow it
             return []
-        lost = self.probe.lost()  # ~30 us through bcc: not on every turn of the loop
+        lost = self.probe.lost()  # a table read through bcc: not on every turn of the loop
         lost_records = lost["ssl_write"] + lost["ssl_read"]
         if lost_records != self._lost_seen:
             self._lost_seen = lost_records

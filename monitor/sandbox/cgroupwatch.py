@@ -39,7 +39,7 @@ def container_id_of_cgroup_dir(name: str) -> str | None:
 class CgroupDirWatch:
     """inotify on the cgroup-v2 parents Docker's runtimes use: a container's directory appears
     when runc creates the container, before its first instruction runs, so the probes can watch
-    it from the start rather than from the engine's `start` event (~10 ms later, too late for a
+    it from the start rather than from the engine's `start` event (later, too late for a
     short `docker run`)."""
 
     def __init__(self, root: str, on_created: Callable[[str, CgroupRef], None],

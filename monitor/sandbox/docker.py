@@ -41,7 +41,7 @@ LIFECYCLE_ACTIONS = ("start", "die", "destroy")
 
 # Engine each watched container was found on: kill_container() goes back to the same engine.
 engine_of: dict[str, str] = {}
-# API version of each engine seen: a kill need not ask /version first (~25 ms on a busy engine).
+# API version of each engine seen: a kill need not ask /version first (a round trip, slow on a busy engine).
 api_version_of: dict[str, str] = {}
 
 

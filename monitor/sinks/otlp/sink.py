@@ -194,7 +194,7 @@ class OtlpSink(Sink):
 
     def record_rule_eval(self, kind: str, seconds: float) -> None:
         """Kept aside (not in the inbox) and recorded when the builder is idle: an SDK histogram
-        record costs ~5 us. When samples arrive faster than that, the histogram gets a sample."""
+        record is costly. When samples arrive faster than it keeps up, the histogram gets a sample."""
         if len(self._eval_samples) < _EVAL_SAMPLES_MAX:
             self._eval_samples.append((kind, seconds))
 
