@@ -8,7 +8,7 @@ status 1; no traceback.
 `main` imports only the module of the command it runs (all of them for `monitor --help` or an
 unknown word): `monitor run` through the resident monitor must start in tens of milliseconds,
 and importing every command's engine costs more than a second. A command module that cannot be
-imported fails loudly, never silently left out (tests/commands check every one).
+imported fails loudly, never silently left out (tests/test_commands.py checks every one).
 """
 
 from __future__ import annotations
