@@ -22,7 +22,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("policy", ("monitor.policy",)),
     ("actions", ("monitor.actions",)),
     ("sinks", ("monitor.sinks", "monitor.outputs", "monitor.timeline", "monitor.report")),
-    ("engine", ("monitor.engine",)),
+    ("engine", ("monitor.engine", "monitor.client")),
     ("commands", ("monitor.commands", "monitor.__main__")),
 ]
 SOURCES = dict(STAGES)["sources"]
