@@ -4,6 +4,7 @@ line on stderr and exit status 1; no traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -22,6 +23,9 @@ def _run(args: argparse.Namespace) -> int:
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
                          llm_capture=args.llm_capture, cpu=args.cpu)
+    if args.report:
+        from monitor.report.live import run_reported
+        return run_reported(lambda journal: run(dataclasses.replace(options, journal=journal)), args.journal, args.report)
     return run(options)
 
 
@@ -33,6 +37,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json-events", action=argparse.BooleanOptionalAction, default=True,
                    help="events in the JSON output too (--no-json-events: alerts, actions, summary)")
     p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
+    p.add_argument("--report", metavar="FILE.html", help="write the session's forensic report page when it ends")
     p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
     p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")
     p.add_argument("--name", help="sandbox name (default: its id)")
@@ -90,6 +95,7 @@ EXTENSIONS = (
     ("monitor.replay", "add_timeline_parser"),           # timeline JOURNAL
     ("monitor.daemon", "add_daemon_parser"),             # daemon [--config FILE]
     ("monitor.gvisor.commands", "add_gvisor_parser"),    # gvisor install
+    ("monitor.commands.report", "register"),             # report JOURNAL --out FILE.html
 )
 
 

@@ -1,0 +1,49 @@
+"""`monitor report JOURNAL [--sandbox ID] [--since T] [--until T] [--rules PATH]... --out FILE.html`:
+a journaled session as one self-contained web page (monitor/report/)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from monitor.policy import PolicyError
+from monitor.replay import UsageError, _check_sandbox, parse_time
+from monitor.report import ReportOptions, write_report
+from monitor.sinks.journal import JournalError, JournalReader
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("report", help="a journaled session as one self-contained web page",
+                                   description="Write a forensic report of a journal's sandbox sessions: "
+                                               "header, timeline, process tree, alerts, model and tool "
+                                               "calls, filters; one HTML file that needs no network.")
+    parser.add_argument("journal", metavar="JOURNAL", help="journal directory (monitor run --journal DIR)")
+    parser.add_argument("--sandbox", metavar="ID", help="only this sandbox (id)")
+    parser.add_argument("--since", metavar="T", help="from this time (RFC 3339, epoch s, or 10m/2h/1d ago)")
+    parser.add_argument("--until", metavar="T", help="up to this time")
+    parser.add_argument("--rules", action="append", metavar="PATH",
+                        help="also show what these rules would have flagged (repeatable)")
+    parser.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")
+    parser.set_defaults(handler=report_main)
+
+
+def report_main(args: argparse.Namespace) -> int:
+    try:
+        options = ReportOptions(journal=args.journal, sandbox=args.sandbox,
+                                since_ns=parse_time(args.since) if args.since else None,
+                                until_ns=parse_time(args.until) if args.until else None,
+                                rules=args.rules)
+        _check_sandbox(JournalReader(options.journal), options.sandbox)
+        data, size = write_report(options, args.out)
+    except (UsageError, JournalError, PolicyError) as exc:
+        print(f"monitor report: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"monitor report: {args.out}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+    sessions = data["sessions"]
+    events = sum(s["events"] for s in sessions)
+    print(f"monitor report: {args.out} ({size:,} bytes): {len(sessions)} session(s), {events:,} events, "
+          f"{sum(s['alerts_total'] for s in sessions)} alert(s)", file=sys.stderr)
+    return 0
