@@ -524,8 +524,9 @@ def _tool_call_text(llm: dict[str, Any]) -> str:
 
 class TimelineBuilder:
     """Folds journal records into sessions (one per sandbox) of process trees. `max_items` bounds the
-    distinct files and the distinct connections kept per process (alerted ones always kept); past it
-    a process only counts them (more_files, more_connections). None: keep all (`timeline --json`)."""
+    distinct files and the distinct connections kept per process (alerted ones always kept; files
+    written, removed, renamed or chmodded get as many again); past it a process only counts them
+    (more_files, more_connections). None: keep all (`timeline --json`)."""
 
     def __init__(self, max_items: int | None = None) -> None:
         self.max_items = max_items
@@ -642,7 +643,10 @@ class TimelineBuilder:
         path = str(file.get("path", ""))
         entry = node.files.get(path)
         if entry is None:
-            if not alerts and self.max_items is not None and len(node.files) >= self.max_items:
+            # past the bound: writes, deletes, renames and chmods still get as many again
+            kept = len(node.files)
+            if not alerts and self.max_items is not None and kept >= self.max_items and \
+                    (kept >= 2 * self.max_items or (kind == "open" and not file.get("write"))):
                 node.more_files += 1
                 return
             entry = node.files[path] = {"path": path, "ops": [], "write": False, "count": 0, "alerts": [],

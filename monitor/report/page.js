@@ -22,6 +22,10 @@
   function lower(s) { return String(s === undefined || s === null ? "" : s).toLowerCase(); }
   function netText(c) { return c.kind === "dns" ? "dns " + (c.query || "") : c.kind + " " + (c.transport || "") + " " + c.address + ":" + c.port; }
   function procText(p) { return p.args || p.executable || "(pid " + p.pid + ")"; }
+  function procAlerted(p) {
+    return p.alerts.length > 0 || p.files.some(function (f) { return f.alerts.length > 0; }) ||
+      p.connections.some(function (c) { return c.alerts.length > 0; });
+  }
   function pct(t, span) { return Math.max(0, Math.min(100, span > 0 ? (t / span) * 100 : 0)); }
   function procId(si, pi) { return "proc-" + si + "-" + pi; }
   function jump(si, pi) {
@@ -163,7 +167,7 @@
       label.title = "pid " + p.pid + " " + procText(p);
       label.addEventListener("click", function () { jump(si, pi); });
       const track = add(row, el("div", "track"));
-      const bar = add(track, el("div", "bar" + (p.alerts.length ? " alerted" : "") + (p.caused_by ? " caused" : "")));
+      const bar = add(track, el("div", "bar" + (procAlerted(p) ? " alerted" : "") + (p.caused_by ? " caused" : "")));
       bar.style.left = pct(p.start, span) + "%";
       bar.style.width = Math.max(0, pct(p.end, span) - pct(p.start, span)) + "%";
       bar.title = "pid " + p.pid + " " + procText(p) + " +" + fmtMs(p.start) + " → " + (p.exited ? "+" + fmtMs(p.end) : "end");
@@ -250,7 +254,7 @@
     const box = add(section, el("div", "tree"));
     s.processes.forEach(function (p, pi) {
       const v = view.procs[pi];
-      const div = add(box, el("div", "proc" + (p.alerts.length ? " alerted" : "") + (p.placeholder ? " context" : "")));
+      const div = add(box, el("div", "proc" + (procAlerted(p) ? " alerted" : "") + (p.placeholder ? " context" : "")));
       div.id = procId(si, pi);
       div.dataset.pid = String(p.pid);
       div.style.marginLeft = (Math.min(p.depth, 30) * 18) + "px";
@@ -272,7 +276,7 @@
         f.alerts.forEach(function (r) { add(li, document.createTextNode(" ")); add(li, el("span", "badge", r)); });
         v.files[fi].node = li;
       });
-      if (p.more_files) v.moreFiles = add(ul, el("li", "more", p.more_files + " more file events on other paths (past the bound of " + DATA.limits.items_per_process + " paths)"));
+      if (p.more_files) v.moreFiles = add(ul, el("li", "more", p.more_files + " more file events on other paths (past the bound of " + DATA.limits.items_per_process + " paths read, as many again written)"));
       p.connections.forEach(function (c, ci) {
         const type = c.kind === "dns" ? "dns" : "network";
         const li = add(ul, el("li", "item " + type + (c.alerts.length ? " alerted" : "")));
