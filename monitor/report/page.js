@@ -26,6 +26,7 @@
     return p.alerts.length > 0 || p.files.some(function (f) { return f.alerts.length > 0; }) ||
       p.connections.some(function (c) { return c.alerts.length > 0; });
   }
+  function isPlainRead(f) { return !f.write && !f.alerts.length && !f.verdict && f.ops.length === 1 && f.ops[0] === "read"; }
   function pct(t, span) { return Math.max(0, Math.min(100, span > 0 ? (t / span) * 100 : 0)); }
   function procId(si, pi) { return "proc-" + si + "-" + pi; }
   function jump(si, pi) {
@@ -269,8 +270,16 @@
       p.alerts.forEach(function (r) { add(head, el("span", "badge", r)); });
       view.wouldByProc[pi] && view.wouldByProc[pi].forEach(function (r) { add(head, el("span", "badge would", "would flag: " + r)); });
       const ul = add(div, el("ul", "items"));
+      // plain reads (mostly libraries and locale files) fold into one line; the rest stays in view
+      const plainReads = p.files.filter(function (f) { return isPlainRead(f); }).length;
+      let readsUl = null;
+      if (plainReads) {
+        v.reads = add(div, el("details", "reads"));
+        v.readsSummary = add(v.reads, el("summary", "dim", plainReads + " file(s) only read"));
+        readsUl = add(v.reads, el("ul", "items"));
+      }
       p.files.forEach(function (f, fi) {
-        const li = add(ul, el("li", "item file" + (f.alerts.length ? " alerted" : "") + (f.write ? " write" : "")));
+        const li = add(isPlainRead(f) ? readsUl : ul, el("li", "item file" + (f.alerts.length ? " alerted" : "") + (f.write ? " write" : "")));
         itemLine(li, "file " + f.ops.join("/"), f.path + (f.new_path ? " → " + f.new_path : ""),
           (f.count > 1 ? " ×" + f.count : "") + (f.verdict ? " " + f.verdict : ""));
         f.alerts.forEach(function (r) { add(li, document.createTextNode(" ")); add(li, el("span", "badge", r)); });
@@ -355,6 +364,12 @@
         v.tree.classList.toggle("context", v.context || v.data.placeholder);
         if (v.row) v.row.classList.toggle("hidden", !show);
         v.files.forEach(function (f) { f.node.classList.toggle("hidden", !(v.visible && f.visible)); });
+        if (v.reads) {
+          const reads = v.files.filter(function (f) { return v.visible && f.visible && isPlainRead(f.data); }).length;
+          v.reads.classList.toggle("hidden", reads === 0);
+          v.readsSummary.textContent = reads + " file(s) only read";
+          if (st.path || st.q) v.reads.open = reads > 0;
+        }
         v.conns.forEach(function (c) { c.node.classList.toggle("hidden", !(v.visible && c.visible)); });
         const filtered = st.path || st.addr || st.q || st.sev >= 0;
         if (v.moreFiles) v.moreFiles.classList.toggle("hidden", !v.visible || filtered || !st.kinds.has("file"));
