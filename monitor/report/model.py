@@ -283,6 +283,7 @@ def _session_data(session: Session, extras: SessionExtras, limits: Limits, budge
     start = session.start_ns
     kept = _kept_processes(session, limits.processes)
     processes: list[dict[str, Any]] = []
+    paths: dict[str, int] = {}  # each path once per session: libraries recur in every process
     uid_of: dict[int, int] = {}  # id(node) -> index in processes
     caused: dict[str, list[int]] = {}  # llm_response id -> process indexes
 
@@ -291,7 +292,7 @@ def _session_data(session: Session, extras: SessionExtras, limits: Limits, budge
             return
         index = len(processes)
         uid_of[id(node)] = index
-        processes.append(_process_data(node, depth, parent, start, session.end_ns, budget))
+        processes.append(_process_data(node, depth, parent, start, session.end_ns, budget, paths))
         if node.caused_by:
             caused.setdefault(node.caused_by, []).append(index)
         for child in sorted(node.children, key=lambda c: (c.start_ns, c.pid)):
@@ -318,7 +319,7 @@ def _session_data(session: Session, extras: SessionExtras, limits: Limits, budge
             "alerts": extras.alerts, "actions": extras.actions, "actions_total": extras.actions_total,
             "model_calls": extras.model_calls, "model_calls_total": extras.model_calls_total,
             "would_flag": extras.would_flag, "would_flag_total": extras.would_flag_total,
-            "processes": processes, "processes_total": len(session.procs)}
+            "processes": processes, "processes_total": len(session.procs), "paths": list(paths)}
 
 
 def _ms(time_ns: int, start_ns: int) -> float:
@@ -326,8 +327,20 @@ def _ms(time_ns: int, start_ns: int) -> float:
     return round((time_ns - start_ns) / 1e6, 3) if time_ns and start_ns else 0.0
 
 
+def _compact(entry: dict[str, Any]) -> dict[str, Any]:
+    """Left out: what is null, empty or false, and a count of 1 (the page reads those as defaults)."""
+    return {k: v for k, v in entry.items() if v not in (None, False, [], "") and not (k == "count" and v == 1)}
+
+
+def _path_index(paths: dict[str, int], path: str) -> int:
+    index = paths.get(path)
+    if index is None:
+        index = paths[path] = len(paths)
+    return index
+
+
 def _process_data(node: ProcNode, depth: int, parent: int | None, start: int, end: int,
-                  budget: _MarkBudget) -> dict[str, Any]:
+                  budget: _MarkBudget, paths: dict[str, int]) -> dict[str, Any]:
     files = sorted(node.files.values(), key=lambda e: e["first_ns"])
     connections = sorted(node.connections.values(), key=lambda e: e["first_ns"])
     # alerted items take the timeline's marks first
@@ -338,15 +351,17 @@ def _process_data(node: ProcNode, depth: int, parent: int | None, start: int, en
         "executable": _clip(node.executable), "args": _clip(" ".join(node.args)),
         "start": _ms(node.start_ns, start), "end": _ms(node.end_ns or end, start), "exited": node.end_ns > 0,
         "exit": node.exit, "placeholder": node.placeholder, "alerts": list(dict.fromkeys(node.alerts)),
-        "files": [{"t": _ms(e["first_ns"], start), "path": _clip(e["path"]), "ops": e["ops"], "write": e["write"],
-                   "count": e["count"], "alerts": e["alerts"], "verdict": e.get("verdict"),
-                   "new_path": _clip(str(e["new_path"])) if e.get("new_path") else None, "mark": e.pop("_mark")}
+        "files": [_compact({"t": _ms(e["first_ns"], start), "p": _path_index(paths, _clip(e["path"])),
+                            "ops": e["ops"], "write": e["write"], "count": e["count"], "alerts": e["alerts"],
+                            "verdict": e.get("verdict"),
+                            "new_path": _clip(str(e["new_path"])) if e.get("new_path") else None,
+                            "mark": e.pop("_mark")})
                   for e in files],
-        "connections": [{"t": _ms(e["first_ns"], start), "kind": e["kind"],
-                         "address": _clip(str(e.get("address", ""))), "port": e.get("port"),
-                         "query": _clip(str(e["query"])) if e.get("query") else None,
-                         "transport": e.get("transport"), "count": e["count"], "alerts": e["alerts"],
-                         "result": e.get("result"), "verdict": e.get("verdict"), "mark": e.pop("_mark")}
+        "connections": [_compact({"t": _ms(e["first_ns"], start), "kind": e["kind"],
+                                  "address": _clip(str(e.get("address", ""))), "port": e.get("port"),
+                                  "query": _clip(str(e["query"])) if e.get("query") else None,
+                                  "transport": e.get("transport"), "count": e["count"], "alerts": e["alerts"],
+                                  "result": e.get("result"), "verdict": e.get("verdict"), "mark": e.pop("_mark")})
                         for e in connections],
         "more_files": node.more_files, "more_connections": node.more_connections,
     }

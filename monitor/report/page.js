@@ -426,6 +426,16 @@
     });
     Object.keys(view.wouldByProc).forEach(function (k) { view.wouldByProc[k] = Array.from(new Set(view.wouldByProc[k])); });
     s.processes.forEach(function (p) {
+      // the data leaves out defaults (see model.py _compact) and names each path once per session
+      p.files.forEach(function (f) {
+        f.path = s.paths[f.p]; f.ops = f.ops || []; f.alerts = f.alerts || []; f.count = f.count || 1;
+        f.write = !!f.write; f.mark = !!f.mark;
+      });
+      p.connections.forEach(function (c) {
+        c.alerts = c.alerts || []; c.count = c.count || 1; c.mark = !!c.mark;
+        if (c.address === undefined) c.address = "";
+        if (c.port === undefined) c.port = "";
+      });
       view.procs.push({ data: p, files: p.files.map(function (f) { return { data: f }; }),
                         conns: p.connections.map(function (c) { return { data: c }; }) });
     });
