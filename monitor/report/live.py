@@ -28,8 +28,10 @@ def run_reported(run: Callable[[str], int], journal: str | None, out: str) -> in
     try:
         status = run(journal or str(scratch))
         try:
-            size = write_page(build_report_data(ReportOptions(journal=journal or str(scratch), since_ns=started_ns)),
-                              out)
+            data = build_report_data(ReportOptions(journal=journal or str(scratch), since_ns=started_ns))
+            if scratch is not None:
+                data["journal"] = "(a temporary journal, removed after the run)"
+            size = write_page(data, out)
         except (OSError, JournalError) as exc:
             print(f"monitor: --report {out}: {exc}", file=sys.stderr)
             return status or 1

@@ -22,6 +22,7 @@ from monitor.replay import (
     ReplayOptions,
     Session,
     TimelineBuilder,
+    _fewer_collections,
     load_replay_rules,
     replay_journal,
 )
@@ -221,9 +222,10 @@ def replayed_with(options: ReportOptions, builder: ReportBuilder) -> list[dict[s
 def build_report_data(options: ReportOptions) -> dict[str, Any]:
     """The page's data. JournalError if there is no journal; PolicyError if a rule is bad."""
     started = time.perf_counter()
-    builder = read_journal(options)
-    diff = replayed_with(options, builder) if options.rules is not None else None
-    sessions = builder.finish()
+    with _fewer_collections():  # the tree holds ~100 objects per process: full collections would rescan it
+        builder = read_journal(options)
+        diff = replayed_with(options, builder) if options.rules is not None else None
+        sessions = builder.finish()
     budget = _MarkBudget(options.limits.marks)
     pages = [_session_data(s, builder.extras.get(str(s.sandbox.get("id")), SessionExtras()), options.limits,
                            budget) for s in sessions]
@@ -287,19 +289,19 @@ def _session_data(session: Session, extras: SessionExtras, limits: Limits, budge
     uid_of: dict[int, int] = {}  # id(node) -> index in processes
     caused: dict[str, list[int]] = {}  # llm_response id -> process indexes
 
-    def walk(node: ProcNode, depth: int, parent: int | None) -> None:
+    # depth first, parents before children; a stack, not recursion: agent trees can be thousands deep
+    stack: list[tuple[ProcNode, int, int | None]] = [(root, 0, None) for root in reversed(session.roots)]
+    while stack:
+        node, depth, parent = stack.pop()
         if id(node) not in kept:
-            return
+            continue
         index = len(processes)
         uid_of[id(node)] = index
         processes.append(_process_data(node, depth, parent, start, session.end_ns, budget, paths))
         if node.caused_by:
             caused.setdefault(node.caused_by, []).append(index)
-        for child in sorted(node.children, key=lambda c: (c.start_ns, c.pid)):
-            walk(child, depth + 1, index)
-
-    for root in session.roots:
-        walk(root, 0, None)
+        children = sorted(node.children, key=lambda c: (c.start_ns, c.pid), reverse=True)
+        stack.extend((child, depth + 1, index) for child in children)
     by_pid = {node.pid: uid_of[id(node)] for node in session.procs.values() if id(node) in uid_of}
     for row in (*extras.alerts, *extras.would_flag, *extras.actions, *extras.model_calls):
         row["t"] = _ms(row.pop("time_ns"), start)
