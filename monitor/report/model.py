@@ -331,7 +331,8 @@ def _ms(time_ns: int, start_ns: int) -> float:
 
 def _compact(entry: dict[str, Any]) -> dict[str, Any]:
     """Left out: what is null, empty or false, and a count of 1 (the page reads those as defaults)."""
-    return {k: v for k, v in entry.items() if v not in (None, False, [], "") and not (k == "count" and v == 1)}
+    return {k: v for k, v in entry.items()
+            if v is not None and v is not False and v != [] and v != "" and not (k == "count" and v == 1)}
 
 
 def _path_index(paths: dict[str, int], path: str) -> int:
