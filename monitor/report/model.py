@@ -260,10 +260,15 @@ def _kept_processes(session: Session, limit: int) -> set[int]:
     kept: set[int] = set()
 
     def keep_with_ancestors(node: ProcNode) -> None:
+        """The node and its ancestors not kept yet, or none of them if they do not all fit: the
+        page nests a process under its parent, so one kept without its parent would not show."""
+        chain: list[int] = []
         cur: ProcNode | None = node
-        while cur is not None and id(cur) not in kept and len(kept) < limit:
-            kept.add(id(cur))
+        while cur is not None and id(cur) not in kept and id(cur) not in chain:
+            chain.append(id(cur))
             cur = session.procs.get(cur.ppid) if cur.ppid is not None else None
+        if len(kept) + len(chain) <= limit:
+            kept.update(chain)
 
     def notable(node: ProcNode) -> bool:
         return bool(node.alerts or node.caused_by or node.llm

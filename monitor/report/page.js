@@ -471,10 +471,22 @@
   header();
   DATA.sessions.forEach(session);
   const form = document.getElementById("filters");
-  form.addEventListener("input", applyFilters);
-  form.addEventListener("change", applyFilters);
-  form.addEventListener("reset", function () { setTimeout(applyFilters, 0); });
+  // typing waits for a pause (a large page takes a moment per pass); boxes and lists apply at once
+  let timer = null;
+  function applyNow() {
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    applyFilters();
+    document.body.dataset.pending = "0";
+  }
+  function applySoon() {
+    document.body.dataset.pending = "1";
+    if (timer !== null) clearTimeout(timer);
+    timer = setTimeout(applyNow, 200);
+  }
+  form.addEventListener("input", function (ev) { if (ev.target.type === "search") applySoon(); else applyNow(); });
+  form.addEventListener("change", function (ev) { if (ev.target.type !== "search") applyNow(); });
+  form.addEventListener("reset", function () { document.body.dataset.pending = "1"; setTimeout(applyNow, 0); });
   form.addEventListener("submit", function (ev) { ev.preventDefault(); });
-  applyFilters();
+  applyNow();
   document.body.dataset.ready = "1";
 })();

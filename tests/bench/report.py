@@ -7,7 +7,8 @@ with an alert on every /etc/passwd read so the alert paths are exercised too).
     .venv/bin/python -m tests.bench.report --json
 
 Figures per size: the page's bytes (and per event), the time to read the journal and build the
-page's data (two journal passes), the time to render and write it, and the process's peak RSS.
+page's data (two journal passes), the time to render and write it, the CPU seconds of both (steadier
+than wall time on a shared machine), and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def bench_size(count: int, tmp: str) -> dict[str, Any]:
     journal = os.path.join(tmp, f"journal-{count}")
     written = write_journal(journal, count)
     page = os.path.join(tmp, f"report-{count}.html")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     data = build_report_data(ReportOptions(journal=journal))
     built = time.perf_counter()
     size = write_page(data, page)
-    done = time.perf_counter()
+    done, cpu = time.perf_counter(), time.process_time() - cpu
     (session,) = data["sessions"]
     assert session["events"] == count, (session["events"], count)
     assert session["alerts_total"] == written["alerts"], (session["alerts_total"], written["alerts"])
@@ -69,6 +70,7 @@ def bench_size(count: int, tmp: str) -> dict[str, Any]:
             f"report_{label}_build_s": round(built - started, 3),
             f"report_{label}_write_s": round(done - built, 3),
             f"report_{label}_total_s": round(done - started, 3),
+            f"report_{label}_cpu_s": round(cpu, 3),
             f"report_{label}_events_per_s": round(count / (done - started)),
             f"report_{label}_page_bytes": size,
             f"report_{label}_page_bytes_per_event": round(size / count, 2),

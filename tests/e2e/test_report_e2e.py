@@ -21,7 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
@@ -78,15 +78,21 @@ def cmd(proc: WebElement) -> str:
     return proc.find_element(By.CSS_SELECTOR, ".head .cmd").get_attribute("textContent") or ""
 
 
+def filtered(browser: WebDriver) -> None:
+    """Wait until the page has applied what was typed (it waits for a pause in typing)."""
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.pending") == "0")
+
+
 def fill(browser: WebDriver, field: str, text: str) -> None:
     box = browser.find_element(By.ID, field)
     box.clear()
     box.send_keys(text)
+    filtered(browser)
 
 
 def clear_filters(browser: WebDriver) -> None:
     browser.find_element(By.ID, "f-reset").click()
-    browser.execute_script("document.getElementById('filters').dispatchEvent(new Event('input'))")
+    filtered(browser)
 
 
 def alert_rows(browser: WebDriver, cls: str = "alert") -> list[WebElement]:
