@@ -157,7 +157,7 @@
       view.marks.push({ node: m, type: "action", action: ai });
     });
     const orphanRow = add(box, el("div", "row lane alert-lane"));
-    add(orphanRow, el("div", "label", "alerts without a process"));
+    add(orphanRow, el("div", "label", "alerts (process not in the page)"));
     const orphanTrack = add(orphanRow, el("div", "track"));
     let orphans = 0;
     s.processes.forEach(function (p, pi) {
