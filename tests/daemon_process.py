@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def daemon_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "monitor.daemon", "--config", str(config), *extra]
+    return [sys.executable, "-m", "monitor", "daemon", "--config", str(config), *extra]
 
 
 class DaemonProcess:

@@ -10,9 +10,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from monitor.journal import JournalError
 from monitor.report.html import write_page
 from monitor.report.model import ReportOptions, build_report_data
-from monitor.sinks.journal import JournalError
 
 
 def run_reported(run: Callable[[str], int], journal: str | None, out: str) -> int:

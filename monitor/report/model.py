@@ -1,4 +1,4 @@
-"""The report's data: a journal folded into sessions (replay's TimelineBuilder: one process tree per
+"""The report's data: a journal folded into sessions (monitor.timeline's TimelineBuilder: one process tree per
 sandbox), plus what the page shows around it: the sandbox's identity and posture, counts, alerts,
 actions, the model calls with their tool calls and the processes each caused, and with `rules`,
 what those rules would have flagged that the recording did not.
@@ -10,23 +10,19 @@ says how many more there were.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.event import ActionRecord, Alert, Event, rfc3339
-from monitor.replay import (
-    ProcNode,
-    ReplayOptions,
-    Session,
-    TimelineBuilder,
-    _fewer_collections,
-    load_replay_rules,
-    replay_journal,
-)
-from monitor.sinks.journal import JournalReader
+from monitor.journal import JournalReader
+from monitor.timeline import ProcNode, TimelineBuilder
+from monitor.timeline import SessionTimeline as Session
 
 TEXT_LIMIT = 600  # characters of one command line, argument list or model text in the page
 
@@ -52,8 +48,16 @@ class ReportOptions:
     sandbox: str | None = None
     since_ns: int | None = None
     until_ns: int | None = None
-    rules: list[str] | None = None  # None: no "would have flagged" section
     limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What `replay` with other rules found (the caller runs it: replay is the engine's): the rule
+    files, its per-rule difference with the recording, and the alerts the recording lacks."""
+    rules: list[str]
+    diff: list[dict[str, Any]]
+    new_alerts: list[Alert]
 
 
 @dataclass
@@ -99,7 +103,7 @@ def event_subject(event: Event) -> str:
 
 
 class ReportBuilder(TimelineBuilder):
-    """replay's TimelineBuilder (sessions of process trees, bounded per process), plus the page's
+    """The timeline's TimelineBuilder (sessions of process trees, bounded per process), plus the page's
     header facts, alerts, actions and model calls."""
 
     def __init__(self, limits: Limits) -> None:
@@ -194,7 +198,7 @@ def _model_call(event: Event, alerts: list[tuple[str, str]]) -> dict[str, Any]:
 
 def read_journal(options: ReportOptions) -> ReportBuilder:
     """Two passes, as `monitor timeline` does: the alerts and actions first (journaled after their
-    events), then the events. A third, with `rules`, is replay's."""
+    events), then the events."""
     builder = ReportBuilder(options.limits)
     window = {"sandbox": options.sandbox, "since_ns": options.since_ns, "until_ns": options.until_ns}
     for rec in JournalReader(options.journal).records(types={"alert", "action"}, **window):
@@ -207,24 +211,26 @@ def read_journal(options: ReportOptions) -> ReportBuilder:
     return builder
 
 
-def replayed_with(options: ReportOptions, builder: ReportBuilder) -> list[dict[str, Any]]:
-    """replay with the given rules: the alerts the recording lacks go to each session's would_flag;
-    the per-rule difference is returned. PolicyError on a bad rule file."""
-    ruleset = load_replay_rules(options.rules)
-    result = replay_journal(ReplayOptions(journal=options.journal, rules=options.rules, sandbox=options.sandbox,
-                                          since_ns=options.since_ns, until_ns=options.until_ns), ruleset)
-    for alert in result.alerts:
-        if (alert.rule, alert.event.id) not in result.recorded_pairs:
-            builder.add_would_flag(alert)
-    return [entry.to_dict() for entry in result.diff()]
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The trees hold ~100 objects per process, made from millions of short-lived ones: collecting
+    the young generation every 700 allocations (the default) would rescan them again and again."""
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], 100_000), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
 
 
-def build_report_data(options: ReportOptions) -> dict[str, Any]:
-    """The page's data. JournalError if there is no journal; PolicyError if a rule is bad."""
+def build_report_data(options: ReportOptions, replayed: Replayed | None = None) -> dict[str, Any]:
+    """The page's data; with `replayed`, what other rules would have flagged, marked apart.
+    JournalError if there is no journal."""
     started = time.perf_counter()
-    with _fewer_collections():  # the tree holds ~100 objects per process: full collections would rescan it
+    with _fewer_collections():
         builder = read_journal(options)
-        diff = replayed_with(options, builder) if options.rules is not None else None
+        for alert in replayed.new_alerts if replayed is not None else []:
+            builder.add_would_flag(alert)
         sessions = builder.finish()
     budget = _MarkBudget(options.limits.marks)
     pages = [_session_data(s, builder.extras.get(str(s.sandbox.get("id")), SessionExtras()), options.limits,
@@ -233,7 +239,8 @@ def build_report_data(options: ReportOptions) -> dict[str, Any]:
             "window": {"sandbox": options.sandbox,
                        "since": rfc3339(options.since_ns) if options.since_ns else None,
                        "until": rfc3339(options.until_ns) if options.until_ns else None},
-            "rules": options.rules, "rules_diff": diff, "limits": options.limits.to_dict(),
+            "rules": replayed.rules if replayed is not None else None,
+            "rules_diff": replayed.diff if replayed is not None else None, "limits": options.limits.to_dict(),
             "marks_hidden": budget.hidden, "sessions": pages,
             "build_s": round(time.perf_counter() - started, 3)}
 
