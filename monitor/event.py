@@ -1,7 +1,7 @@
 """The one event model that flows probes -> sensor -> enrich -> policy -> actions -> sinks.
 
 `Event.to_dict()` is both the JSON form and the CEL activation (`event`): field names
-follow ../shared/DESIGN.md and OpenTelemetry semantic conventions; a field that does not
+follow docs/design.md and OpenTelemetry semantic conventions; a field that does not
 apply is absent, never an empty placeholder.
 
 Beyond DESIGN.md's fields, kind-specific facts live in `event.detail` (a map):

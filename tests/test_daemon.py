@@ -360,3 +360,11 @@ def test_runtime_setup_filter_drops_runc_stages_but_never_the_program():
     kept = [(e.kind, e.process["pid"]) for e in flt.poll(0)]
     assert kept == [("exec", 100), ("fork", 100), ("open", 101), ("open", 300)]
     assert flt.filtered == 2
+
+
+def test_yaml_bare_off_means_off(tmp_path):
+    """YAML reads a bare `off` as false: for llm_capture, cpu and socket it means off."""
+    config = parse("llm_capture: off\ncpu: off\nsocket: off\n", tmp_path)
+    assert (config.llm_capture, config.cpu, config.resident_socket) == ("off", "off", None)
+    config = parse(f"socket: {tmp_path / 'm.sock'}\n", tmp_path)
+    assert config.resident_socket == str(tmp_path / "m.sock")

@@ -10,10 +10,10 @@ import time
 import pytest
 from docker_engine import wait_for
 
-from monitor.actions.docker import DockerEnforcer
+from monitor.actions.docker import DockerEnforcer, kill_container
 from monitor.event import Event
 from monitor.sandbox import Sandbox, SandboxRegistry
-from monitor.sandbox.docker import DockerInventory, kill_container, parse_selector
+from monitor.sandbox.docker import DockerInventory, parse_selector
 from monitor.sandbox.posture import posture
 
 pytestmark = pytest.mark.docker

@@ -468,11 +468,7 @@ def test_cli_install_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_deny_rules_are_refused_with_a_reason() -> None:
-    class Rule:
-        def __init__(self, name: str, action: str) -> None:
-            self.name, self.action = name, action
-
-    messages = deny_rules_refused([Rule("ok", "kill"), Rule("no miners", "deny"), {"rule": "d", "action": "deny"}])
+    messages = deny_rules_refused([("ok", "kill"), ("no miners", "deny"), ("d", "deny")])
     assert len(messages) == 2 and "no miners" in messages[0] and DENY_REFUSED in messages[0]
     assert "host kernel never sees" in DENY_REFUSED
 

@@ -47,6 +47,8 @@ def daemon_command(config_path: str | None, check: bool = False) -> int:
             summary = daemon.close()
             restore()
         log.info("stopped: %d events, %d alerts", summary.get("events", 0), summary.get("alerts", 0))
+        if "resident" in summary:
+            log.info("resident: %s", ", ".join(f"{k} {v}" for k, v in sorted(summary["resident"].items())))
         return 0
     except (ConfigError, DaemonError, AssemblyError, PolicyError, LoopError) as exc:
         print(f"monitor daemon: {exc}", file=sys.stderr)

@@ -24,7 +24,8 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
-                         llm_capture=args.llm_capture, cpu=args.cpu)
+                         llm_capture=args.llm_capture, cpu=args.cpu,
+                         exit_at_once=not args.report)  # --report: the page is written after run() returns
     if args.report:
         from monitor.report.live import run_reported
         return run_reported(lambda journal: _start(replace(options, journal=journal), args), args.journal, args.report)

@@ -242,7 +242,7 @@ def build(config: MonitorConfig, *, gvisor_run: GvisorSandbox | None = None, sen
     cpu = judging_cpu(config.cpu)
     policy = build_policy(config)
     if gvisor_run is not None and policy is not None and not config.audit:
-        refused = deny_rules_refused(r for r in policy.rules if r.mode != "audit")
+        refused = deny_rules_refused((r.name, r.action) for r in policy.rules if r.mode != "audit")
         if refused:
             more = f" (and {len(refused) - 1} more deny rules)" if len(refused) > 1 else ""
             raise AssemblyError(f"--runtime gvisor: {refused[0]}{more}")

@@ -119,7 +119,8 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
             setattr(config, key, reader.scalar(top[key][1], key, bool))
     if "llm_capture" in top:
         node = top["llm_capture"][1]
-        config.llm_capture = reader.scalar(node, "llm_capture", str)
+        off = isinstance(node, yaml.ScalarNode) and reader.value(node) is False  # YAML's bare `off`
+        config.llm_capture = "off" if off else reader.scalar(node, "llm_capture", str)
         if config.llm_capture not in ("off", "metadata", "full"):  # monitor.llm.CAPTURE_MODES
             raise reader.fail(node, "llm_capture: expected off, metadata or full")
     if "cgroups" in top:
@@ -252,6 +253,7 @@ class RunOptions:
     llm_capture: str = "metadata"
     cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
+    exit_at_once: bool = False  # the CLI's: exit after the summary, release the probes in the background
 
     def config(self) -> MonitorConfig:
         return MonitorConfig(source=COMMAND_LINE, rules=list(self.rules), no_rules=self.no_rules,

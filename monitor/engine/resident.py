@@ -59,6 +59,7 @@ REQUEST_TIMEOUT_S = 10.0  # a client that connects and says nothing is let go
 STREAM_QUEUE = 65536  # judged records waiting for a slow client; past it they are counted, not kept
 DRAIN_MAX_PUMPS = 50  # a busy host never quiets: the drain after a client's CMD ends is bounded
 
+RUN_KEYS = frozenset({"op", "version", "name", "rules", "audit"})
 Submit = Callable[[Callable[[], Any]], Any]  # run a function on the judging thread, return its result
 
 
@@ -141,7 +142,12 @@ class ClientStreams(Sink):
 
 
 class RequestError(Exception):
-    """What a client asked cannot be done: one line back to it."""
+    """What a client asked cannot be done: one line back to it, counted under `counted_as`
+    (bad_requests: not the protocol; refused: a good request the daemon will not serve)."""
+
+    def __init__(self, message: str, counted_as: str = "bad_requests") -> None:
+        super().__init__(message)
+        self.counted_as = counted_as
 
 
 def _read_line(conn: socket.socket, buffer: bytearray) -> dict[str, Any] | None:
@@ -247,7 +253,7 @@ class ResidentService:
                 conn.settimeout(None)
                 self._run(conn, request, buffer)
             except RequestError as exc:
-                self._count("bad_requests" if "rule" not in str(exc) else "refused")
+                self._count(exc.counted_as)
                 log.warning("resident: client refused: %s", exc)
                 with contextlib.suppress(OSError):
                     conn.sendall(json.dumps({"type": "error", "message": str(exc)}).encode() + b"\n")
@@ -268,11 +274,14 @@ class ResidentService:
         try:
             return load_rules(paths, audit=bool(request.get("audit")))
         except PolicyError as exc:
-            raise RequestError(f"rule error: {exc}") from None
+            raise RequestError(str(exc), counted_as="refused") from None
 
     def _run(self, conn: socket.socket, request: dict[str, Any], buffer: bytearray) -> None:
         if request.get("op") != "run":
             raise RequestError(f"unknown op {request.get('op')!r} (expected run)")
+        unknown = sorted(set(request) - RUN_KEYS)
+        if unknown:  # e.g. naming a sandbox: a client has its own, never another's
+            raise RequestError(f"unknown key {unknown[0]!r} in the run request (allowed: {', '.join(sorted(RUN_KEYS))})")
         if request.get("version") != PROTOCOL:
             raise RequestError(f"protocol version {request.get('version')!r} (this monitor speaks {PROTOCOL})")
         name = request.get("name") or ""

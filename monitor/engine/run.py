@@ -13,6 +13,8 @@ rule, sink threading, enforcement and summary.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -162,11 +164,38 @@ def run(options: RunOptions, sensor: Sensor | None = None) -> int:
         raise
     try:
         monitor.watch(sandboxed.sandbox)
-        return _run(options, monitor, sandboxed)
+        status = _run(options, monitor, sandboxed)
     finally:
         monitor.unwatch(sandboxed.sandbox)
-        monitor.close_sources()
         sandboxed.remove()
+    if options.exit_at_once and monitor.owns_sensor and isinstance(sandboxed, _CgroupRun):
+        exit_now_release_later(monitor, status)
+    monitor.close_sources()
+    return status
+
+
+RELEASER_NAME = b"monitor-release"  # the background release's process name (comm)
+
+
+def exit_now_release_later(monitor: Monitor, status: int) -> None:
+    """Exit with `status` now; a child process releases the probes. Detaching each tracepoint and
+    uprobe waits for a kernel grace period (seconds in all), and nobody should wait for that after
+    the summary: the child holds the probes' descriptors, detaches them and exits, with no
+    terminal or pipe of the caller's held open. Nothing stays attached once it is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() == 0:
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).prctl(15, ctypes.c_char_p(RELEASER_NAME), 0, 0, 0)  # PR_SET_NAME
+            monitor.close_sources()
+        finally:
+            os._exit(0)
+    os._exit(status)  # the probes' descriptors are the child's now: nothing to finalise here
 
 
 def _build(options: RunOptions, sandboxed: _Sandboxed, sensor: Sensor | None) -> Monitor:

@@ -90,15 +90,9 @@ def cleanup_stale(base: Path) -> list[str]:
     return removed
 
 
-def deny_rules_refused(rules: Iterable[Any]) -> list[str]:
-    """One message per rule whose action is `deny` (objects with .name/.action or dicts)."""
-    messages = []
-    for rule in rules:
-        action = rule.get("action") if isinstance(rule, dict) else getattr(rule, "action", None)
-        name = rule.get("rule") or rule.get("name") if isinstance(rule, dict) else getattr(rule, "name", "?")
-        if action == "deny":
-            messages.append(f"rule {name!r}: {DENY_REFUSED}")
-    return messages
+def deny_rules_refused(rules: Iterable[tuple[str, str]]) -> list[str]:
+    """One message per (rule name, action) whose action is `deny`."""
+    return [f"rule {name!r}: {DENY_REFUSED}" for name, action in rules if action == "deny"]
 
 
 def _status_from_returncode(returncode: int) -> int:

@@ -116,7 +116,7 @@ def replay(batches: list[list[bytes]], wall_offset: int, cgroup_id: int) -> dict
 def loop_cpu_ns(workload: list[str]) -> int:
     """Thread CPU of `monitor run`'s judging loop (default pack, everything journaled)."""
     with tempfile.TemporaryDirectory(prefix="smbench-exec-path-") as tmp:
-        proc = subprocess.run([PYTHON, "-c", _TIMED_RUN, "run", "-q", "--json", f"{tmp}/out.jsonl",
+        proc = subprocess.run([PYTHON, "-c", _TIMED_RUN, "run", "--standalone", "-q", "--json", f"{tmp}/out.jsonl",
                                "--no-json-events", "--journal", f"{tmp}/journal", "--", *workload],
                               capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("LOOP_CPU_NS")]

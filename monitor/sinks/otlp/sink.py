@@ -22,11 +22,11 @@ from urllib.parse import urlparse
 
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan
 
@@ -38,8 +38,7 @@ from monitor.sinks.otlp.export import (
     CountingMetricExporter,
     ExportQueue,
     OtlpConfigError,
-    QueueLogProcessor,
-    QueueSpanProcessor,
+    SignalExport,
     make_exporters,
     resolve_endpoint,
     shutdown_quietly,
@@ -70,6 +69,9 @@ class OtlpSink(Sink):
     """
 
     name = "otlp"
+    # What runs the export of traces and of logs: (signal, exporter, max_queue, backoff_s=) -> SignalExport.
+    # tests/bench/otlp_sdk.py puts the SDK's batch processors here to measure them against ExportQueue.
+    new_export: Callable[..., SignalExport] = ExportQueue
 
     def __init__(self, endpoint: str | None = None, protocol: str | None = None,
                  headers: Mapping[str, str] | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
@@ -94,11 +96,11 @@ class OtlpSink(Sink):
                                     m.R_SERVICE_INSTANCE: str(uuid.uuid4()), "service.version": _version(),
                                     **dict(resource_attrs or {})})
         exporters = make_exporters(self.endpoint, headers, export_timeout)
-        self._queues: dict[str, ExportQueue] = {}
+        self._queues: dict[str, SignalExport] = {}
         for signal in ("traces", "logs"):
             if signal in signals:
-                self._queues[signal] = ExportQueue(signal, exporters[signal], export_queue,
-                                                   backoff_s=retry_backoff_s)
+                self._queues[signal] = self.new_export(signal, exporters[signal], export_queue,
+                                                       backoff_s=retry_backoff_s)
             else:
                 shutdown_quietly(exporters[signal])
 
@@ -108,13 +110,17 @@ class OtlpSink(Sink):
             span_limits=SpanLimits(max_events=max_span_events + 256, max_attributes=256, max_links=64,
                                    max_event_attributes=128, max_attribute_length=4096))
         if "traces" in self._queues:
-            self._tracer_provider.add_span_processor(QueueSpanProcessor(self._queues["traces"]))
+            span_processor = self._queues["traces"].processor
+            assert isinstance(span_processor, SpanProcessor)
+            self._tracer_provider.add_span_processor(span_processor)
         self._traces = TraceBuilder(self._tracer_provider.get_tracer("sandbox-monitor"), self._ids, max_span_events)
 
         self._logger = None
         if "logs" in self._queues:
             self._logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-            self._logger_provider.add_log_record_processor(QueueLogProcessor(self._queues["logs"]))
+            log_processor = self._queues["logs"].processor
+            assert isinstance(log_processor, LogRecordProcessor)
+            self._logger_provider.add_log_record_processor(log_processor)
             self._logger = self._logger_provider.get_logger("sandbox-monitor")
 
         self._metric_exporter: CountingMetricExporter | None = None
