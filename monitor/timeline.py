@@ -31,6 +31,7 @@ class ProcNode:
     args: list[str] = field(default_factory=list)
     ppid: int | None = None
     start_ns: int = 0
+    end_ns: int = 0  # its exit's time (0: not seen to exit)
     exit: dict[str, Any] | None = None
     caused_by: str | None = None
     model_asked: str | None = None
@@ -39,6 +40,8 @@ class ProcNode:
     previous: list[str] = field(default_factory=list)  # images before an exec replaced them
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    more_files: int = 0  # file events on paths past the builder's per-process bound
+    more_connections: int = 0
     llm: list[dict[str, Any]] = field(default_factory=list)  # its model calls (responses; alerted requests)
     alerts: list[str] = field(default_factory=list)
     children: list[ProcNode] = field(default_factory=list)
@@ -109,9 +112,13 @@ def _tool_call_text(llm: dict[str, Any]) -> str:
 
 
 class TimelineBuilder:
-    """Folds journal records into sessions (one per sandbox) of process trees."""
+    """Folds journal records into sessions (one per sandbox) of process trees. `max_items` bounds the
+    distinct files and the distinct connections kept per process (alerted ones always kept; files
+    written, removed, renamed or chmodded get as many again); past it a process only counts them
+    (more_files, more_connections). None: keep all (`timeline --json`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_items: int | None = None) -> None:
+        self.max_items = max_items
         self.sessions: dict[str, SessionTimeline] = {}
         self.alerts_by_event: dict[str, list[tuple[str, str]]] = {}  # event id -> [(rule, severity)]
 
@@ -212,6 +219,7 @@ class TimelineBuilder:
             node.alerts.extend(rule for rule, _ in alerts)
         elif kind == "exit":
             node.exit = dict(event.detail or {})
+            node.end_ns = event.time_ns
         elif kind in FILE_EVENT_KINDS and event.file:
             self._add_file(node, kind, event, alerts)
         elif kind in NET_EVENT_KINDS and event.net:
@@ -219,12 +227,17 @@ class TimelineBuilder:
         else:
             node.alerts.extend(rule for rule, _ in alerts)
 
-    @staticmethod
-    def _add_file(node: ProcNode, kind: str, event: Event, alerts: list[tuple[str, str]]) -> None:
+    def _add_file(self, node: ProcNode, kind: str, event: Event, alerts: list[tuple[str, str]]) -> None:
         file = event.file or {}
         path = str(file.get("path", ""))
         entry = node.files.get(path)
         if entry is None:
+            # past the bound: writes, deletes, renames and chmods still get as many again
+            kept = len(node.files)
+            if not alerts and self.max_items is not None and kept >= self.max_items and \
+                    (kept >= 2 * self.max_items or (kind == "open" and not file.get("write"))):
+                node.more_files += 1
+                return
             entry = node.files[path] = {"path": path, "ops": [], "write": False, "count": 0, "alerts": [],
                                         "first_ns": event.time_ns}
         entry["count"] += 1
@@ -240,8 +253,7 @@ class TimelineBuilder:
             if rule not in entry["alerts"]:
                 entry["alerts"].append(rule)
 
-    @staticmethod
-    def _add_connection(node: ProcNode, kind: str, event: Event, alerts: list[tuple[str, str]]) -> None:
+    def _add_connection(self, node: ProcNode, kind: str, event: Event, alerts: list[tuple[str, str]]) -> None:
         net = event.net or {}
         if kind == "dns":
             key = f"dns {net.get('query', '')}"
@@ -249,6 +261,9 @@ class TimelineBuilder:
             key = f"{kind} {net.get('transport', '')} {net.get('address', '')}:{net.get('port', '')}"
         entry = node.connections.get(key)
         if entry is None:
+            if not alerts and self.max_items is not None and len(node.connections) >= self.max_items:
+                node.more_connections += 1
+                return
             entry = node.connections[key] = {"kind": kind, "count": 0, "alerts": [],
                                              "first_ns": event.time_ns,
                                              **{k: net[k] for k in ("transport", "address", "port", "direction",

@@ -20,7 +20,7 @@ from types import ModuleType
 
 from monitor.engine.config import RunError
 
-COMMANDS = ("run", "daemon", "replay", "timeline", "rules", "sandbox", "gvisor", "doctor", "demo")
+COMMANDS = ("run", "daemon", "replay", "timeline", "report", "rules", "sandbox", "gvisor", "doctor", "demo")
 
 
 def _module(name: str) -> ModuleType:

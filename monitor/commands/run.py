@@ -8,6 +8,7 @@ this process only starts CMD and shows what comes back), standalone otherwise or
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from monitor.client import Client, ResidentUnavailable
 from monitor.engine.config import RunError, RunOptions
@@ -23,7 +24,15 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
-                         llm_capture=args.llm_capture, cpu=args.cpu, exit_at_once=True)
+                         llm_capture=args.llm_capture, cpu=args.cpu,
+                         exit_at_once=not args.report)  # --report: the page is written after run() returns
+    if args.report:
+        from monitor.report.live import run_reported
+        return run_reported(lambda journal: _start(replace(options, journal=journal), args), args.journal, args.report)
+    return _start(options, args)
+
+
+def _start(options: RunOptions, args: argparse.Namespace) -> int:
     if not args.standalone and args.runtime == "cgroup":
         try:
             client = Client(args.connect)
@@ -47,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json-events", action=argparse.BooleanOptionalAction, default=True,
                    help="events in the JSON output too (--no-json-events: alerts, actions, summary)")
     p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
+    p.add_argument("--report", metavar="FILE.html", help="write the session's forensic report page when it ends")
     p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
     p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")
     p.add_argument("--name", help="sandbox name (default: its id)")
