@@ -530,3 +530,26 @@ def test_outputs_do_not_hold_up_the_caller_while_an_endpoint_hangs(receiver):
     assert done.is_set() and hook.requests == []
     sink.close({})
     assert sink.stats()["undelivered"] == 1000
+
+
+def test_the_readme_examples_are_a_valid_outputs_file_and_alertmanager_route(tmp_path):
+    import re
+    import shutil
+
+    import yaml
+    readme = (ROOT / "README.md").read_text()
+    outputs_block, route_block = re.findall(r"```yaml\n(outputs:.*?|route:.*?)```", readme, re.DOTALL)[:2]
+    (tmp_path / "hmac.key").write_text("k\n")
+    outputs = tmp_path / "outputs.yaml"
+    outputs.write_text(outputs_block.replace("/etc/sandbox-monitor/hmac.key", str(tmp_path / "hmac.key")))
+    assert [c.type for c in load_outputs(str(outputs))] == ["alertmanager", "webhook"]
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool (Debian's prometheus-alertmanager) is not installed: EXTRAS=prometheus scripts/setup.sh"
+    config = yaml.safe_load(route_block)
+    config["route"]["receiver"] = "default"
+    config["receivers"] = [{"name": "default"}, {"name": "agent-security"}]
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Found:" in result.stdout and "- 1 inhibit rules" in result.stdout
