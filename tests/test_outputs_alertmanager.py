@@ -217,3 +217,43 @@ def test_the_daemon_pages_for_a_watched_cgroup(paging, tmp_path):
     page = delivered_alerts(receiver)[0]
     assert page["labels"]["alertname"] == "Hostname file read"
     assert page["labels"]["sandbox_name"] == "watched-agent" and page["status"] == "firing"
+
+
+@pytest.mark.docker
+@needs_root
+def test_the_daemon_pages_for_a_docker_container_and_resolves_when_it_ends(paging, tmp_path, docker_engine):
+    from tests.daemon_process import DaemonProcess
+    manager, receiver = paging
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    config = tmp_path / "daemon.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        rules: [{rules}]
+        docker: {{host: "{docker_engine.host}", watch: agent.sandbox=true}}
+        llm_capture: "off"
+        metrics: {{address: "127.0.0.1:0"}}
+        gvisor: {{enabled: false}}
+        outputs:
+          - type: alertmanager
+            url: {manager.url}
+            sandboxes: {{labels: {{agent.sandbox: "true"}}, names: ["outputs-*"]}}
+        """))
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        ignored = docker_engine.run(["sh", "-c", "cat /etc/hostname; sleep 3"], name="ignored-by-route",
+                                    labels={"agent.sandbox": "true"})
+        paged = docker_engine.run(["sh", "-c", "cat /etc/hostname; sleep 3"], name="outputs-agent",
+                                  labels={"agent.sandbox": "true", "team": "ml"})
+        wait_until(lambda: any(a["status"] == "resolved" for a in delivered_alerts(receiver)), 90,
+                   "the container's page, resolved when it ended")
+        status, metrics = daemon.get("/metrics")
+        assert 'sandbox_monitor_output_sent_total{output="alertmanager"} 2.0' in metrics  # page + resolution
+    finally:
+        code = daemon.stop()
+        docker_engine.remove_all()
+    assert code == 0, daemon.log()
+    alerts = delivered_alerts(receiver)
+    assert [a["status"] for a in alerts] == ["firing", "resolved"]
+    assert {a["labels"]["sandbox"] for a in alerts} == {paged} and ignored != paged
+    assert alerts[0]["labels"]["sandbox_name"] == "outputs-agent"
+    assert alerts[0]["labels"]["image"] == docker_engine.image
