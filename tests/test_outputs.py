@@ -553,3 +553,16 @@ def test_the_readme_examples_are_a_valid_outputs_file_and_alertmanager_route(tmp
     result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Found:" in result.stdout and "- 1 inhibit rules" in result.stdout
+
+
+def test_events_that_do_not_fit_are_counted_apart_from_alerts(tmp_path):
+    from monitor.outputs.ocsf import OcsfFileTransport
+    records: list[Undelivered] = []
+    sink = OutputSink("ocsf", OcsfFileTransport(str(tmp_path / "o.jsonl"), events=True), start=False,
+                      options=OutputOptions(queue_size=2), on_undelivered=records.append)
+    for event in ocsf_events()[1:6]:
+        sink.on_event(event)
+    sink.on_alert(make_alert())
+    stats = sink.stats()
+    assert stats["events_dropped"] == 3 and stats["undelivered"] == 1
+    assert [r.kind for r in records] == ["alert"]

@@ -128,6 +128,7 @@ class OutputSink(Sink):
         self.undelivered_by_reason: Counter[str] = Counter()
         self._queue: queue.Queue[Notice] = queue.Queue(maxsize=self.options.queue_size)
         self._lock = threading.Lock()  # hygiene state: pipeline thread and worker
+        self._count_lock = threading.Lock()  # undelivered counts: both threads give up
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._breaker_failures = 0
@@ -255,11 +256,18 @@ class OutputSink(Sink):
         self.last_error = error
 
     def _give_up(self, notices: list[Notice], reason: str, error: str) -> None:
-        for notice in notices:
-            self.counts["undelivered"] += 1
-            self.undelivered_by_reason[reason] += 1
-            if self.on_undelivered is None:
-                continue
+        """Count (exactly: the pipeline's thread and the worker both give up) and record what
+        was not delivered. Events (OCSF's every-event mode) are counted apart and not recorded:
+        the journal has them all."""
+        alerts = [n for n in notices if n.kind != "event"]
+        with self._count_lock:
+            self.counts["events_dropped"] += len(notices) - len(alerts)
+            self.counts["undelivered"] += len(alerts)
+            if alerts:
+                self.undelivered_by_reason[reason] += len(alerts)
+        if self.on_undelivered is None:
+            return
+        for notice in alerts:
             alert, event = notice.alert, notice.event or (notice.alert.event if notice.alert else None)
             record = Undelivered(self.name, reason, error, notice.kind, rule=notice.rule,
                                  alert_id=alert.id if alert else "", event_id=event.id if event else "",
