@@ -23,7 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(cmd=cmd, name=args.name or "", rules=args.rules or [], no_rules=args.no_rules,
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
-                         llm_capture=args.llm_capture, cpu=args.cpu, exit_at_once=True)
+                         llm_capture=args.llm_capture, cpu=args.cpu, exit_at_once=True,
+                         outputs=_outputs(args.outputs))
     if not args.standalone and args.runtime == "cgroup":
         try:
             client = Client(args.connect)
@@ -39,6 +40,18 @@ def _run(args: argparse.Namespace) -> int:
     return run(options)
 
 
+def _outputs(path: str | None) -> list[object]:
+    """The --outputs file, validated before anything is attached or asked of a daemon."""
+    if path is None:
+        return []
+    from monitor.outputs import OutputsError, load_outputs
+
+    try:
+        return list(load_outputs(path))
+    except OutputsError as exc:
+        raise RunError(str(exc)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run CMD in a fresh watched sandbox")
     p.add_argument("--rules", action="append", metavar="PATH", help="rule file or folder (repeatable; default: the shipped pack)")
@@ -48,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="events in the JSON output too (--no-json-events: alerts, actions, summary)")
     p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
     p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
+    p.add_argument("--outputs", metavar="FILE", help="deliver alerts to the outputs a YAML file lists "
+                   "(Alertmanager, webhook, OCSF, syslog, command: docs/outputs.md)")
     p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")
     p.add_argument("--name", help="sandbox name (default: its id)")
     p.add_argument("--runtime", choices=["cgroup", "gvisor"], default="cgroup")
