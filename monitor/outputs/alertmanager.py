@@ -25,6 +25,7 @@ from monitor.outputs.secrets import Secret
 
 API_PATH = "/api/v2/alerts"
 MAX_ANNOTATION = 4000
+MAX_ENDED = 10_000
 
 
 @dataclass(slots=True)
@@ -51,7 +52,8 @@ class AlertmanagerTransport(Transport):
     batch_max: int = 64
     _active: dict[tuple[str, str], _Active] = field(default_factory=dict)
     _traces: dict[str, str] = field(default_factory=dict)
-    _ended: set[str] = field(default_factory=set)  # sandboxes that ended: a late notice resolves at once
+    # sandboxes that ended (the latest MAX_ENDED): a notice that comes after resolves at once
+    _ended: dict[str, None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_resend: float = 0.0
 
@@ -73,7 +75,9 @@ class AlertmanagerTransport(Transport):
 
     def sandbox_ended(self, event: Event) -> list[Notice]:
         sandbox_id = str((event.sandbox or {}).get("id", ""))
-        self._ended.add(sandbox_id)
+        self._ended[sandbox_id] = None
+        if len(self._ended) > MAX_ENDED:
+            del self._ended[next(iter(self._ended))]
         if not any(key[1] == sandbox_id for key in list(self._active)):
             return []
         return [Notice("resolve", event=event)]
