@@ -48,6 +48,7 @@ def outputs_file(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+@pytest.mark.standalone_only("drives the outputs or the daemon directly, not monitor run")
 def test_alerts_are_grouped_paged_and_resolved_when_the_sandbox_ends(paging, tmp_path):
     manager, receiver = paging
     config = outputs_file(tmp_path, f"""\
@@ -99,6 +100,7 @@ def test_alerts_are_grouped_paged_and_resolved_when_the_sandbox_ends(paging, tmp
     assert sink.stats()["sent"] == 4 and sink.stats()["undelivered"] == 0  # 3 alerts, 1 resolution
 
 
+@pytest.mark.standalone_only("drives the outputs or the daemon directly, not monitor run")
 def test_a_quiet_alert_resolves_by_itself_and_active_ones_are_resent(paging, tmp_path):
     manager, receiver = paging
     config = outputs_file(tmp_path, f"""\
@@ -177,6 +179,7 @@ def test_monitor_run_pages_through_alertmanager_and_replay_resends_the_window(pa
         hook.close()
 
 
+@pytest.mark.standalone_only("drives the outputs or the daemon directly, not monitor run")
 @needs_root
 def test_the_daemon_pages_for_a_watched_cgroup(paging, tmp_path):
     from monitor.sandbox.docker import cgroup2_root
@@ -219,6 +222,7 @@ def test_the_daemon_pages_for_a_watched_cgroup(paging, tmp_path):
     assert page["labels"]["sandbox_name"] == "watched-agent" and page["status"] == "firing"
 
 
+@pytest.mark.standalone_only("drives the outputs or the daemon directly, not monitor run")
 @pytest.mark.docker
 @needs_root
 def test_the_daemon_pages_for_a_docker_container_and_resolves_when_it_ends(paging, tmp_path, docker_engine):
