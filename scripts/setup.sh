@@ -31,7 +31,7 @@ for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
         gvisor) APT_PKGS+=(runsc) ;;
-        prometheus) APT_PKGS+=(prometheus) ;;
+        prometheus) APT_PKGS+=(prometheus prometheus-alertmanager) ;;
         node) APT_PKGS+=(nodejs) ;;
         *) log "unknown extra '$extra' ignored" ;;
     esac

@@ -27,7 +27,10 @@ from monitor.engine.replay import (
 )
 from monitor.event import Alert, rfc3339
 from monitor.journal import JournalError, JournalReader
+from monitor.outputs import load_outputs
+from monitor.outputs.resend import resend_alerts
 from monitor.policy import PolicyError
+from monitor.yamlfile import YamlError
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "red", "critical": "bold red"}
 PROGRESS_AFTER_S = 2.0  # a progress bar appears once a replay has run this long
@@ -108,6 +111,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--until", metavar="T", help="up to this time")
     parser.add_argument("--json", metavar="FILE|-", help="alerts, diff and summary as JSON lines")
     parser.add_argument("--otlp", metavar="URL", help="re-export the sessions as OTLP traces to URL")
+    parser.add_argument("--alerts-to", metavar="FILE", help="send the window's recorded alerts again through "
+                        "the outputs a YAML file lists (docs/outputs.md)")
     parser.set_defaults(handler=replay_main)
     return parser
 
@@ -127,6 +132,8 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
                             since_ns=parse_time(args.since) if args.since else None,
                             until_ns=parse_time(args.until) if args.until else None)
     check_sandbox(JournalReader(options.journal), options.sandbox)  # before the rules load
+    if args.alerts_to:
+        return _resend(args.alerts_to, options)
     ruleset = load_replay_rules(options.rules)
     if args.otlp:
         options.sinks.append(otlp_sink(args.otlp))
@@ -153,6 +160,18 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
     if human:
         _print_replay_report(out, result, diff)
     return 0
+
+
+def _resend(outputs_file: str, options: ReplayOptions) -> int:
+    """--alerts-to: the recorded alerts of the window through the outputs (no re-evaluation);
+    exit status 1 when any could not be delivered."""
+    try:
+        configs = load_outputs(outputs_file)
+    except YamlError as exc:
+        raise UsageError(f"--alerts-to: {exc}") from None
+    result = resend_alerts(options.journal, configs, options.sandbox, options.since_ns, options.until_ns)
+    print(json.dumps({"type": "resend", **result}, default=str))
+    return 1 if any(stats.get("undelivered") for stats in result["outputs"].values()) else 0
 
 
 def check_sandbox(reader: JournalReader, sandbox: str | None) -> None:

@@ -25,7 +25,8 @@ def _run(args: argparse.Namespace) -> int:
                          json=args.json, json_events=args.json_events, journal=args.journal, otlp=args.otlp, audit=args.audit,
                          runtime=args.runtime, verbose=args.verbose, quiet=args.quiet,
                          llm_capture=args.llm_capture, cpu=args.cpu,
-                         exit_at_once=not args.report)  # --report: the page is written after run() returns
+                         exit_at_once=not args.report,  # --report: the page is written after run() returns
+                         outputs=_outputs(args.outputs))
     if args.report:
         from monitor.report.live import run_reported
         return run_reported(lambda journal: _start(replace(options, journal=journal), args), args.journal, args.report)
@@ -48,6 +49,18 @@ def _start(options: RunOptions, args: argparse.Namespace) -> int:
     return run(options)
 
 
+def _outputs(path: str | None) -> list[object]:
+    """The --outputs file, validated before anything is attached or asked of a daemon."""
+    if path is None:
+        return []
+    from monitor.outputs import OutputsError, load_outputs
+
+    try:
+        return list(load_outputs(path))
+    except OutputsError as exc:
+        raise RunError(str(exc)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run CMD in a fresh watched sandbox")
     p.add_argument("--rules", action="append", metavar="PATH", help="rule file or folder (repeatable; default: the shipped pack)")
@@ -58,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--journal", metavar="DIR", help="append everything to a forensic journal")
     p.add_argument("--report", metavar="FILE.html", help="write the session's forensic report page when it ends")
     p.add_argument("--otlp", metavar="URL", help="export OTLP traces/metrics/logs (http(s):// or grpc://)")
+    p.add_argument("--outputs", metavar="FILE", help="deliver alerts to the outputs a YAML file lists "
+                   "(Alertmanager, webhook, OCSF, syslog, command: docs/outputs.md)")
     p.add_argument("--audit", action="store_true", help="enforce nothing: report what each action would do")
     p.add_argument("--name", help="sandbox name (default: its id)")
     p.add_argument("--runtime", choices=["cgroup", "gvisor"], default="cgroup")

@@ -28,6 +28,8 @@ The daemon's file (YAML; every key optional):
       address: 127.0.0.1:9464        # loopback only; port 0 picks a free one
     socket: /run/sandbox-monitor/monitor.sock   # where `monitor run` asks for sandboxes
                                      #   (root only, 0600); off: serve none
+    outputs:                         # alert delivery (docs/outputs.md)
+      - {type: alertmanager, url: "http://127.0.0.1:9093", min_severity: high}
 
 Relative paths are relative to the config file. Any error is one line `FILE:LINE: what`.
 """
@@ -91,6 +93,7 @@ class MonitorConfig:
     gvisor_enabled: bool = True
     gvisor_socket: str = DEFAULT_GVISOR_SOCKET
     gvisor_hold_ms: int = 5000
+    outputs: list[Any] = field(default_factory=list)  # alert delivery: monitor.outputs.OutputConfig
     resident_socket: str | None = field(default_factory=lambda: resident_socket_path())  # None: serve none
 
 
@@ -102,6 +105,7 @@ _SCHEMA: dict[str, Any] = {
     "sinks": {"json": "path", "journal": "path", "otlp": str},
     "metrics": {"address": str},
     "socket": "path",
+    "outputs": "outputs",  # alert delivery: monitor/outputs/config.py
 }
 
 
@@ -152,6 +156,10 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         node = top["socket"][1]
         off = isinstance(node, yaml.ScalarNode) and reader.value(node) in (False, "off")
         config.resident_socket = None if off else reader.scalar(node, "socket", "path")
+    if "outputs" in top:
+        from monitor.outputs import parse_outputs
+
+        config.outputs = parse_outputs(top["outputs"][1], file, reader.base_dir, reader.loader)
     if "metrics" in top:
         metrics = reader.mapping(top["metrics"][1], "metrics", _SCHEMA["metrics"])
         if "address" in metrics:
@@ -254,9 +262,11 @@ class RunOptions:
     cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
     exit_at_once: bool = False  # the CLI's: exit after the summary, release the probes in the background
+    outputs: list[Any] = field(default_factory=list)  # --outputs FILE, validated (monitor.outputs)
 
     def config(self) -> MonitorConfig:
         return MonitorConfig(source=COMMAND_LINE, rules=list(self.rules), no_rules=self.no_rules,
                              audit=self.audit, llm_capture=self.llm_capture, cpu=self.cpu,
                              console=not self.quiet, verbose=self.verbose, json=self.json,
-                             json_events=self.json_events, journal=self.journal, otlp=self.otlp)
+                             json_events=self.json_events, journal=self.journal, otlp=self.otlp,
+                             outputs=list(self.outputs))

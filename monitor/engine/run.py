@@ -243,6 +243,10 @@ def _run(options: RunOptions, monitor: Monitor, sandboxed: _Sandboxed) -> int:
     trace_env: dict[str, str] = {}
     for sink in monitor.sinks:  # TRACEPARENT: the sandbox's trace is the session's
         trace_env.update(sink.start_session(sandbox))
+    if monitor.config.outputs and "TRACEPARENT" in trace_env:  # the alert outputs' trace links
+        from monitor.outputs import note_trace
+
+        note_trace(monitor.sinks, sandbox.id, trace_env["TRACEPARENT"])
     monitor.emit(Event(kind="sandbox_start", time_ns=sandbox.started_ns or time.time_ns(), source="monitor",
                        sandbox=sandbox.identity(), cgroup_id=sandbox.cgroup_id))
     with _signals_stop(sandboxed):

@@ -52,8 +52,19 @@ def build_sinks(config: MonitorConfig, signals: tuple[str, ...] | None = None) -
             sinks.append(OtlpSink(config.otlp, **({"signals": signals} if signals else {})))
         except OtlpConfigError as exc:
             raise AssemblyError(f"{setting(config, 'otlp')} {config.otlp}: {exc}") from None
+    outputs = None
+    if config.outputs:
+        from monitor.outputs import build_outputs
+
+        try:
+            outputs = build_outputs(config.outputs)
+        except OSError as exc:
+            raise AssemblyError(f"{config.source}: outputs: {exc.filename}: {exc.strerror or exc}") from None
+        sinks += outputs.sinks
     if config.metrics:
         from monitor.sinks.metrics import MetricsSink
 
-        sinks.append(MetricsSink())
+        sinks.append(metrics := MetricsSink())
+        if outputs is not None:  # delivery, suppressions and undelivered alerts on /metrics
+            metrics.add_output_source(outputs.readings)
     return sinks
