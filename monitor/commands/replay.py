@@ -113,6 +113,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--otlp", metavar="URL", help="re-export the sessions as OTLP traces to URL")
     parser.add_argument("--alerts-to", metavar="FILE", help="send the window's recorded alerts again through "
                         "the outputs a YAML file lists (docs/outputs.md)")
+    parser.add_argument("--undelivered", action="store_true",
+                        help="with --alerts-to: only the alerts an output could not deliver at the time")
     parser.set_defaults(handler=replay_main)
     return parser
 
@@ -133,7 +135,7 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
                             until_ns=parse_time(args.until) if args.until else None)
     check_sandbox(JournalReader(options.journal), options.sandbox)  # before the rules load
     if args.alerts_to:
-        return _resend(args.alerts_to, options)
+        return _resend(args.alerts_to, options, args.undelivered)
     ruleset = load_replay_rules(options.rules)
     if args.otlp:
         options.sinks.append(otlp_sink(args.otlp))
@@ -162,14 +164,15 @@ def _replay(args: argparse.Namespace, err: Console) -> int:
     return 0
 
 
-def _resend(outputs_file: str, options: ReplayOptions) -> int:
+def _resend(outputs_file: str, options: ReplayOptions, undelivered: bool = False) -> int:
     """--alerts-to: the recorded alerts of the window through the outputs (no re-evaluation);
     exit status 1 when any could not be delivered."""
     try:
         configs = load_outputs(outputs_file)
     except YamlError as exc:
         raise UsageError(f"--alerts-to: {exc}") from None
-    result = resend_alerts(options.journal, configs, options.sandbox, options.since_ns, options.until_ns)
+    result = resend_alerts(options.journal, configs, options.sandbox, options.since_ns, options.until_ns,
+                           undelivered_only=undelivered)
     print(json.dumps({"type": "resend", **result}, default=str))
     return 1 if any(stats.get("undelivered") for stats in result["outputs"].values()) else 0
 

@@ -8,9 +8,12 @@ take to start, and a client that writes JSON lines needs neither.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from monitor.engine.config import COMMAND_LINE, MonitorConfig
 from monitor.sinks import Sink
+
+SinkT = TypeVar("SinkT", bound=Sink)
 
 
 class AssemblyError(Exception):
@@ -22,7 +25,7 @@ def setting(config: MonitorConfig, name: str) -> str:
     return f"--{name}" if config.source == COMMAND_LINE else f"{config.source}: sinks.{name}"
 
 
-def _opened(config: MonitorConfig, name: str, make: Callable[[], Sink]) -> Sink:
+def _opened(config: MonitorConfig, name: str, make: Callable[[], SinkT]) -> SinkT:
     try:
         return make()
     except OSError as exc:
@@ -41,10 +44,6 @@ def build_sinks(config: MonitorConfig, signals: tuple[str, ...] | None = None) -
         from monitor.sinks.jsonl import JsonlSink
 
         sinks.append(_opened(config, "json", lambda: JsonlSink(config.json or "-", events=config.json_events)))
-    if config.journal:
-        from monitor.sinks.journal import JournalSink
-
-        sinks.append(_opened(config, "journal", lambda: JournalSink(config.journal or "")))
     if config.otlp:
         from monitor.sinks.otlp import OtlpConfigError, OtlpSink
 
@@ -52,15 +51,24 @@ def build_sinks(config: MonitorConfig, signals: tuple[str, ...] | None = None) -
             sinks.append(OtlpSink(config.otlp, **({"signals": signals} if signals else {})))
         except OtlpConfigError as exc:
             raise AssemblyError(f"{setting(config, 'otlp')} {config.otlp}: {exc}") from None
+    journal = None
+    if config.journal:
+        from monitor.sinks.journal import JournalSink
+
+        journal = _opened(config, "journal", lambda: JournalSink(config.journal or ""))
     outputs = None
     if config.outputs:
         from monitor.outputs import build_outputs
 
+        # what an output could not deliver is kept in the journal, for `replay --alerts-to`
+        keep = (lambda lost: journal.append_undelivered(lost.time_ns, lost.to_dict())) if journal else None
         try:
-            outputs = build_outputs(config.outputs)
+            outputs = build_outputs(config.outputs, on_undelivered=keep)
         except OSError as exc:
             raise AssemblyError(f"{config.source}: outputs: {exc.filename}: {exc.strerror or exc}") from None
-        sinks += outputs.sinks
+        sinks += outputs.sinks  # before the journal: they close first, and it keeps what they could not send
+    if journal is not None:
+        sinks.append(journal)
     if config.metrics:
         from monitor.sinks.metrics import MetricsSink
 

@@ -40,7 +40,15 @@ MAX_BLOCK_RAW_BYTES = 8 << 20  # a block over this (before compression) is split
 BLOCK_FORMAT = 3
 
 # Record tags (first element of each row in a block).
-REC_EVENT, REC_ALERT, REC_ACTION, REC_SUMMARY = 0, 1, 2, 3
+REC_EVENT, REC_ALERT, REC_ACTION, REC_SUMMARY, REC_UNDELIVERED = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """An alert an output could not deliver (its fields: output, reason, rule, alert_id, sandbox_id,
+    ...), kept so `monitor replay --alerts-to` can send it again."""
+    time_ns: int
+    fields: dict[str, Any]
 RECORD_TYPES = {REC_EVENT: "event", REC_ALERT: "alert", REC_ACTION: "action", REC_SUMMARY: "summary"}
 
 SEGMENT_SUFFIX = ".seg"
@@ -158,7 +166,7 @@ class BlockEncoder:
         return pidx, sidx
 
     def add(self, item: Any) -> int:
-        """One record's row (an Event, Alert, ActionRecord or (time_ns, summary)); the rows so far."""
+        """One record's row (an Event, Alert, ActionRecord, Undelivered or (time_ns, summary)); the rows so far."""
         rows = self.rows
         if type(item) is not Event:
             rows.append(self.row(item))
@@ -185,6 +193,8 @@ class BlockEncoder:
                     self.full_event_row(item.event)]
         if isinstance(item, ActionRecord):
             return [REC_ACTION, item.time_ns, {f: getattr(item, f) for f in ACTION_FIELDS}]
+        if isinstance(item, Undelivered):
+            return [REC_UNDELIVERED, item.time_ns, item.fields]
         time_ns, summary = item
         return [REC_SUMMARY, time_ns, summary]
 

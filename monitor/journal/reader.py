@@ -29,6 +29,7 @@ from monitor.journal.format import (
     REC_ALERT,
     REC_EVENT,
     REC_SUMMARY,
+    REC_UNDELIVERED,
     SEGMENT_SUFFIX,
     Block,
     SegmentIndex,
@@ -40,8 +41,8 @@ from monitor.journal.format import (
 
 @dataclass(slots=True)
 class Record:
-    """One journaled record. value: Event | Alert | ActionRecord | dict (summary)."""
-    type: str  # event | alert | action | summary
+    """One journaled record. value: Event | Alert | ActionRecord | dict (summary, undelivered)."""
+    type: str  # event | alert | action | summary | undelivered
     time_ns: int  # of the event (for an alert: of its event), else when it was written
     value: Any
     sandbox_id: str | None = None
@@ -233,6 +234,10 @@ class JournalReader:
             return Record("action", row[1], record, str(sid) if sid is not None else None)
         if tag == REC_SUMMARY:
             return Record("summary", row[1], row[2], None)
+        if tag == REC_UNDELIVERED:
+            fields = row[2] if isinstance(row[2], dict) else {}
+            sid = fields.get("sandbox_id")
+            return Record("undelivered", row[1], fields, str(sid) if sid else None)
         self._warn(f"{block.segment}:{block.offset}: unknown record type {tag} skipped")
         return None
 

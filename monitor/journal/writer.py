@@ -42,6 +42,7 @@ from monitor.journal.format import (
     SEGMENT_SUFFIX,
     BlockEncoder,
     SegmentIndex,
+    Undelivered,
     file_size,
     frame,
     index_path,
@@ -129,6 +130,10 @@ class JournalWriter:
                 self._write_encoder()
         finally:
             self._lock.release()
+
+    def append_undelivered(self, time_ns: int, fields: dict[str, Any]) -> None:
+        """An alert an output could not deliver (from the output's own thread)."""
+        self.append(Undelivered(time_ns, fields))
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if self._closed:
