@@ -227,8 +227,9 @@ def test_sandbox_dying_mid_session_ends_cleanly(tmp_path: Path) -> None:
 
 
 def _runsc_status(sandbox: GvisorSandbox) -> str:
-    root, container_id = sandbox._locate() or ("", "")
-    state = subprocess.run([sandbox.runsc, f"--root={root}", "state", container_id],
+    container = sandbox.container()
+    assert container is not None
+    state = subprocess.run(container.command("state", container.container_id),
                            capture_output=True, text=True, check=True).stdout
     return json.loads(state)["status"]
 
