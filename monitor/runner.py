@@ -27,6 +27,7 @@ from monitor.actions import Actions
 from monitor.enrich import Enricher
 from monitor.event import Event
 from monitor.pipeline import Pipeline, Source
+from monitor.policy import RuleSet
 from monitor.sandbox import Sandbox, SandboxRegistry
 from monitor.sandbox import cgroup as cg
 from monitor.sinks import Sink
@@ -428,12 +429,14 @@ def _run_child(options: RunOptions, sandbox: Sandbox, session: Session, actions:
     status = 137 if killed_by else (returncode if returncode is not None else 1)
     pipeline.process(Event(kind="sandbox_end", source="monitor", sandbox=sandbox.identity(),
                            cgroup_id=sandbox.cgroup_id, detail={"code": status}))
+    policy = pipeline.policy
     summary = pipeline.summary()
     summary.update({"sandbox": {"id": sandbox.id, "name": sandbox.name, "runtime": sandbox.runtime},
                     "exit_status": status, "duration_s": round(time.monotonic() - started, 3),
                     "lost": session.lost(), "folded": session.folded(), "killed_by": killed_by,
                     "monitor": {**monitor_cost(), "poll_ms": poll, "cpu": cpu},
                     "rule_eval_ms": {k: round(v * 1e3, 3) for k, v in pipeline.eval_seconds.items()},
+                    "eval_errors": dict(policy.eval_errors) if isinstance(policy, RuleSet) else {},
                     "sources": {s.name: s.stats() for s in session.sources if hasattr(s, "stats")}})
     pipeline.close(summary)
     for source in session.sources:

@@ -188,21 +188,53 @@ def test_a_short_lived_container_is_seen_from_its_first_instruction(docker_engin
                 and (r.get("sandbox") or {}).get("id", "").startswith(unpicked[:12])]
 
 
-def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, watched):
+# Every posture rule of rules/posture.yaml, and the container built to trip it: `priv` runs
+# --privileged as root from a tag; `exposed` runs as a user, read-only, no-new-privileges, from the
+# image id, but with the Docker socket's name mounted in, NET_ADMIN, the host's pid namespace and
+# an exec tmpfs. The hardened container trips none.
+POSTURE_TRIPS = {
+    "Container privileged": "priv",
+    "Container runs as root": "priv",
+    "Container root filesystem writable": "priv",
+    "Container without no-new-privileges": "priv",
+    "Container seccomp unconfined": "priv",
+    "Container image not pinned": "priv",
+    "Container mounts the Docker socket": "exposed",
+    "Container dangerous capabilities": "exposed",
+    "Container shares host namespaces": "exposed",
+    "Container tmpfs allows exec": "exposed",
+}
+
+
+def test_every_posture_rule_fires_for_the_container_built_to_trip_it(docker_engine, watched, tmp_path):
+    from monitor.policy import DEFAULT_RULES_DIR, load_rules
     _, output, _, _, _ = watched
+    posture_rules = {rule.name for rule in load_rules([DEFAULT_RULES_DIR / "posture.yaml"]).rules}
+    assert set(POSTURE_TRIPS) == posture_rules
     image_id = docker_engine.client.images.get(docker_engine.image).id
-    priv = docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True)
-    hardened = docker_engine.client.containers.run(
-        image_id, ["sleep", "600"], name="e2e-hardened", labels=AGENT, network_mode="none",
-        detach=True, read_only=True, security_opt=["no-new-privileges"], cap_drop=["ALL"],
-        user="1000").id
-    wait_for(lambda: any(a["rule"] == "Container privileged" for a in output.alerts(priv)), 30,
-             "the privileged posture alert")
-    wait_for(lambda: output.events(hardened, "container_start"), 30, "hardened container_start")
-    time.sleep(0.5)  # its alerts, if any, follow its event in the same pipeline pass
-    assert [a["rule"] for a in output.alerts(hardened) if a["event"]["kind"] == "container_start"] == []
-    priv_rules = {a["rule"] for a in output.alerts(priv)}
-    assert {"Container privileged", "Container seccomp unconfined", "Container runs as root"} <= priv_rules
+    fake_socket = tmp_path / "docker.sock"  # a plain file: the rule judges the mount, not the socket
+    fake_socket.write_text("")
+    hardening = {"read_only": True, "security_opt": ["no-new-privileges"], "user": "1000"}
+    containers = {
+        "priv": docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True),
+        "exposed": docker_engine.client.containers.run(
+            image_id, ["sleep", "600"], name="e2e-exposed", labels=AGENT, network_mode="none", detach=True,
+            volumes={str(fake_socket): {"bind": "/run/docker.sock", "mode": "ro"}}, cap_add=["NET_ADMIN"],
+            pid_mode="host", tmpfs={"/scratch": "exec"}, **hardening).id,
+        "hardened": docker_engine.client.containers.run(
+            image_id, ["sleep", "600"], name="e2e-hardened", labels=AGENT, network_mode="none", detach=True,
+            cap_drop=["ALL"], **hardening).id,
+    }
+    for name, cid in containers.items():
+        wait_for(lambda cid=cid: output.events(cid, "container_start"), 30, f"container_start of {name}")
+    # a container_start's alerts are written right after the event, in the same pipeline pass:
+    # the next container's event written means the previous one's alerts are in
+    marker = docker_engine.run(["sleep", "600"], name="e2e-posture-marker", labels=AGENT)
+    wait_for(lambda: output.events(marker, "container_start"), 30, "the marker container's start")
+    fired = {name: {a["rule"] for a in output.alerts(cid) if a["event"]["kind"] == "container_start"}
+             for name, cid in containers.items()}
+    for name in containers:
+        assert fired[name] == {rule for rule, trips in POSTURE_TRIPS.items() if trips == name}, fired
 
 
 def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched):
