@@ -48,6 +48,10 @@ class RunResult:
         return [e for e in self.events("exec") if e["process"]["executable"].endswith(executable_suffix)]
 
 
+# Shell: wait until the monitor's JSON output holds TEXT (a guard of 60 s bounds a failing run).
+WAIT_OUTPUT = 'for _ in $(seq 6000); do grep -qF -- "{}" "$MONITOR_JSON" && break; sleep 0.01; done'
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -55,10 +59,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
                 env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult:
-    """Run CMD (a list, or a string for bash -c) under `monitor run --json FILE -q [options]`."""
+    """Run CMD (a list, or a string for bash -c) under `monitor run --json FILE -q [options]`.
+    CMD finds FILE in $MONITOR_JSON (to wait until the monitor has written something)."""
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     with tempfile.TemporaryDirectory(prefix="smtest-") as tmp:
         out = Path(tmp) / "out.jsonl"
+        env = {**(env or {}), "MONITOR_JSON": str(out)}
         proc = subprocess.run([MONITOR, "run", "--json", str(out), "-q", *options, "--", *argv],
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})}, cwd=cwd)
