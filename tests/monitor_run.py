@@ -76,7 +76,7 @@ def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
 def fork_execl(tmp_path: Path, path: str, *args: str) -> str:
     """A C program whose forked child execl()s string literals: in the child those pages are not
     mapped yet when execve is entered, so the probe cannot read them from user memory."""
-    quoted = ", ".join(f'"{a}"' for a in (path, *args))
+    quoted = ", ".join(json.dumps(a) for a in (path, *args))  # a C string literal for ASCII text
     source = tmp_path / "fork_execl.c"
     source.write_text("#include <unistd.h>\n#include <sys/wait.h>\nint main(void) {\n"
                       f"    if (fork() == 0) {{ execl({quoted}, (char *)0); _exit(127); }}\n"

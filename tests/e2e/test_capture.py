@@ -81,7 +81,7 @@ def test_exec_records_cut_after_the_last_argument_keep_every_argument(tmp_path: 
 
 def test_exec_of_strings_not_in_memory_is_never_blank(tmp_path: Path) -> None:
     # the program runs until the monitor has written its exec (args read back by then)
-    wait = WAIT_OUTPUT.format('"args_unreadable": true')
+    wait = WAIT_OUTPUT.format('"args_unreadable":true')
     r = monitor_run([fork_execl(tmp_path, "/bin/sh", "sh", "-c", wait)], "--no-rules")
     sh = one(r.events("exec"), process__executable="/bin/sh", detail__args_unreadable=True)
     assert sh["process"]["args"] == ["sh", "-c", wait], "read back from /proc while the program runs"
@@ -233,7 +233,7 @@ print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.close()
 import os, time  # the monitor reads a listener's port from /proc: live until it has written it
 for _ in range(6000):
-    if '"kind": "listen"' in open(os.environ["MONITOR_JSON"]).read():
+    if '"kind":"listen"' in open(os.environ["MONITOR_JSON"]).read():
         break
     time.sleep(0.01)
 """
@@ -321,7 +321,7 @@ def test_unknown_command_exits_127() -> None:
 def test_judging_loop_keeps_one_cpu_and_the_sandbox_keeps_every_cpu() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     # the child, then the monitor's judging (main) thread once its loop runs
-    show = ("grep Cpus_allowed_list /proc/self/status; " + WAIT_OUTPUT.format('"kind": "exec"')
+    show = ("grep Cpus_allowed_list /proc/self/status; " + WAIT_OUTPUT.format('"kind":"exec"')
             + "; grep Cpus_allowed_list /proc/$PPID/status")
     r = monitor_run(show, "--no-rules")
     child, loop = (line.split()[-1] for line in r.stdout.splitlines())
