@@ -65,6 +65,7 @@ class RunOptions:
     llm_capture: str = "metadata"
     cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
+    sinks: list[Sink] = field(default_factory=list)  # more sinks, after the options' own (the demo's view)
 
 
 def require_root() -> None:
@@ -106,7 +107,7 @@ def build_sinks(options: RunOptions) -> list[Sink]:
             sinks.append(OtlpSink(options.otlp))
         except OtlpConfigError as exc:
             raise RunError(f"--otlp {options.otlp}: {exc}") from None
-    return sinks
+    return sinks + options.sinks
 
 
 def exit_status(returncode: int) -> int:

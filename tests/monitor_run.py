@@ -48,6 +48,9 @@ class RunResult:
         return [e for e in self.events("exec") if e["process"]["executable"].endswith(executable_suffix)]
 
 
+# Shell: print the inode of the cgroup-v2 directory this shell runs in (its cgroup id).
+CGROUP_INODE = 'stat -c %i "$(findmnt -nro TARGET -t cgroup2 | head -1)$(sed -n "s/^0:://p" /proc/self/cgroup)"'
+
 # Shell: wait until the monitor's JSON output holds TEXT (a guard of 60 s bounds a failing run).
 WAIT_OUTPUT = 'for _ in $(seq 6000); do grep -qF -- "{}" "$MONITOR_JSON" && break; sleep 0.01; done'
 

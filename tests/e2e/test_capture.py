@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from docker_engine import wait_for  # noqa: E402
-from monitor_run import MONITOR, WAIT_OUTPUT, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
+from monitor_run import CGROUP_INODE, MONITOR, WAIT_OUTPUT, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 PY = "/usr/bin/python3"
@@ -35,10 +35,6 @@ def _get(event: dict, dotted: str) -> object:
         else:
             value = value.get(part) if isinstance(value, dict) else None
     return value
-
-
-# Shell: print the inode of the cgroup directory this shell runs in (its cgroup id).
-CGROUP_INODE = 'stat -c %i "$(findmnt -nro TARGET -t cgroup2 | head -1)$(sed -n "s/^0:://p" /proc/self/cgroup)"'
 
 
 def test_exec_args_exit_code_and_lineage(tmp_path: Path) -> None:

@@ -331,10 +331,17 @@ def model_api(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("rule", list(TOOL_CALLS))
 def test_llm_tool_call_rule_fires_before_the_command_runs(model_api, monkeypatch, rule: str) -> None:
+    """The alert is judged before the exec of the command the model asked for.
+
+    The limit: these rules only alert, so the monitor reads its rings every 50 ms (ALERT_POLL_MS)
+    and an alert is judged up to that late; this agent runs a tool 30-45 ms after reading the
+    response, so with no pause the command can run first (seen: alert 54 ms, exec 42 ms after the
+    response). The agent here pauses 0.2 s before a tool, as one asking permission does; a rule
+    with an enforcing action makes the monitor read every 5 ms (test_llm_e2e's kill tests)."""
     module, server = model_api
     monkeypatch.setattr(module, "TOOL_COMMAND", TOOL_CALLS[rule])  # read per request by the server
     agent = [sys.executable, str(ROOT / "tests" / "llm_agent.py"), "--api", "anthropic",
-             "--base-url", server.url, "--ca", str(server.ca_path)]
+             "--base-url", server.url, "--ca", str(server.ca_path), "--think", "0.2"]
     result = monitor_run(agent, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     alerts = [a for a in result.alerts if a["rule"] == rule]
