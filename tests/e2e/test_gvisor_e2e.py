@@ -270,7 +270,8 @@ def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path)
                               "--socket", str(sock), "--pod-init-config", str(tmp_path / "pod-init.json"),
                               "--runsc-arg=--network=none"], capture_output=True, text=True, timeout=60)
     assert install.returncode == 0, install.stderr
-    assert json.loads(docker_engine.config_path.read_text())["runtimes"]["runsc"]["path"]
+    installed = json.loads(docker_engine.config_path.read_text())["runtimes"]["runsc"]
+    assert installed["runtimeArgs"] == ["--network=none", f"--pod-init-config={tmp_path / 'pod-init.json'}"]
     (tmp_path / "kill.yaml").write_text("""
 - rule: Marker sleep in a container
   description: test rule
@@ -302,6 +303,10 @@ gvisor:
         container = docker_engine.client.containers.get(container_id)
         wait_for(lambda: (container.reload(), container.status)[1] == "exited", 60, "the container killed")
         assert container.attrs["State"]["ExitCode"] == 137
+
+        def killed() -> list[dict]:
+            return [r for r in read_jsonl(out) if r["type"] == "action" and r["rule"] == "Marker sleep in a container"]
+        wait_for(killed, 30, "the kill action's record")  # written once the engine's kill call returns
         records = read_jsonl(out)
     finally:
         code = daemon.stop()
@@ -309,7 +314,9 @@ gvisor:
                                     str(docker_engine.config_path)], capture_output=True, text=True, timeout=60)
         docker_engine.remove_all()
     assert code == 0 and uninstall.returncode == 0, (daemon.log(), uninstall.stderr)
-    assert "runsc" not in json.loads(docker_engine.config_path.read_text()).get("runtimes", {})
+    # uninstall takes the monitor's flag away and leaves the user's own runsc arguments
+    assert json.loads(docker_engine.config_path.read_text())["runtimes"]["runsc"]["runtimeArgs"] == \
+        ["--network=none"]
     [record] = [r for r in records if r["type"] == "action" and r["rule"] == "Marker sleep in a container"]
     assert record["outcome"] == "done" and record["target"]["sandbox"] == container_id
     seen = [r for r in records if r["type"] == "event" and r["source"] == "gvisor"]
