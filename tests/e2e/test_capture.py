@@ -221,6 +221,21 @@ c.connect((ADDRESS, 53)); c.send(q("connected.example.test"))
     one(r.events("dns"), net__query="connected.example.test")
 
 
+def test_dns_through_glibcs_resolver(tmp_path: Path) -> None:
+    """`getent hosts` resolves through glibc (nsswitch, resolv.conf), which sends the A and AAAA
+    queries together with sendmmsg on a connected UDP socket. In a network namespace with only
+    loopback up and a mount namespace whose resolv.conf names 127.0.0.1 (nobody answers)."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    r = monitor_run(f"unshare -n -m --propagation private bash -c 'ip link set lo up && "
+                    f"mount --bind {resolv} /etc/resolv.conf && getent hosts agent-lookup.example.test; "
+                    "echo getent=$?'", "--no-rules")
+    assert r.returncode == 0 and r.stdout == "getent=2\n", r.stderr  # 2: not found
+    queries = sorted((e["net"]["query"], e["net"]["query_type"], e["process"]["comm"]) for e in r.events("dns"))
+    assert queries == [("agent-lookup.example.test", "A", "getent"), ("agent-lookup.example.test", "AAAA", "getent")]
+    assert all(e["net"]["port"] == 53 and e["net"]["transport"] == "udp" for e in r.events("dns"))
+
+
 def test_bind_listen_accept() -> None:
     code = r"""
 import socket, sys

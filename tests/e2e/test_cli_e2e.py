@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -79,3 +80,29 @@ def test_doctor_passes_on_this_machine_and_fails_without_root() -> None:
     assert unprivileged.returncode == 1, unprivileged.stdout + unprivileged.stderr
     assert _doctor_rows(unprivileged.stdout)["root"] == "MISSING"
     assert "Traceback" not in unprivileged.stderr
+
+
+def test_json_to_stdout_beside_the_terminal_view() -> None:
+    """`--json -`: stdout holds only JSON lines (the command's own output goes to stderr), while
+    stderr shows the terminal view: the events, the alert, the summary table."""
+    run = subprocess.run([MONITOR, "run", "--json", "-", "--name", "json-view", "--", "bash", "-c",
+                          "/bin/true json-marker; echo command-output; cat /etc/shadow >/dev/null"],
+                         capture_output=True, text=True, timeout=180, env=WIDE, cwd="/")
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert records[0]["kind"] == "sandbox_start" and records[-1]["type"] == "summary"
+    marker = [r for r in records if r["type"] == "event" and r["kind"] == "exec"
+              and r["process"]["args"] == ["/bin/true", "json-marker"]]
+    assert len(marker) == 1 and marker[0]["sandbox"]["name"] == "json-view"
+    (alert,) = [r for r in records if r["type"] == "alert"]
+    assert alert["rule"] == "Shadow password file read" and alert["matched"]["file.path"] == "/etc/shadow"
+    assert records[-1]["alerts_by_rule"] == {"Shadow password file read": 1} and records[-1]["exit_status"] == 0
+    view = [ANSI.sub("", line) for line in run.stderr.splitlines()]
+    assert "command-output" in view
+    shown = [i for i, line in enumerate(view) if re.fullmatch(r" *json-view true\[\d+\] exec /bin/true json-marker", line)]
+    cat = [i for i, line in enumerate(view) if re.fullmatch(r" *json-view cat\[\d+\] exec cat /etc/shadow", line)]
+    alerted = [i for i, line in enumerate(view) if line.startswith(
+        "ALERT HIGH Shadow password file read sandbox=json-view cat[")]
+    assert len(shown) == len(cat) == len(alerted) == 1 and shown[0] < cat[0] < alerted[0], view
+    table = {cells[1]: cells[2] for line in view if len(cells := [c.strip() for c in line.split("│")]) == 4}
+    assert table["exit_status"] == "0" and table["alerts"] == "1" and table["lost events"] == "0", table

@@ -202,3 +202,52 @@ def test_sandbox_commands_are_idempotent_with_clear_messages() -> None:
     assert missing.returncode == 1 and "no such sandbox" in missing.stderr
     listing = subprocess.run([MONITOR, "sandbox", "list"], capture_output=True, text=True)
     assert listing.returncode == 0  # its rows: test_freeze_quarantines_then_thaw_and_kill
+
+
+NET_PROBE = """
+import socket
+def udp(family, address):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (address, 9))
+        return 0
+    except OSError as e:
+        return e.errno
+listener = socket.socket(socket.AF_INET6)
+listener.bind(("::", 0))
+listener.listen(4)
+port = listener.getsockname()[1]
+print("udp4-denied", udp(socket.AF_INET, "198.51.100.7"))
+print("udp4-allowed", udp(socket.AF_INET, "127.0.0.1"))
+print("udp6-denied", udp(socket.AF_INET6, "2001:db8::7"))
+print("udp6-allowed", udp(socket.AF_INET6, "::1"))
+print("tcp6-allowed", socket.socket(socket.AF_INET6).connect_ex(("::1", port)))
+print("tcp6-denied", socket.socket(socket.AF_INET6).connect_ex(("2001:db8::7", port)))
+"""
+
+
+def test_udp_sends_and_ipv6_connects_are_denied_in_the_kernel(tmp_path: Path) -> None:
+    """In a network namespace of its own with only loopback up (the documentation addresses are
+    put on lo: no packet leaves): UDP sends (sendmsg) and IPv6 connects to a denied address fail
+    with EPERM, others go through; the IPv6 connects are captured with their verdicts.
+    A refused UDP send leaves no event of its own (only its EPERM): the sendmsg hook has no
+    syscall record to mark; it must not mark the thread's next connect either."""
+    rules = rule_file(tmp_path, rule("Deny a v4 documentation address", "connect",
+                                     'event.net.address in ["198.51.100.7"]', "deny")
+                      + rule("Deny a v6 documentation address", "connect",
+                             'event.net.address in ["2001:db8::7"]', "deny"))
+    probe = tmp_path / "probe.py"
+    probe.write_text(NET_PROBE)
+    r = monitor_run(f"unshare -n bash -c 'ip link set lo up && ip addr add 198.51.100.7/32 dev lo && "
+                    f"ip -6 addr add 2001:db8::7/128 dev lo && /usr/bin/python3 {probe}'", "--rules", rules)
+    assert r.returncode == 0, r.stderr
+    assert dict(line.split() for line in r.stdout.splitlines()) == {
+        "udp4-denied": "1", "udp4-allowed": "0", "udp6-denied": "1", "udp6-allowed": "0",
+        "tcp6-allowed": "0", "tcp6-denied": "1"}
+    connects = {e["net"]["address"]: e for e in r.events("connect") if e["net"]["family"] == "inet6"}
+    assert set(connects) == {"::1", "2001:db8::7"}
+    assert connects["::1"]["result"] == 0 and "verdict" not in connects["::1"]
+    assert connects["2001:db8::7"]["result"] == -1 and connects["2001:db8::7"]["verdict"] == "denied"
+    assert connects["2001:db8::7"]["net"]["transport"] == "tcp"
+    (action,) = r.actions
+    assert action["rule"] == "Deny a v6 documentation address" and action["outcome"] == "done"
