@@ -37,6 +37,12 @@ KILL_RULE = """\
   condition: event.process.executable == "/bin/rev"
   severity: medium
   action: deny
+- rule: E2E deny connect
+  description: test rule - connects to 127.0.0.9 are refused in the kernel.
+  when: [connect]
+  condition: event.net.address in ["127.0.0.9"]
+  severity: medium
+  action: deny
 """
 
 
@@ -261,14 +267,41 @@ def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watc
     _, output, _, _, _ = watched
     denied = docker_engine.run(["sleep", "600"], name="e2e-denied", labels=AGENT)
     wait_for(lambda: output.events(denied, "container_start"), 30, "watched")
-    time.sleep(0.5)  # deny maps are loaded on the daemon's next loop pass after discovery
-    result = docker_engine.client.containers.get(denied).exec_run(
-        ["sh", "-c", "echo abc | /bin/rev; echo rc=$?"])
-    assert b"cba" not in result.output and b"rc=137" in result.output, result.output
+
+    def rev() -> bytes:
+        return docker_engine.client.containers.get(denied).exec_run(
+            ["sh", "-c", "echo abc | /bin/rev; echo rc=$?"]).output
+    # deny maps are loaded on the daemon's loop pass after discovery: from then on, every time
+    killed = b"Killed\nrc=137\n"  # sh reports its child's SIGKILL: rev never ran
+    wait_for(lambda: rev() == killed, 30, "rev denied")
+    assert rev() == killed
     wait_for(lambda: [a for a in output.alerts(denied) if a["rule"] == "E2E deny rev"], 15, "deny alert")
     alert = next(a for a in output.alerts(denied) if a["rule"] == "E2E deny rev")
     assert alert["event"].get("verdict") == "denied"
     assert docker_engine.client.containers.get(denied).status == "running"  # only the exec died
+
+
+def test_connect_deny_is_enforced_in_the_kernel_for_a_container(docker_engine, watched):
+    """A connect to the denied address fails with EPERM inside the container (network none: its
+    own loopback only), one to another loopback address is refused by nobody listening."""
+    _, output, _, _, _ = watched
+    cid = docker_engine.run(["sleep", "600"], name="e2e-connect-denied", labels=AGENT)
+    wait_for(lambda: output.events(cid, "container_start"), 30, "watched")
+    container = docker_engine.client.containers.get(cid)
+
+    def connect(address: str) -> bytes:
+        return container.exec_run(["sh", "-c", f"nc -w 1 {address} 9 </dev/null 2>&1; echo rc=$?"]).output
+    wait_for(lambda: b"Operation not permitted" in connect("127.0.0.9"), 30, "the connect denied")
+    assert b"Operation not permitted" in connect("127.0.0.9")
+    assert b"Connection refused" in connect("127.0.0.8")
+
+    def connects(address: str) -> list[dict]:
+        return [e for e in output.events(cid, "connect") if e["net"].get("address") == address]
+    wait_for(lambda: connects("127.0.0.8"), 20, "the allowed connect's event")
+    assert connects("127.0.0.9") and all(e["verdict"] == "denied" and e["result"] == -1
+                                         for e in connects("127.0.0.9"))
+    assert [e.get("verdict") for e in connects("127.0.0.8")] == [None]
+    assert [a for a in output.alerts(cid) if a["rule"] == "E2E deny connect"]
 
 
 def test_gvisor_container_reports_through_its_trace_session(docker_engine, watched):
