@@ -377,8 +377,10 @@ def test_stale_sandbox_from_crashed_run_is_cleaned_up() -> None:
 
 def test_shell_with_stdio_on_a_socket_is_a_reverse_shell() -> None:
     """A program moves its stdio onto a connection and starts a shell (python's pty/socket trick)."""
+    # the shell lives until the monitor has written its exec (its stdio read from /proc by then)
+    wait = WAIT_OUTPUT.format('"stdin":"socket"')
     code = ("import socket, subprocess\na, b = socket.socketpair()\n"
-            "subprocess.run(['/bin/bash', '-c', 'sleep 0.5'], stdin=a, stdout=a)\n")
+            f"subprocess.run(['/bin/bash', '-c', {wait!r}], stdin=a, stdout=a)\n")
     r = monitor_run([PY, "-c", code])
     bash = one(r.events("exec"), process__executable="/bin/bash")
     assert bash["process"]["stdin"] == "socket" and bash["process"]["stdout"] == "socket"
