@@ -4,7 +4,8 @@
 could be true (it may also be True when CEL says false: CEL still decides). Derived only from
 shapes with exact Python equivalents: startsWith/endsWith/contains/matches (RE2, as CEL), ==, in a
 literal list, a literal in a list field, numeric <, <=, >, >=, has(), a bare bool field, and &&/||
-of these. Anything else (negation, comprehensions, arithmetic) gives no filter for that branch.
+of these. A field may be read through `.join(sep)` and `.lowerAscii()` (a Derived path step: the
+same Python bodies as the CEL functions). Anything else (negation, comprehensions, arithmetic) gives no filter for that branch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
+from monitor.policy.functions import join, lower_ascii
 from monitor.policy.literals import gate_check, literal_gate, simplest_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
@@ -44,8 +46,25 @@ def compile_regex(pattern: str) -> Any:
         raise ValueError(str(message)) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A path step computing a value from the one before it: `args.join(" ")`, `s.lowerAscii()`."""
+    function: str  # "join" | "lowerAscii"
+    argument: str = ""
+
+    def apply(self, value: Any) -> Any:
+        if self.function == "lowerAscii":
+            return lower_ascii(value) if type(value) is str else MISSING
+        if type(value) is not list:
+            return MISSING
+        try:
+            return join(value, self.argument)
+        except TypeError:
+            return MISSING
+
+
 def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
-    indexed = any(type(key) is int for key in path)
+    indexed = any(type(key) is not str for key in path)
     if len(path) == 1 and not indexed:
         (key,) = path
         return lambda data: data.get(key, MISSING)
@@ -60,7 +79,11 @@ def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
     def get_deep(data: dict[str, Any]) -> Any:
         value: Any = data
         for key in path:
-            if type(key) is int:
+            if type(key) is Derived:
+                value = key.apply(value)
+                if value is MISSING:
+                    return MISSING
+            elif type(key) is int:
                 if type(value) is not list or key >= len(value):
                     return MISSING
                 value = value[key]
@@ -138,6 +161,12 @@ def _path(node: Node, scope: str) -> tuple[Any, ...] | None:
               and type(node.args[1].value) is int and node.args[1].value >= 0):
             parts.append(node.args[1].value)
             node = node.args[0]
+        elif (isinstance(node, Call) and node.target is not None and (
+                (node.function == "lowerAscii" and not node.args) or
+                (node.function == "join" and len(node.args) == 1 and isinstance(node.args[0], Lit)
+                 and type(node.args[0].value) is str))):
+            parts.append(Derived(node.function, node.args[0].value if node.args else ""))
+            node = node.target
         else:
             break
     if isinstance(node, Ident) and node.name == scope and (parts or scope != "event"):

@@ -1,0 +1,300 @@
+"""Sigma rule files -> our rule entries (CEL over event fields), or a one-line refusal each.
+
+    result = convert_text(text, "rules/x.yml")    # Conversion(rules=[Converted], refusals=[Refusal])
+    result = convert_paths(["sigma/rules"])       # folders recursively, *.yml / *.yaml
+    text = rules_yaml(result.rules)               # a rule file of ours (what import-sigma writes)
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sigma.conversion.state import ConversionState
+from sigma.exceptions import SigmaError
+from sigma.rule import SigmaRule
+
+from monitor.policy.engine import CelEngine, CompileError
+from monitor.policy.sigma.backend import AND, OR, CelBackend, _wrap
+from monitor.policy.sigma.fields import CATEGORY_VARIANTS, CONNECT, DNS, Variant, tactic_tag
+from monitor.policy.sigma.pipeline import event_pipeline
+
+SEVERITY = {"informational": "info", "low": "low", "medium": "medium", "high": "high",
+            "critical": "critical"}
+_SIGMA_KEYS = re.compile(r"^(detection|logsource|correlation)[ \t]*:", re.MULTILINE)
+_TECHNIQUE = re.compile(r"t(\d{4})(\.\d{3})?\Z")
+DRL = "DRL-1.1"
+
+
+@dataclass(slots=True)
+class Refusal:
+    file: str
+    line: int
+    sigma_id: str
+    title: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        who = f"sigma rule {self.sigma_id or '(no id)'}" + (f" ({self.title})" if self.title else "")
+        return f"{where}: {who}: {self.reason}"
+
+
+@dataclass(slots=True)
+class Converted:
+    entry: dict[str, Any]  # rule, description, when, condition, severity, tags, origin
+    file: str
+    line: int
+    condition_line: int
+
+    @property
+    def sigma_id(self) -> str:
+        return str(self.entry["origin"].get("sigma_id", ""))
+
+
+@dataclass(slots=True)
+class Conversion:
+    rules: list[Converted] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+
+    def extend(self, other: Conversion) -> None:
+        self.rules += other.rules
+        self.refusals += other.refusals
+
+
+def looks_like_sigma(text: str) -> bool:
+    """A Sigma document has top-level `logsource:` and `detection:` keys (or `correlation:`)."""
+    keys = set(_SIGMA_KEYS.findall(text))
+    return {"detection", "logsource"} <= keys or "correlation" in keys
+
+
+def _documents(text: str, file: str) -> list[tuple[yaml.Node, Any]] | Refusal:
+    try:
+        loader = yaml.SafeLoader(text)
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            documents.append((node, loader.construct_document(node)))
+        return documents
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return Refusal(file, mark.line + 1 if mark else 1, "", "",
+                       f"YAML error: {exc.problem or exc.context or 'invalid YAML'}")
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        return Refusal(file, 1, "", "", f"YAML error: {str(exc).splitlines()[0] if str(exc) else exc}")
+
+
+def _key_line(node: yaml.Node, key: str) -> int:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return key_node.start_mark.line + 1
+    return node.start_mark.line + 1
+
+
+@functools.lru_cache(maxsize=256)
+def license_of(folder: Path) -> str:
+    """DRL-1.1 when a LICENSE file at or above `folder` is the Detection Rule License, else ""."""
+    for parent in (folder, *folder.parents):
+        for name in ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENSE.Detection.Rules.md"):
+            path = parent / name
+            try:
+                if path.is_file() and "Detection Rule License" in path.read_text(errors="replace")[:4000]:
+                    return DRL
+            except OSError:
+                continue
+    return ""
+
+
+def _tags(rule: SigmaRule) -> list[str]:
+    out: list[str] = []
+    for tag in rule.tags:
+        if tag.namespace == "attack":
+            technique = _TECHNIQUE.match(tag.name)
+            if technique:
+                out.append("T" + tag.name[1:].upper())
+            elif re.fullmatch(r"[gs]\d{4}", tag.name):
+                out.append(tag.name.upper())
+            else:
+                out.append(tactic_tag(tag.name))
+        else:
+            out.append(f"{tag.namespace}.{tag.name}")
+    return list(dict.fromkeys(out))
+
+
+def _variants(rule: SigmaRule) -> tuple[Variant, ...]:
+    category = rule.logsource.category or ""
+    if category == "network_connection":
+        return (DNS,) if "net.hostname" in _fields(rule) else (CONNECT,)
+    return CATEGORY_VARIANTS[category]
+
+
+def _fields(rule: SigmaRule) -> set[str]:
+    found: set[str] = set()
+
+    def walk(items: list[Any]) -> None:
+        for item in items:
+            if hasattr(item, "detection_items"):
+                walk(item.detection_items)
+            elif item.field:
+                found.add(item.field)
+    for detection in rule.detection.detections.values():
+        walk(detection.detection_items)
+    return found
+
+
+def condition_for(rule: SigmaRule, variants: tuple[Variant, ...]) -> str:
+    """The CEL of a rule whose pipeline has been applied: per variant its kind's prefix and the
+    OR of the rule's conditions, then the OR of the variants. Refused / SigmaError on failure."""
+    branches = []
+    for variant in variants:
+        backend = CelBackend(variant)
+        parts = [backend.convert_condition(c.parsed, ConversionState())
+                 for c in rule.detection.parsed_condition]
+        body = (" || ".join(_wrap(p, OR + 1) for p in parts), OR) if len(parts) > 1 else parts[0]
+        branch = (f"{variant.prefix} && {_wrap(body, AND + 1)}", AND) if variant.prefix else body
+        branches.append(branch)
+    if len(branches) == 1:
+        return branches[0][0]
+    return " || ".join(f"({text})" for text, _ in branches)
+
+
+def _origin(rule: SigmaRule, doc: dict[str, Any], file: str) -> dict[str, Any]:
+    origin: dict[str, Any] = {"format": "sigma", "sigma_id": str(rule.id or ""), "title": rule.title}
+    if rule.author:
+        origin["author"] = rule.author
+    if rule.date:
+        origin["date"] = str(rule.date)
+    if rule.status:
+        origin["status"] = rule.status.name.lower()
+    if rule.level:
+        origin["level"] = rule.level.name.lower()
+    if rule.references:
+        origin["references"] = list(rule.references)
+    if rule.falsepositives:
+        origin["falsepositives"] = [str(f) for f in rule.falsepositives]
+    license_name = doc.get("license") if isinstance(doc.get("license"), str) else ""
+    origin["license"] = license_name or license_of(Path(file).resolve().parent)
+    if not origin["license"]:
+        del origin["license"]
+    origin["file"] = Path(file).name
+    return origin
+
+
+def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine) -> Converted | Refusal:
+    line = node.start_mark.line + 1
+    if not isinstance(doc, dict):
+        return Refusal(file, line, "", "", "a Sigma document is a mapping")
+    sigma_id, title = str(doc.get("id") or ""), str(doc.get("title") or "")
+
+    def refuse(reason: str, at: int = line) -> Refusal:
+        return Refusal(file, at, sigma_id, title, reason)
+    if "correlation" in doc:
+        return refuse("correlation rules are not converted", _key_line(node, "correlation"))
+    if "action" in doc:
+        return refuse(f"rule collections (action: {doc['action']}) are not supported", _key_line(node, "action"))
+    if "detection" not in doc or "logsource" not in doc:
+        return refuse("not a Sigma rule (needs logsource and detection)")
+    try:
+        rule = SigmaRule.from_dict(doc)
+    except SigmaError as exc:
+        return refuse(_reason(exc), _key_line(node, "detection"))
+    try:
+        event_pipeline().apply(rule)
+        condition = condition_for(rule, _variants(rule))
+    except SigmaError as exc:
+        return refuse(_reason(exc), _key_line(node, "detection"))
+    try:
+        engine.compile(condition)
+    except CompileError as exc:  # a converter fault, not the rule's: say so
+        return refuse(f"converted condition does not compile ({exc}); please report")
+    level = rule.level.name.lower() if rule.level else "medium"
+    entry: dict[str, Any] = {
+        "rule": title.strip() or sigma_id,
+        "description": " ".join(str(rule.description or title).split()),
+        "when": list(dict.fromkeys(v.kind for v in _variants(rule))),
+        "condition": condition,
+        "severity": SEVERITY.get(level, "medium"),
+        "tags": _tags(rule),
+        "origin": _origin(rule, doc, file),
+    }
+    return Converted(entry, file, line, _key_line(node, "detection"))
+
+
+def _reason(exc: SigmaError) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def convert_text(text: str, file: str, engine: CelEngine | None = None) -> Conversion:
+    out = Conversion()
+    documents = _documents(text, file)
+    if isinstance(documents, Refusal):
+        out.refusals.append(documents)
+        return out
+    engine = engine or CelEngine()
+    for node, doc in documents:
+        result = _convert_document(node, doc, file, engine)
+        (out.refusals if isinstance(result, Refusal) else out.rules).append(result)  # type: ignore[arg-type]
+    return out
+
+
+def sigma_files(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders -> their *.yml/*.yaml files at any depth, sorted. Missing: OSError."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def convert_paths(paths: list[str | Path]) -> Conversion:
+    out = Conversion()
+    engine = CelEngine()
+    for file in sigma_files(paths):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.refusals.append(Refusal(str(file), 0, "", "", f"cannot read: {exc}"))
+            continue
+        out.extend(convert_text(text, str(file), engine))
+    unique_names(out.rules)
+    return out
+
+
+def unique_names(rules: list[Converted]) -> None:
+    """Rule names are Sigma titles; a title seen twice gets its Sigma id appended (a later rule of
+    the same name would otherwise replace the earlier one)."""
+    seen: dict[str, int] = {}
+    for rule in rules:
+        seen[rule.entry["rule"]] = seen.get(rule.entry["rule"], 0) + 1
+    for rule in rules:
+        if seen[rule.entry["rule"]] > 1:
+            rule.entry["rule"] = f"{rule.entry['rule']} ({rule.sigma_id[:8]})"
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = ">" if len(value) > 100 and "\n" not in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def rules_yaml(rules: list[Converted], header: str = "") -> str:
+    body = yaml.dump([r.entry for r in rules], Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     width=100, default_flow_style=None)
+    return header + body
