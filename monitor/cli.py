@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands owned by other modules: each module offers `add_<name>_parser(subparsers)`.
 EXTENSIONS = (
-    ("monitor.policy.tooling", "add_rules_parser"),      # rules lint | rules test
+    ("monitor.commands.rules", "register"),              # rules lint | test | import-sigma | coverage
     ("monitor.replay", "add_replay_parser"),             # replay JOURNAL
     ("monitor.replay", "add_timeline_parser"),           # timeline JOURNAL
     ("monitor.daemon", "add_daemon_parser"),             # daemon [--config FILE]

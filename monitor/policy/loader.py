@@ -4,8 +4,11 @@ Format (../shared/DESIGN.md): a YAML list of entries, each one of
   - list: NAME      items: [..]
   - macro: NAME     condition: CEL
   - rule: NAME      condition: CEL, and optional description, when, except, severity, action,
-                    tags, sandboxes {names, labels, images}, mode (enforce|audit), enabled
-A folder loads its *.yaml / *.yml files (not sub-folders), sorted by name.
+                    tags, sandboxes {names, labels, images}, mode (enforce|audit), enabled,
+                    origin (where the rule comes from: a converted Sigma rule's id, author...)
+A folder loads its *.yaml / *.yml files (not sub-folders), sorted by name. A Sigma rule file
+(top-level `logsource:` and `detection:`) is converted at load (monitor.policy.sigma); a Sigma rule
+that cannot be converted is reported in RuleFile.refused and the file's other rules load.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from monitor.policy.errors import PolicyError
 
 MAX_RULE_FILE_BYTES = 1 << 20  # a rule file is text a human wrote; 1 MiB is far beyond any pack
 RULE_KEYS = ("rule", "description", "when", "condition", "except", "severity", "action", "tags",
-             "sandboxes", "mode", "enabled")
+             "sandboxes", "mode", "enabled", "origin")
 MACRO_KEYS = ("macro", "condition", "description")
 LIST_KEYS = ("list", "items", "description")
 SELECTOR_KEYS = ("names", "labels", "images")
@@ -74,6 +77,7 @@ class RuleEntry:
     sandboxes: Selector | None = None
     mode: str = "enforce"
     enabled: bool = True
+    origin: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -82,6 +86,7 @@ class RuleFile:
     lists: list[ListEntry] = field(default_factory=list)
     macros: list[MacroEntry] = field(default_factory=list)
     rules: list[RuleEntry] = field(default_factory=list)
+    refused: list[PolicyError] = field(default_factory=list)  # Sigma rules that could not be converted
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
@@ -118,8 +123,35 @@ def read_text(path: Path) -> str:
                           str(path), line) from None
 
 
+_SIGMA_KEYS = re.compile(r"^(detection|logsource|correlation)[ \t]*:", re.MULTILINE)
+
+
+def looks_like_sigma(text: str) -> bool:
+    """A Sigma document has top-level `logsource:` and `detection:` keys (or `correlation:`)."""
+    keys = set(_SIGMA_KEYS.findall(text))
+    return {"detection", "logsource"} <= keys or "correlation" in keys
+
+
 def load_file(path: Path) -> RuleFile:
-    return parse_text(read_text(path), str(path))
+    text = read_text(path)
+    if looks_like_sigma(text):
+        return sigma_rule_file(text, str(path))
+    return parse_text(text, str(path))
+
+
+def sigma_rule_file(text: str, file: str) -> RuleFile:
+    from monitor.policy import sigma  # pySigma loads only when a Sigma file is loaded
+
+    converted = sigma.convert_text(text, file)
+    out = RuleFile(file, refused=[PolicyError(f"sigma rule {r.sigma_id or '(no id)'}: {r.reason}", file, r.line)
+                                  for r in converted.refusals])
+    for rule in converted.rules:
+        entry = rule.entry
+        out.rules.append(RuleEntry(
+            name=entry["rule"], condition=entry["condition"], file=file, line=rule.line,
+            condition_line=rule.condition_line, description=entry["description"], when=entry["when"],
+            severity=entry["severity"], tags=entry["tags"], origin=entry["origin"]))
+    return out
 
 
 def _yaml_nodes(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
@@ -295,6 +327,9 @@ def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, lin
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise PolicyError("'enabled' must be true or false", file, key_lines.get("enabled", line), name)
+    origin = entry.get("origin", {})
+    if not isinstance(origin, dict) or not all(isinstance(k, str) for k in origin):
+        raise PolicyError("'origin' must be a mapping", file, key_lines.get("origin", line), name)
     return RuleEntry(
         name=name, condition=condition, file=file, line=line,
         condition_line=key_lines.get("condition", line), description=description.strip(),
@@ -304,4 +339,5 @@ def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, lin
         tags=_string_list(entry.get("tags", []), "tags", file, key_lines.get("tags", line), name),
         sandboxes=(_selector(entry["sandboxes"], key_lines, file, name) if "sandboxes" in entry
                    else None),
-        mode=_choice(entry, "mode", MODES, "enforce", key_lines, file, name), enabled=enabled)
+        mode=_choice(entry, "mode", MODES, "enforce", key_lines, file, name), enabled=enabled,
+        origin=origin)

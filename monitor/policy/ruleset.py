@@ -51,6 +51,7 @@ class Rule:
     fields: list[str] = field(default_factory=list)  # event fields the condition reads ("file.path")
     deny_spec: DenySpec | None = None
     prefiltered: bool = False           # a Python pre-filter runs before CEL
+    origin: dict[str, Any] = field(default_factory=dict)  # e.g. a converted Sigma rule's id, author
 
     @property
     def source(self) -> str:
@@ -246,6 +247,15 @@ class _Compiler:
             raise error
         self.errors.append(error)
 
+    def refuse(self, error: PolicyError) -> None:
+        """A Sigma rule that could not be converted: an error for lint, else a warning (logged)
+        while the other rules load."""
+        if self.keep_going:
+            self.errors.append(error)
+            return
+        self.warnings.append(error)
+        log.warning("%s (not loaded)", error)
+
     def compile_rule(self, entry: RuleEntry, expander: Expander) -> _Compiled | None:
         where = {"file": entry.file, "line": entry.condition_line, "rule": entry.name}
         try:
@@ -281,7 +291,7 @@ class _Compiler:
                     action=entry.action, tags=entry.tags, when=when, mode=entry.mode,
                     sandboxes=entry.sandboxes, file=entry.file, line=entry.line,
                     condition=entry.condition, exception=entry.exception, expanded=text,
-                    fields=[".".join(p) for p in paths])
+                    fields=[".".join(p) for p in paths], origin=entry.origin)
         if entry.action == "deny":
             try:
                 if tree is None:
@@ -309,6 +319,8 @@ def _collect(paths: list[str | Path], compiler: _Compiler) -> tuple[
         except PolicyError as exc:
             compiler.fail(exc)
             continue
+        for refused in loaded.refused:
+            compiler.refuse(refused)
         lists.update((e.name, e) for e in loaded.lists)
         macros.update((e.name, e) for e in loaded.macros)
         for rule in loaded.rules:
@@ -348,6 +360,7 @@ class RuleSet:
         self.audit = audit
         self.eval_errors: dict[str, int] = {}
         self.last_reload_error: str | None = None
+        self.warnings: list[str] = []  # rules left out at the last (re)load, e.g. unconvertible Sigma rules
         self._lock = threading.Lock()
         self._install(compiled, engine or CelEngine())
         self._signature = self._files_signature()
@@ -463,6 +476,7 @@ class RuleSet:
             self._install(compiled, compiler.engine)
             self._signature = signature
             self.last_reload_error = None
+            self.warnings = [str(w) for w in compiler.warnings]
             log.info("rules reloaded: %d rules from %s", len(compiled), ", ".join(self.paths))
             return True
 
@@ -479,7 +493,9 @@ def load_rules(paths: list[str | Path] | str | Path, audit: bool = False) -> Rul
     if isinstance(paths, str | Path):
         paths = [paths]
     compiled, compiler = compile_paths(list(paths))
-    return RuleSet(compiled, list(paths), audit=audit, engine=compiler.engine)
+    ruleset = RuleSet(compiled, list(paths), audit=audit, engine=compiler.engine)
+    ruleset.warnings = [str(w) for w in compiler.warnings]
+    return ruleset
 
 
 def lint_paths(paths: list[str | Path]) -> tuple[list[PolicyError], list[Rule]]:

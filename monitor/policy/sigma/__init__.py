@@ -9,13 +9,13 @@ writing, rename onto the path), file_delete (unlink), file_rename (rename), netw
 be converted with its meaning intact is refused with the reason, never weakened.
 """
 
+from monitor.policy.loader import looks_like_sigma
 from monitor.policy.sigma.convert import (
     Conversion,
     Converted,
     Refusal,
     convert_paths,
     convert_text,
-    looks_like_sigma,
     rules_yaml,
     sigma_files,
 )

@@ -71,7 +71,7 @@ def _has_letters(text: str) -> bool:
     return any("a" <= c.lower() <= "z" for c in text)
 
 
-def _wrap(expr: Cel, least: int) -> str:
+def wrap(expr: Cel, least: int) -> str:
     text, precedence = expr
     return text if precedence >= least else f"({text})"
 
@@ -105,10 +105,10 @@ class CelBackend(Backend):
         if field is not None:  # one presence test for all the values of a field
             access = self.access(field)
             tests = [self.test(access, arg) for arg in cond.args]
-            body = f" {operator} ".join(_wrap(t, precedence + 1) for t in tests)
+            body = f" {operator} ".join(wrap(t, precedence + 1) for t in tests)
             return self._guarded(access, (body, precedence if len(tests) > 1 else tests[0][1]))
         parts = [self.convert_condition(arg, state) for arg in cond.args]
-        return f" {operator} ".join(_wrap(p, precedence + 1) for p in parts), precedence
+        return f" {operator} ".join(wrap(p, precedence + 1) for p in parts), precedence
 
     def convert_condition_or(self, cond: ConditionOR, state: ConversionState) -> Cel:
         return self._join(cond, state, "||", OR)
@@ -118,7 +118,7 @@ class CelBackend(Backend):
 
     def convert_condition_not(self, cond: ConditionNOT, state: ConversionState) -> Cel:
         inner = self.convert_condition(cond.args[0], state)
-        return f"!{_wrap(inner, ATOM)}", ATOM
+        return f"!{wrap(inner, ATOM)}", ATOM
 
     def convert_condition_as_in_expression(self, cond: ConditionItem, state: ConversionState) -> Cel:
         raise Refused("in-expressions are not used by this backend")  # convert_or_as_in is False
@@ -127,7 +127,7 @@ class CelBackend(Backend):
     def _guarded(self, access: Access, test: Cel) -> Cel:
         if test[0] == "true":
             return access.guard, AND
-        return f"{access.guard} && {_wrap(test, AND + 1)}", AND
+        return f"{access.guard} && {wrap(test, AND + 1)}", AND
 
     def convert_condition_field_eq_val(self, cond: ConditionFieldEqualsValueExpression,
                                        state: ConversionState) -> Cel:
@@ -144,7 +144,7 @@ class CelBackend(Backend):
         if isinstance(value, SigmaExpansion):  # windash, base64offset: any of the variants
             tests = [self.test(access, ConditionFieldEqualsValueExpression(cond.field, v))
                      for v in value.values]
-            return " || ".join(_wrap(t, OR + 1) for t in tests), OR if len(tests) > 1 else tests[0][1]
+            return " || ".join(wrap(t, OR + 1) for t in tests), OR if len(tests) > 1 else tests[0][1]
         if isinstance(value, SigmaTimestampPart):
             raise Refused("time-of-day modifiers (minute, hour, ...) are not supported")
         if isinstance(value, SigmaString):

@@ -19,15 +19,17 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from monitor.policy.engine import CelEngine, CompileError
-from monitor.policy.sigma.backend import AND, OR, CelBackend, _wrap
+from monitor.policy.sigma.backend import AND, OR, CelBackend, wrap
 from monitor.policy.sigma.fields import CATEGORY_VARIANTS, CONNECT, DNS, Variant, tactic_tag
 from monitor.policy.sigma.pipeline import event_pipeline
 
 SEVERITY = {"informational": "info", "low": "low", "medium": "medium", "high": "high",
             "critical": "critical"}
-_SIGMA_KEYS = re.compile(r"^(detection|logsource|correlation)[ \t]*:", re.MULTILINE)
 _TECHNIQUE = re.compile(r"t(\d{4})(\.\d{3})?\Z")
 DRL = "DRL-1.1"
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when present: same marks, faster
 
 
 @dataclass(slots=True)
@@ -66,15 +68,9 @@ class Conversion:
         self.refusals += other.refusals
 
 
-def looks_like_sigma(text: str) -> bool:
-    """A Sigma document has top-level `logsource:` and `detection:` keys (or `correlation:`)."""
-    keys = set(_SIGMA_KEYS.findall(text))
-    return {"detection", "logsource"} <= keys or "correlation" in keys
-
-
 def _documents(text: str, file: str) -> list[tuple[yaml.Node, Any]] | Refusal:
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         documents = []
         while loader.check_node():
             node = loader.get_node()
@@ -155,8 +151,8 @@ def condition_for(rule: SigmaRule, variants: tuple[Variant, ...]) -> str:
         backend = CelBackend(variant)
         parts = [backend.convert_condition(c.parsed, ConversionState())
                  for c in rule.detection.parsed_condition]
-        body = (" || ".join(_wrap(p, OR + 1) for p in parts), OR) if len(parts) > 1 else parts[0]
-        branch = (f"{variant.prefix} && {_wrap(body, AND + 1)}", AND) if variant.prefix else body
+        body = (" || ".join(wrap(p, OR + 1) for p in parts), OR) if len(parts) > 1 else parts[0]
+        branch = (f"{variant.prefix} && {wrap(body, AND + 1)}", AND) if variant.prefix else body
         branches.append(branch)
     if len(branches) == 1:
         return branches[0][0]
@@ -185,7 +181,7 @@ def _origin(rule: SigmaRule, doc: dict[str, Any], file: str) -> dict[str, Any]:
     return origin
 
 
-def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine) -> Converted | Refusal:
+def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine | None) -> Converted | Refusal:
     line = node.start_mark.line + 1
     if not isinstance(doc, dict):
         return Refusal(file, line, "", "", "a Sigma document is a mapping")
@@ -209,7 +205,8 @@ def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine) -
     except SigmaError as exc:
         return refuse(_reason(exc), _key_line(node, "detection"))
     try:
-        engine.compile(condition)
+        if engine is not None:
+            engine.compile(condition)
     except CompileError as exc:  # a converter fault, not the rule's: say so
         return refuse(f"converted condition does not compile ({exc}); please report")
     level = rule.level.name.lower() if rule.level else "medium"
@@ -231,12 +228,12 @@ def _reason(exc: SigmaError) -> str:
 
 
 def convert_text(text: str, file: str, engine: CelEngine | None = None) -> Conversion:
+    """With `engine`, each converted condition is compiled too (the loader compiles them itself)."""
     out = Conversion()
     documents = _documents(text, file)
     if isinstance(documents, Refusal):
         out.refusals.append(documents)
         return out
-    engine = engine or CelEngine()
     for node, doc in documents:
         result = _convert_document(node, doc, file, engine)
         (out.refusals if isinstance(result, Refusal) else out.rules).append(result)  # type: ignore[arg-type]
@@ -287,14 +284,38 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = ">" if len(value) > 100 and "\n" not in value else None
+    style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def layout(condition: str, depth_limit: int = 1) -> str:
+    """The condition with a line break before each && / || at parenthesis depth <= depth_limit
+    (outside string literals), indented by depth: CEL ignores the breaks, a reader does not."""
+    out, depth, quoted, escaped, index = [], 0, False, False, 0
+    while index < len(condition):
+        char = condition[index]
+        if quoted:
+            escaped, quoted = (not escaped and char == "\\"), quoted and (escaped or char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif depth <= depth_limit and condition.startswith((" && ", " || "), index):
+            out.append("\n" + "  " * depth + condition[index + 1:index + 3])
+            index += 3
+            continue
+        out.append(char)
+        index += 1
+    return "".join(out)
 
 
 _Dumper.add_representer(str, _text)
 
 
 def rules_yaml(rules: list[Converted], header: str = "") -> str:
-    body = yaml.dump([r.entry for r in rules], Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     width=100, default_flow_style=None)
+    entries = [{**r.entry, "condition": layout(r.entry["condition"])} for r in rules]
+    body = yaml.dump(entries, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     width=float("inf"), default_flow_style=None)
     return header + body
