@@ -53,14 +53,27 @@ class Derived:
     argument: str = ""
 
     def apply(self, value: Any) -> Any:
+        """The derived value; the last one per step is kept (held, so `is` cannot be fooled by a
+        reused id): the rules of an event all read the same list and string objects, so a command
+        line is joined and lowered once per event, not once per rule."""
+        key = (self.function, self.argument)
+        last = _LAST_DERIVED.get(key)
+        if last is not None and last[0] is value:
+            return last[1]
         if self.function == "lowerAscii":
-            return lower_ascii(value) if type(value) is str else MISSING
-        if type(value) is not list:
-            return MISSING
-        try:
-            return join(value, self.argument)
-        except TypeError:
-            return MISSING
+            out = lower_ascii(value) if type(value) is str else MISSING
+        elif type(value) is not list:
+            out = MISSING
+        else:
+            try:
+                out = join(value, self.argument)
+            except TypeError:
+                out = MISSING
+        _LAST_DERIVED[key] = (value, out)
+        return out
+
+
+_LAST_DERIVED: dict[tuple[str, str], tuple[Any, Any]] = {}  # (function, argument) -> (input, output)
 
 
 def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
@@ -475,6 +488,28 @@ def _guard(need: Need | None) -> Guard | None:
     return None
 
 
+def guard_choices(root: Node, kinds: list[str]) -> dict[str, list[Guard]]:
+    """Per kind, the guards a condition could equally use (the most selective parts of its top
+    AND): the rule set picks the one on a field other rules already check, which then costs
+    nothing extra (see RuleSet's plan)."""
+    need = _need(root)
+    out: dict[str, list[Guard]] = {}
+    for kind in kinds:
+        specific = _for_kind(need, kind) if need is not None else None
+        if not isinstance(specific, AllOf):
+            continue
+        guards = [g for g in map(_guard, _conjuncts(specific)) if g is not None]
+        best = max(map(_selectivity, guards), default=None)
+        choices = [g for g in guards if _selectivity(g) == best]
+        if len(choices) > 1:
+            out[kind] = choices
+    return out
+
+
+def _conjuncts(need: Need) -> list[Need]:
+    return [part for inner in need.parts for part in _conjuncts(inner)] if isinstance(need, AllOf) else [need]
+
+
 def _selectivity(guard: Guard) -> int:
     """Rank a guard: string tests reject most events; a bool or a kind test rejects few."""
     weakest = 3
@@ -498,6 +533,33 @@ def necessary(root: Node, kinds: list[str]) -> dict[str, tuple[Predicate | None,
         specific = _for_kind(need, kind) if need is not None else None
         out[kind] = (None, None) if specific is None else (compile_need(specific), _guard(specific))
     return out
+
+
+def guard_selector(tests: list[tuple[FieldTest, Any]], memo_size: int = 8192) -> Callable[[Any], tuple[Any, ...]]:
+    """For (test, rule) pairs on one field: value -> the rules whose test passes, in order. The
+    merged check rejects most values first; the answer for a string is memoised (executables,
+    paths and command lines recur), so many rules on one common field (a pack of imported rules
+    on the executable) cost one lookup, not one pre-filter each."""
+    everyone = tuple(item for _, item in tests)
+    passes = merge_guards([test for test, _ in tests])
+    if len(tests) == 1:
+        return lambda value: everyone if passes(value) else ()
+    checks = tuple((_field_check(test), item) for test, item in tests)
+    memo: dict[str, tuple[Any, ...]] = {}
+
+    def select(value: Any) -> tuple[Any, ...]:
+        if not passes(value):
+            return ()
+        if type(value) is not str:
+            return tuple(item for check, item in checks if check(value))
+        found = memo.get(value)
+        if found is None:
+            found = tuple(item for check, item in checks if check(value))
+            if len(memo) >= memo_size:
+                memo.clear()
+            memo[value] = found
+        return found
+    return select
 
 
 def merge_guards(tests: list[FieldTest]) -> Callable[[Any], bool]:
@@ -527,4 +589,4 @@ def kinds_of(root: Node) -> set[str] | None:
     return walk(need)
 
 
-__all__ = ["MISSING", "compile_regex", "getter", "kinds_of", "merge_guards", "necessary"]
+__all__ = ["MISSING", "compile_regex", "getter", "guard_choices", "guard_selector", "kinds_of", "merge_guards", "necessary"]

@@ -17,16 +17,20 @@ from monitor.policy.deny import DenySpec, NotCompilable, compile_deny
 from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
 from monitor.policy.errors import PolicyError
 from monitor.policy.expand import Expander
+from monitor.policy.functions import lower_ascii
 from monitor.policy.loader import ListEntry, MacroEntry, RuleEntry, Selector, expand_paths, load_file
 from monitor.policy.prefilter import (
     MISSING,
+    Derived,
+    FieldTest,
     Guard,
     Predicate,
     compile_regex,
     getter,
+    guard_choices,
+    guard_selector,
     guarded_field,
     kinds_of,
-    merge_guards,
     necessary,
 )
 
@@ -66,6 +70,7 @@ class _Compiled:
     prefilters: dict[str, tuple[Predicate | None, Guard | None]]  # per kind: (pre-filter, guard)
     selector: Callable[[Any], bool] | None
     field_getters: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
+    guard_choices: dict[str, list[Guard]] = field(default_factory=dict)  # per kind: equally good guards
 
 
 def _selector_predicate(selector: Selector) -> Callable[[Any], bool]:
@@ -122,6 +127,27 @@ _WHEN_SET = ("sandbox", "file", "net", "container", "llm", "detail", "result", "
 def event_getter(path: tuple[Any, ...]) -> Callable[[Event], Any]:
     """getter(path) applied to event_view(event), read from the event itself: the guards decide
     without a view (most events are rejected by them: building it would be ~0.25 us wasted)."""
+    if len(path) > 1 and type(path[-1]) is Derived:
+        plain = len(path)
+        while type(path[plain - 1]) is Derived:
+            plain -= 1
+        base, steps = event_getter(path[:plain]), tuple(path[plain:])
+        if steps == (Derived("lowerAscii"),):  # the common case, without the steps' bookkeeping
+            def lowered(event: Event) -> Any:
+                value = base(event)
+                if type(value) is not str:
+                    return MISSING
+                return value.lower() if value.isascii() else lower_ascii(value)
+            return lowered
+
+        def derived(event: Event) -> Any:
+            value = base(event)
+            for step in steps:
+                if value is MISSING:
+                    return MISSING
+                value = step.apply(value)
+            return value
+        return derived
     top = path[0]
     if top not in _ALWAYS and top not in _WHEN_SET and top != "process":
         return lambda event: MISSING
@@ -154,8 +180,8 @@ class _KindPlan:
     """How one event kind is evaluated: merged guard checks (one per field) select the rules worth
     looking at (plus the unguarded ones), then each rule's own pre-filter, then CEL."""
     unguarded: tuple[_Planned, ...]
-    # per guarded field: its getter, its check, the rules it selects
-    guards: tuple[tuple[Callable[[Event], Any], Callable[[Any], bool], tuple[_Planned, ...]], ...]
+    # per guarded field: its getter, value -> the rules its value selects, all the rules guarded on it
+    guards: tuple[tuple[Callable[[Event], Any], Callable[[Any], tuple[_Planned, ...]], tuple[_Planned, ...]], ...]
     project: Callable[[dict[str, Any]], dict[str, Any]]
 
     @property
@@ -166,17 +192,29 @@ class _KindPlan:
         return [(found[i], ()) for i in sorted(found)]
 
 
+def _shared_guard(guard: Guard | None, choices: list[Guard], popular: dict[tuple[Any, ...], int]) -> Guard | None:
+    """Among equally selective guards, the one on the fields most other rules are guarded on."""
+    if guard is None or not choices:
+        return guard
+    return max(choices, key=lambda g: sum(popular.get(path, 0) for path in g))
+
+
 def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
-    by_path: dict[tuple[Any, ...], list[Any]] = {}
+    by_path: dict[tuple[Any, ...], list[tuple[FieldTest, _Planned]]] = {}
     planned: list[tuple[_Planned, Guard | None]] = []
+    popular: dict[tuple[Any, ...], int] = {}
+    for entry in entries:
+        for path in entry.prefilters.get(kind, (None, None))[1] or {}:
+            popular[path] = popular.get(path, 0) + 1
     for index, entry in enumerate(entries):
         prefilter, guard = entry.prefilters.get(kind, (None, None))
-        planned.append(((index, entry, prefilter), guard))
+        guard = _shared_guard(guard, entry.guard_choices.get(kind, []), popular)
+        item = (index, entry, prefilter)
+        planned.append((item, guard))
         for path, test in (guard or {}).items():
-            by_path.setdefault(path, []).append(test)
+            by_path.setdefault(path, []).append((test, item))
     unguarded = tuple(item for item, guard in planned if not guard)
-    guards = tuple((event_getter(guarded_field(path)), merge_guards(tests),
-                    tuple(item for item, guard in planned if guard and path in guard))
+    guards = tuple((event_getter(guarded_field(path)), guard_selector(tests), tuple(item for _, item in tests))
                    for path, tests in by_path.items())
     return _KindPlan(unguarded, guards, _projection(entries))
 
@@ -305,7 +343,8 @@ class _Compiler:
         rule.prefiltered = any(p is not None for p, _ in prefilters.values())
         selector = _selector_predicate(entry.sandboxes) if entry.sandboxes else None
         reads = ast.activation_paths(tree) if tree is not None else None
-        return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths))
+        choices = guard_choices(tree, when) if tree is not None else {}
+        return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths), choices)
 
 
 def _collect(paths: list[str | Path], compiler: _Compiler) -> tuple[
@@ -382,6 +421,7 @@ class RuleSet:
         unique.sort(key=lambda c: order[id(c.rule)])
         for entry in unique:
             entry.prefilters = {kind: (None, None) for kind in entry.rule.when}
+            entry.guard_choices = {}
             entry.rule.prefiltered = False
         self._install(unique, self._state[2])
 
@@ -400,9 +440,12 @@ class RuleSet:
             return []
         selected = plan.unguarded
         several = False
-        for get, check, group in plan.guards:
+        for get, select, _ in plan.guards:
             value = get(event)
-            if value is not MISSING and check(value):  # no guard passes on a field the event lacks
+            if value is MISSING:  # no guard passes on a field the event lacks
+                continue
+            group = select(value)
+            if group:
                 several = bool(selected)
                 selected = selected + group
         if not selected:

@@ -25,7 +25,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 # name -> extra arguments for a full run
 BENCHMARKS: dict[str, list[str]] = {
     "overhead": [], "exec_path": [], "reaction": [], "capacity": [], "policy": [], "journal": [], "otlp": [],
-    "tls": [], "gvisor": [], "docker_sandboxes": [], "fuzz_rules": [], "fuzz_gvisor": [],
+    "tls": [], "gvisor": [], "docker_sandboxes": [], "fuzz_rules": [], "fuzz_gvisor": [], "sigma_import": [],
 }
 
 
