@@ -544,6 +544,30 @@ def guard_selector(tests: list[tuple[FieldTest, Any]], memo_size: int = 8192) ->
     passes = merge_guards([test for test, _ in tests])
     if len(tests) == 1:
         return lambda value: everyone if passes(value) else ()
+    return _selector(tests, passes, memo_size)
+
+
+def lowered_selector(select: Callable[[Any], tuple[Any, ...]],
+                     memo_size: int = 8192) -> Callable[[Any], tuple[Any, ...]]:
+    """`select` for a guard on `field.lowerAscii()`, given the field's own value: memoised by that
+    value (rejections too), so a recurring path or executable is neither lowered nor checked again."""
+    memo: dict[str, tuple[Any, ...]] = {}
+
+    def select_raw(value: Any) -> tuple[Any, ...]:
+        if type(value) is not str:
+            return ()
+        found = memo.get(value)
+        if found is None:
+            found = select(value.lower() if value.isascii() else lower_ascii(value))
+            if len(memo) >= memo_size:
+                memo.clear()
+            memo[value] = found
+        return found
+    return select_raw
+
+
+def _selector(tests: list[tuple[FieldTest, Any]], passes: Callable[[Any], bool],
+              memo_size: int) -> Callable[[Any], tuple[Any, ...]]:
     checks = tuple((_field_check(test), item) for test, item in tests)
     memo: dict[str, tuple[Any, ...]] = {}
 
@@ -589,4 +613,4 @@ def kinds_of(root: Node) -> set[str] | None:
     return walk(need)
 
 
-__all__ = ["MISSING", "compile_regex", "getter", "guard_choices", "guard_selector", "kinds_of", "merge_guards", "necessary"]
+__all__ = ["MISSING", "compile_regex", "getter", "guard_choices", "guard_selector", "lowered_selector", "kinds_of", "merge_guards", "necessary"]

@@ -31,6 +31,7 @@ from monitor.policy.prefilter import (
     guard_selector,
     guarded_field,
     kinds_of,
+    lowered_selector,
     necessary,
 )
 
@@ -214,9 +215,20 @@ def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
         for path, test in (guard or {}).items():
             by_path.setdefault(path, []).append((test, item))
     unguarded = tuple(item for item, guard in planned if not guard)
-    guards = tuple((event_getter(guarded_field(path)), guard_selector(tests), tuple(item for _, item in tests))
+    guards = tuple((*_guard_reader(guarded_field(path), tests), tuple(item for _, item in tests))
                    for path, tests in by_path.items())
     return _KindPlan(unguarded, guards, _projection(entries))
+
+
+_LOWER = Derived("lowerAscii")
+
+
+def _guard_reader(path: tuple[Any, ...], tests: list[tuple[FieldTest, _Planned]]) -> tuple[
+        Callable[[Event], Any], Callable[[Any], tuple[_Planned, ...]]]:
+    """The guard's getter and selector; a guard on `field.lowerAscii()` reads the field itself."""
+    if len(path) > 1 and path[-1] == _LOWER and not any(type(p) is Derived for p in path[:-1]):
+        return event_getter(path[:-1]), lowered_selector(guard_selector(tests))
+    return event_getter(path), guard_selector(tests)
 
 
 def _projection(entries: list[_Compiled]) -> Callable[[dict[str, Any]], dict[str, Any]]:
