@@ -295,3 +295,14 @@ def test_import_sigma_missing_path_is_one_line() -> None:
     proc = run_cli("import-sigma", "/nonexistent/sigma", "--out", "/tmp/never-written")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == "monitor: import-sigma: /nonexistent/sigma: no such file or folder"
+
+
+def test_a_changed_sigma_file_is_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "nc.yml"
+    path.write_text(sigma("selection:\n  Image|endswith: /nc\ncondition: selection"))
+    rules = load_rules([tmp_path])
+    assert fires(rules, exec_event("/usr/bin/nc")) and not fires(rules, exec_event("/usr/bin/socat"))
+    path.write_text(sigma("selection:\n  Image|endswith: /socat\ncondition: selection"))
+    os.utime(path, ns=(1, 1))  # a different mtime even within the clock's granularity
+    assert rules.reload_if_changed() is True
+    assert fires(rules, exec_event("/usr/bin/socat")) and not fires(rules, exec_event("/usr/bin/nc"))
