@@ -26,7 +26,10 @@ from monitor.policy.errors import PolicyError
 
 MAX_RULE_FILE_BYTES = 1 << 20  # a rule file is text a human wrote; 1 MiB is far beyond any pack
 RULE_KEYS = ("rule", "description", "when", "condition", "except", "severity", "action", "tags",
-             "sandboxes", "mode", "enabled", "origin")
+             "sandboxes", "mode", "enabled", "origin", "threshold", "sequence")
+THRESHOLD_KEYS = ("count", "within", "by", "distinct")
+SEQUENCE_KEYS = ("within", "by", "steps")
+STEP_KEYS = ("when", "condition", "key")
 MACRO_KEYS = ("macro", "condition", "description")
 LIST_KEYS = ("list", "items", "description")
 SELECTOR_KEYS = ("names", "labels", "images")
@@ -78,6 +81,31 @@ class RuleEntry:
     mode: str = "enforce"
     enabled: bool = True
     origin: dict[str, Any] = field(default_factory=dict)
+    threshold: Threshold | None = None
+    sequence: Sequence | None = None
+
+
+@dataclass(slots=True)
+class Threshold:
+    count: int
+    within: float  # seconds
+    by: str = "sandbox"
+    distinct: str | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    when: list[str]
+    condition: str
+    line: int
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class Sequence:
+    within: float
+    steps: list[Step]
+    by: str = "sandbox"
 
 
 @dataclass(slots=True)
@@ -306,10 +334,93 @@ def _choice(entry: dict[str, Any], key: str, allowed: tuple[str, ...], default: 
     return str(value)
 
 
+_FIELD = re.compile(r"event(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+def _scope(value: Any, what: str, file: str, line: int, rule: str) -> str:
+    from monitor.policy.correlation import SCOPES
+
+    if value in SCOPES or (isinstance(value, str) and _FIELD.match(value)):
+        return str(value)
+    raise PolicyError(f"'{what}' must be one of {', '.join(SCOPES)} or an event field (event.a.b)",
+                      file, line, rule)
+
+
+def _within(value: Any, what: str, file: str, line: int, rule: str) -> float:
+    from monitor.policy.correlation import parse_seconds
+
+    seconds = parse_seconds(value)
+    if seconds is None:
+        raise PolicyError(f"'{what}' must be a positive duration (seconds, or like 30s, 5m, 1h)",
+                          file, line, rule)
+    return seconds
+
+
+def _threshold(value: Any, key_lines: dict[str, int], file: str, rule: str) -> Threshold:
+    line = key_lines.get("threshold", 0)
+    if not isinstance(value, dict):
+        raise PolicyError("'threshold' must be a mapping with count, within, by, distinct", file, line, rule)
+    _check_keys(value, THRESHOLD_KEYS, {}, file, rule)
+    count = value.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise PolicyError("'threshold.count' must be an integer >= 2", file, line, rule)
+    distinct = value.get("distinct")
+    if distinct is not None and not (isinstance(distinct, str) and _FIELD.match(distinct)):
+        raise PolicyError("'threshold.distinct' must be an event field (event.a.b)", file, line, rule)
+    return Threshold(count, _within(value.get("within"), "threshold.within", file, line, rule),
+                     _scope(value.get("by", "sandbox"), "threshold.by", file, line, rule), distinct)
+
+
+def _sequence(value: Any, key_lines: dict[str, int], file: str, rule: str) -> Sequence:
+    line = key_lines.get("sequence", 0)
+    if not isinstance(value, dict):
+        raise PolicyError("'sequence' must be a mapping with within, by, steps", file, line, rule)
+    _check_keys(value, SEQUENCE_KEYS, {}, file, rule)
+    raw_steps = value.get("steps")
+    if not isinstance(raw_steps, list) or len(raw_steps) < 2 or not all(isinstance(s, dict) for s in raw_steps):
+        raise PolicyError("'sequence.steps' must be a list of at least 2 {when, condition, key} steps",
+                          file, line, rule)
+    steps = []
+    for index, raw in enumerate(raw_steps):
+        _check_keys(raw, STEP_KEYS, {}, file, rule)
+        where = f"sequence.steps[{index}]"
+        condition = raw.get("condition")
+        if not isinstance(condition, str) or not condition.strip():
+            raise PolicyError(f"'{where}.condition' must be a non-empty string", file, line, rule)
+        key = raw.get("key")
+        if key is not None and not (isinstance(key, str) and _FIELD.match(key)):
+            raise PolicyError(f"'{where}.key' must be an event field (event.a.b)", file, line, rule)
+        when = _kinds(raw.get("when", []), f"{where}.when", file, line, rule)
+        steps.append(Step(when, condition, line, key))
+    if len({step.key is None for step in steps}) > 1:
+        raise PolicyError("'sequence.steps': give every step a key, or none", file, line, rule)
+    return Sequence(_within(value.get("within"), "sequence.within", file, line, rule), steps,
+                    _scope(value.get("by", "sandbox"), "sequence.by", file, line, rule))
+
+
+def _kinds(value: Any, what: str, file: str, line: int, rule: str) -> list[str]:
+    kinds = _string_list(value, what, file, line, rule)
+    for kind in kinds:
+        if kind not in KINDS:
+            hint = difflib.get_close_matches(kind, KINDS, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise PolicyError(f"unknown event kind '{kind}' in {what}{suggestion}", file, line, rule)
+    return list(dict.fromkeys(kinds))
+
+
 def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, line: int) -> RuleEntry:
     name = _name(entry, "rule", file, line)
     _check_keys(entry, RULE_KEYS, key_lines, file, name)
-    condition = _string(entry, "condition", file, key_lines.get("condition", line), name)
+    sequence = _sequence(entry["sequence"], key_lines, file, name) if "sequence" in entry else None
+    threshold = _threshold(entry["threshold"], key_lines, file, name) if "threshold" in entry else None
+    if sequence is not None and (threshold is not None or "condition" in entry or "when" in entry):
+        raise PolicyError("a sequence rule has its conditions in its steps (no condition, when or threshold)",
+                          file, key_lines.get("sequence", line), name)
+    if (sequence or threshold) and entry.get("action") == "deny":
+        raise PolicyError("action deny acts on one event in the kernel; a correlation rule cannot deny",
+                          file, key_lines.get("action", line), name)
+    condition = ("true" if sequence is not None
+                 else _string(entry, "condition", file, key_lines.get("condition", line), name))
     exception = entry.get("except")
     if exception is not None and (not isinstance(exception, str) or not exception.strip()):
         raise PolicyError("'except' must be a CEL string", file, key_lines.get("except", line), name)
@@ -340,4 +451,4 @@ def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, lin
         sandboxes=(_selector(entry["sandboxes"], key_lines, file, name) if "sandboxes" in entry
                    else None),
         mode=_choice(entry, "mode", MODES, "enforce", key_lines, file, name), enabled=enabled,
-        origin=origin)
+        origin=origin, threshold=threshold, sequence=sequence)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import logging
 import operator
 import threading
@@ -13,6 +15,7 @@ from typing import Any
 
 from monitor.event import KINDS, Alert, Event, rfc3339
 from monitor.policy import ast
+from monitor.policy.correlation import Sequence, Threshold, field_getter, scope_getter
 from monitor.policy.deny import DenySpec, NotCompilable, compile_deny
 from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
 from monitor.policy.errors import PolicyError
@@ -72,6 +75,9 @@ class _Compiled:
     selector: Callable[[Any], bool] | None
     field_getters: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
     guard_choices: dict[str, list[Guard]] = field(default_factory=dict)  # per kind: equally good guards
+    # a correlation rule's matches feed its state: (event time, event view) -> the pattern completed
+    correlate: Callable[[int, dict[str, Any]], bool] | None = None
+    correlator: Any = None  # the Threshold / Sequence holding that state (its `evicted` count)
 
 
 def _selector_predicate(selector: Selector) -> Callable[[Any], bool]:
@@ -396,10 +402,39 @@ def compile_paths(paths: list[str | Path], keep_going: bool = False) -> tuple[li
     for entry in entries:
         if not entry.enabled:
             continue
+        if entry.sequence is not None:
+            compiled += _compile_sequence(entry, compiler, expander)
+            continue
         result = compiler.compile_rule(entry, expander)
+        if result is not None and entry.threshold is not None:
+            spec = entry.threshold
+            result.correlator = Threshold(spec.count, int(spec.within * 1e9), scope_getter(spec.by),
+                                          field_getter(spec.distinct) if spec.distinct else None)
+            result.correlate = result.correlator.observe
         if result is not None:
             compiled.append(result)
     return compiled, compiler
+
+
+def _compile_sequence(entry: RuleEntry, compiler: _Compiler, expander: Expander) -> list[_Compiled]:
+    """One compiled entry per step (the last first: one event never completes two steps at once),
+    all feeding one Sequence."""
+    spec = entry.sequence
+    assert spec is not None
+    sequence = Sequence(len(spec.steps), int(spec.within * 1e9), scope_getter(spec.by),
+                        [field_getter(step.key) if step.key else None for step in spec.steps])
+    out = []
+    for index in reversed(range(len(spec.steps))):
+        step = spec.steps[index]
+        step_entry = dataclasses.replace(entry, condition=step.condition, when=step.when,
+                                         condition_line=step.line, sequence=None)
+        result = compiler.compile_rule(step_entry, expander)
+        if result is None:
+            return []
+        result.correlator = sequence
+        result.correlate = functools.partial(sequence.observe, index)
+        out.append(result)
+    return out
 
 
 class RuleSet:
@@ -439,7 +474,21 @@ class RuleSet:
 
     @property
     def rules(self) -> list[Rule]:
-        return list(self._state[0])
+        """One per rule (a sequence rule is compiled once per step: it is listed once, with the
+        kinds of all its steps)."""
+        seen: dict[str, Rule] = {}
+        for rule in self._state[0]:
+            first = seen.get(rule.name)
+            seen[rule.name] = rule if first is None else dataclasses.replace(
+                first, when=list(dict.fromkeys(first.when + rule.when)))
+        return list(seen.values())
+
+    def correlation_evictions(self) -> dict[str, int]:
+        """Per correlation rule, the partial matches dropped because its state was full."""
+        plans = self._state[1].values()
+        found = {id(c.correlator): (c.rule.name, c.correlator) for plan in plans for c, _ in plan.entries
+                 if c.correlator is not None}
+        return {name: correlator.evicted for name, correlator in found.values()}
 
     def rules_for(self, kind: str) -> list[Rule]:
         plan = self._state[1].get(kind)
@@ -479,7 +528,7 @@ class RuleSet:
             except EvalError as exc:
                 self._count_error(entry.rule, str(exc))
                 continue
-            if matched:
+            if matched and (entry.correlate is None or entry.correlate(event.time_ns, data)):
                 alerts.append(self._alert(entry, event, data))
         return alerts
 
