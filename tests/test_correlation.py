@@ -158,3 +158,19 @@ def test_replay_with_new_correlation_rules_finds_what_the_live_run_missed(tmp_pa
     again = load_rules([correlation])
     live_alerts = [a.rule for e in session_events(SB, T0) + session_events(SB2, T0 + 10**9) for a in again.evaluate(e)]
     assert sorted(live_alerts) == sorted(a.rule for a in result.alerts)
+
+
+SIGMA_CORRELATIONS = Path(__file__).resolve().parent / "fixtures" / "sigma_correlation.yml"
+
+
+def test_sigma_correlations_map_onto_threshold_and_sequence() -> None:
+    rules = load_rules([SIGMA_CORRELATIONS])
+    # the correlated base rules are not rules of their own (Sigma's `generate: false`)
+    assert [r.name for r in rules.rules] == ["Many discovery commands", "Download then shell"]
+    assert len(rules.warnings) == 1 and "correlation type temporal has no counterpart" in rules.warnings[0]
+    discovery = [exe(1, "/bin/id", ppid=7), exe(2, "/bin/id", ppid=7), exe(3, "/bin/whoami", ppid=8),
+                 exe(4, "/bin/whoami", ppid=7), exe(5, "/bin/uname", ppid=7)]
+    assert fired(rules, discovery, "Many discovery commands") == [4]  # value_count >= 3 per ppid
+    chain = [exe(10, "/bin/sh"), exe(11, "/usr/bin/curl"), exe(12, "/usr/bin/true"), exe(13, "/bin/sh"),
+             exe(100, "/usr/bin/curl"), exe(200, "/bin/sh")]
+    assert fired(rules, chain, "Download then shell") == [3]  # temporal_ordered within 30 s

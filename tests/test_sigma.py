@@ -220,9 +220,12 @@ def test_malformed_yaml_is_refused_with_its_line() -> None:
     assert refused.line == 6 and "YAML error" in refused.reason and str(refused).startswith("bad.yml:6: ")
 
 
-def test_correlation_rules_are_refused() -> None:
-    text = "title: c\nid: 1\ncorrelation:\n  type: event_count\n  rules: [x]\n  timespan: 1m\n"
-    assert "correlation rules are not converted" in refusal(text)
+def test_correlation_over_rules_not_in_the_file_is_refused() -> None:
+    text = ("title: c\nid: 5c1f0000-0000-4000-8000-00000000000a\ncorrelation:\n  type: event_count\n"
+            "  rules: [elsewhere]\n  timespan: 1m\n  condition: {gte: 3}\n")
+    assert "rule 'elsewhere' it correlates is not a converted rule of this file" in refusal(text)
+    malformed = "title: c\nid: 1\ncorrelation:\n  type: event_count\n  rules: [x]\n  timespan: 1m\n"
+    assert refusal(malformed)  # a reason, not a traceback
 
 
 # -- the SigmaHQ corpus ------------------------------------------------------------------------

@@ -175,10 +175,13 @@ def sigma_rule_file(text: str, file: str) -> RuleFile:
                                   for r in converted.refusals])
     for rule in converted.rules:
         entry = rule.entry
+        lines = {"threshold": rule.condition_line, "sequence": rule.condition_line}
         out.rules.append(RuleEntry(
-            name=entry["rule"], condition=entry["condition"], file=file, line=rule.line,
-            condition_line=rule.condition_line, description=entry["description"], when=entry["when"],
-            severity=entry["severity"], tags=entry["tags"], origin=entry["origin"]))
+            name=entry["rule"], condition=entry.get("condition", "true"), file=file, line=rule.line,
+            condition_line=rule.condition_line, description=entry["description"],
+            when=entry.get("when", []), severity=entry["severity"], tags=entry["tags"], origin=entry["origin"],
+            threshold=_threshold(entry["threshold"], lines, file, entry["rule"]) if "threshold" in entry else None,
+            sequence=_sequence(entry["sequence"], lines, file, entry["rule"]) if "sequence" in entry else None))
     return out
 
 

@@ -15,12 +15,18 @@ from typing import Any
 
 import yaml
 from sigma.conversion.state import ConversionState
+from sigma.correlations import (
+    SigmaCorrelationCondition,
+    SigmaCorrelationConditionOperator,
+    SigmaCorrelationRule,
+    SigmaCorrelationType,
+)
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from monitor.policy.engine import CelEngine, CompileError
-from monitor.policy.sigma.backend import AND, OR, CelBackend, wrap
-from monitor.policy.sigma.fields import CATEGORY_VARIANTS, CONNECT, DNS, Variant, tactic_tag
+from monitor.policy.sigma.backend import AND, OR, CelBackend, Refused, wrap
+from monitor.policy.sigma.fields import CATEGORY_FIELDS, CATEGORY_VARIANTS, CONNECT, DNS, Variant, tactic_tag
 from monitor.policy.sigma.pipeline import event_pipeline
 
 SEVERITY = {"informational": "info", "low": "low", "medium": "medium", "high": "high",
@@ -48,10 +54,12 @@ class Refusal:
 
 @dataclass(slots=True)
 class Converted:
-    entry: dict[str, Any]  # rule, description, when, condition, severity, tags, origin
+    entry: dict[str, Any]  # rule, description, when, condition|threshold|sequence, severity, tags, origin
     file: str
     line: int
     condition_line: int
+    category: str = ""  # the Sigma log source category (for a correlation's group-by fields)
+    name: str = ""      # the Sigma `name` a correlation may reference it by
 
     @property
     def sigma_id(self) -> str:
@@ -106,7 +114,7 @@ def license_of(folder: Path) -> str:
     return ""
 
 
-def _tags(rule: SigmaRule) -> list[str]:
+def _tags(rule: SigmaRule | SigmaCorrelationRule) -> list[str]:
     out: list[str] = []
     for tag in rule.tags:
         if tag.namespace == "attack":
@@ -159,7 +167,7 @@ def condition_for(rule: SigmaRule, variants: tuple[Variant, ...]) -> str:
     return " || ".join(f"({text})" for text, _ in branches)
 
 
-def _origin(rule: SigmaRule, doc: dict[str, Any], file: str) -> dict[str, Any]:
+def _origin(rule: SigmaRule | SigmaCorrelationRule, doc: dict[str, Any], file: str) -> dict[str, Any]:
     origin: dict[str, Any] = {"format": "sigma", "sigma_id": str(rule.id or ""), "title": rule.title}
     if rule.author:
         origin["author"] = rule.author
@@ -189,8 +197,6 @@ def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine | 
 
     def refuse(reason: str, at: int = line) -> Refusal:
         return Refusal(file, at, sigma_id, title, reason)
-    if "correlation" in doc:
-        return refuse("correlation rules are not converted", _key_line(node, "correlation"))
     if "action" in doc:
         return refuse(f"rule collections (action: {doc['action']}) are not supported", _key_line(node, "action"))
     if "detection" not in doc or "logsource" not in doc:
@@ -199,6 +205,8 @@ def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine | 
         rule = SigmaRule.from_dict(doc)
     except SigmaError as exc:
         return refuse(_reason(exc), _key_line(node, "detection"))
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # pySigma on malformed input
+        return refuse(f"invalid Sigma rule: {exc}", _key_line(node, "detection"))
     try:
         event_pipeline().apply(rule)
         condition = condition_for(rule, _variants(rule))
@@ -219,7 +227,8 @@ def _convert_document(node: yaml.Node, doc: Any, file: str, engine: CelEngine | 
         "tags": _tags(rule),
         "origin": _origin(rule, doc, file),
     }
-    return Converted(entry, file, line, _key_line(node, "detection"))
+    return Converted(entry, file, line, _key_line(node, "detection"), rule.logsource.category or "",
+                     str(doc.get("name") or ""))
 
 
 def _reason(exc: SigmaError) -> str:
@@ -234,10 +243,97 @@ def convert_text(text: str, file: str, engine: CelEngine | None = None) -> Conve
     if isinstance(documents, Refusal):
         out.refusals.append(documents)
         return out
+    correlations = []
     for node, doc in documents:
+        if isinstance(doc, dict) and "correlation" in doc:
+            correlations.append((node, doc))
+            continue
         result = _convert_document(node, doc, file, engine)
         (out.refusals if isinstance(result, Refusal) else out.rules).append(result)  # type: ignore[arg-type]
+    hidden: set[int] = set()
+    for node, doc in correlations:
+        result, referenced, generate = _convert_correlation(node, doc, file, out.rules)
+        (out.refusals if isinstance(result, Refusal) else out.rules).append(result)  # type: ignore[arg-type]
+        if isinstance(result, Converted) and not generate:
+            hidden |= {id(rule) for rule in referenced}
+    out.rules = [rule for rule in out.rules if id(rule) not in hidden]
     return out
+
+
+_PLAIN_FIELD = re.compile(r"event(\.[a-z_]+)+\Z")
+
+
+def _event_field(sigma_field: str, category: str) -> str:
+    """A Sigma field (group-by, value_count) as the plain event field our scopes read."""
+    neutral = CATEGORY_FIELDS.get(category, {}).get(sigma_field)
+    access = CATEGORY_VARIANTS[category][0].fields.get(neutral or "") if category in CATEGORY_VARIANTS else None
+    if access is None or not _PLAIN_FIELD.match(access.cel):
+        raise Refused(f"field '{sigma_field}' cannot group or count here (it is not one plain event field)")
+    return access.cel
+
+
+def _convert_correlation(node: yaml.Node, doc: dict[str, Any], file: str,
+                         converted: list[Converted]) -> tuple[Converted | Refusal, list[Converted], bool]:
+    """A Sigma correlation (event_count, value_count, temporal_ordered) over rules of the same
+    file -> a threshold or sequence rule of ours."""
+    line = _key_line(node, "correlation")
+    sigma_id, title = str(doc.get("id") or ""), str(doc.get("title") or "")
+    try:
+        rule = SigmaCorrelationRule.from_dict(doc)
+        found = {key: c for c in converted for key in (c.name, c.sigma_id) if key}
+        referenced = []
+        for reference in rule.rules or []:
+            if reference.reference not in found:
+                raise Refused(f"rule '{reference.reference}' it correlates is not a converted rule of this file")
+            referenced.append(found[reference.reference])
+        category = referenced[0].category
+        by = "sandbox"
+        if rule.group_by:
+            if len(rule.group_by) > 1:
+                raise Refused("grouping by more than one field is not supported")
+            by = _event_field(rule.group_by[0], category)
+        within = float(rule.timespan.seconds)
+        entry = _correlation_entry(rule, referenced, category, by, within)
+    except (SigmaError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        reason = _reason(exc) if isinstance(exc, SigmaError) else f"invalid correlation: {exc}"
+        return Refusal(file, line, sigma_id, title, reason), [], False
+    level = rule.level.name.lower() if rule.level else "medium"
+    entry = {"rule": title.strip() or sigma_id,
+             "description": " ".join(str(rule.description or title).split()),
+             **entry, "severity": SEVERITY.get(level, "medium"), "tags": _tags(rule),
+             "origin": {**_origin(rule, doc, file),
+                        "correlates": [r.sigma_id or r.name for r in referenced]}}
+    return Converted(entry, file, node.start_mark.line + 1, line), referenced, bool(rule.generate)
+
+
+def _correlation_entry(rule: SigmaCorrelationRule, referenced: list[Converted], category: str, by: str,
+                       within: float) -> dict[str, Any]:
+    kind = rule.type
+    if kind == SigmaCorrelationType.TEMPORAL_ORDERED:
+        if len(referenced) < 2:
+            raise Refused("temporal_ordered needs at least two rules")
+        return {"sequence": {"within": within, "by": by,
+                             "steps": [{"when": r.entry["when"], "condition": r.entry["condition"]}
+                                       for r in referenced]}}
+    if kind not in (SigmaCorrelationType.EVENT_COUNT, SigmaCorrelationType.VALUE_COUNT):
+        raise Refused(f"correlation type {kind.name.lower()} has no counterpart (event_count, value_count "
+                      "and temporal_ordered do)")
+    condition = rule.condition
+    if not isinstance(condition, SigmaCorrelationCondition) or condition.op not in (
+            SigmaCorrelationConditionOperator.GTE, SigmaCorrelationConditionOperator.GT):
+        raise Refused("only 'at least' conditions (gte, gt) map onto a threshold")
+    count = int(condition.count) + (1 if condition.op == SigmaCorrelationConditionOperator.GT else 0)
+    if count < 2:
+        raise Refused("a count below 2 is a plain rule, not a correlation")
+    threshold: dict[str, Any] = {"count": count, "within": within, "by": by}
+    if kind == SigmaCorrelationType.VALUE_COUNT:
+        fieldref = condition.fieldref
+        if not isinstance(fieldref, str):
+            raise Refused("value_count needs one field")
+        threshold["distinct"] = _event_field(fieldref, category)
+    kinds = list(dict.fromkeys(k for r in referenced for k in r.entry["when"]))
+    return {"when": kinds, "condition": " || ".join(f"({r.entry['condition']})" for r in referenced)
+            if len(referenced) > 1 else referenced[0].entry["condition"], "threshold": threshold}
 
 
 def sigma_files(paths: list[str | Path]) -> list[Path]:
@@ -315,7 +411,8 @@ _Dumper.add_representer(str, _text)
 
 
 def rules_yaml(rules: list[Converted], header: str = "") -> str:
-    entries = [{**r.entry, "condition": layout(r.entry["condition"])} for r in rules]
+    entries = [{**r.entry, "condition": layout(r.entry["condition"])} if "condition" in r.entry else r.entry
+               for r in rules]
     body = yaml.dump(entries, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                      width=float("inf"), default_flow_style=None)
     return header + body
