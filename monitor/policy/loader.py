@@ -5,7 +5,9 @@ Format (../shared/DESIGN.md): a YAML list of entries, each one of
   - macro: NAME     condition: CEL
   - rule: NAME      condition: CEL, and optional description, when, except, severity, action,
                     tags, sandboxes {names, labels, images}, mode (enforce|audit), enabled,
-                    origin (where the rule comes from: a converted Sigma rule's id, author...)
+                    origin (where the rule comes from: a converted Sigma rule's id, author...),
+                    threshold {count, within, by, distinct} or sequence {within, by, steps:
+                    [{when, condition, key}]} (correlation rules: monitor/policy/correlation.py)
 A folder loads its *.yaml / *.yml files (not sub-folders), sorted by name. A Sigma rule file
 (top-level `logsource:` and `detection:`) is converted at load (monitor.policy.sigma); a Sigma rule
 that cannot be converted is reported in RuleFile.refused and the file's other rules load.
