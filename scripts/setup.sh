@@ -25,11 +25,13 @@ APT_PKGS+=(docker.io busybox-static)
 APT_PKGS+=(runsc)
 # The rule pack's end-to-end tests run the real netcat (nc -z on a loopback-only netns).
 APT_PKGS+=(netcat-openbsd)
+# The forensic report's tests open the page in Debian's headless Chromium through its chromedriver.
+APT_PKGS+=(chromium chromium-driver)
 for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
         gvisor) APT_PKGS+=(runsc) ;;
-        prometheus) APT_PKGS+=(prometheus) ;;
+        prometheus) APT_PKGS+=(prometheus prometheus-alertmanager) ;;
         node) APT_PKGS+=(nodejs) ;;
         *) log "unknown extra '$extra' ignored" ;;
     esac

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from monitor.engine.pipeline import Pipeline
+from monitor.engine.replay import ReplayOptions, replay_journal
 from monitor.event import Event
-from monitor.pipeline import Pipeline
 from monitor.policy import PolicyError, load_rules
 from monitor.policy.correlation import Threshold, scope_getter
-from monitor.replay import ReplayOptions, replay_journal
 from monitor.sinks.journal import JournalSink
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

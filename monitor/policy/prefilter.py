@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
-from monitor.policy.functions import join, lower_ascii
+from monitor.policy.engine import in_cidr
+from monitor.policy.functions import MISSING, Derived, lower_ascii
 from monitor.policy.literals import gate_check, literal_gate, simplest_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
-MISSING = object()
 
 try:
     import re2 as _re2  # google-re2: the same regex engine and semantics as CEL's matches()
@@ -46,34 +46,6 @@ def compile_regex(pattern: str) -> Any:
         raise ValueError(str(message)) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Derived:
-    """A path step computing a value from the one before it: `args.join(" ")`, `s.lowerAscii()`."""
-    function: str  # "join" | "lowerAscii"
-    argument: str = ""
-
-    def apply(self, value: Any) -> Any:
-        """The derived value; the last one per step is kept (held, so `is` cannot be fooled by a
-        reused id): the rules of an event all read the same list and string objects, so a command
-        line is joined and lowered once per event, not once per rule."""
-        key = (self.function, self.argument)
-        last = _LAST_DERIVED.get(key)
-        if last is not None and last[0] is value:
-            return last[1]
-        if self.function == "lowerAscii":
-            out = lower_ascii(value) if type(value) is str else MISSING
-        elif type(value) is not list:
-            out = MISSING
-        else:
-            try:
-                out = join(value, self.argument)
-            except TypeError:
-                out = MISSING
-        _LAST_DERIVED[key] = (value, out)
-        return out
-
-
-_LAST_DERIVED: dict[tuple[str, str], tuple[Any, Any]] = {}  # (function, argument) -> (input, output)
 
 
 def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
@@ -288,8 +260,6 @@ def _leaf(node: Node, scope: str = "event") -> Need | None:
     if fn == "in_cidr" and len(args) == 2 and isinstance(args[1], Lit):
         path = field_path(args[0])
         if path and isinstance(args[1].value, str):
-            from monitor.policy.engine import in_cidr
-
             get, cidr = getter(path), args[1].value
             return Opaque(lambda data: type(v := get(data)) is str and in_cidr(v, cidr))
     return None

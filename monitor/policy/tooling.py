@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
+from monitor import yamlfile
 from monitor.event import FIELDS, Event
 from monitor.policy import ast
 from monitor.policy.errors import PolicyError
@@ -137,11 +136,10 @@ def load_fixtures(path: Path) -> list[dict[str, Any]]:
     """Entries `{rule, match: [event..], no_match: [event..]}`; an entry `{defaults: {..}}` is merged
     into every later event of the file (nested maps merged, the event's own values win)."""
     try:
-        data = yaml.safe_load(read_text(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PolicyError(f"YAML error: {getattr(exc, 'problem', None) or exc}", str(path),
-                          mark.line + 1 if mark else 1) from None
+        loader, root = yamlfile.compose(read_text(path), str(path))
+        data = yamlfile.construct(loader, root, str(path)) if root is not None else None
+    except yamlfile.YamlError as exc:
+        raise PolicyError(exc.message, exc.file, exc.line) from None
     if data is None:
         return []
     if not isinstance(data, list):

@@ -1,7 +1,7 @@
 """Sigma rules (github.com/SigmaHQ/sigma) converted to our rule entries with pySigma: a processing
 pipeline of ours (log sources -> event kinds, Sigma fields -> event fields) and a CEL backend.
 
-    from monitor.policy.sigma import convert_paths, convert_text, looks_like_sigma, rules_yaml
+    from monitor.policy.sigma import convert_paths, convert_text, rules_yaml
 
 Supported log sources: product linux with category process_creation (exec), file_event (open for
 writing, rename onto the path), file_delete (unlink), file_rename (rename), network_connection
@@ -9,7 +9,6 @@ writing, rename onto the path), file_delete (unlink), file_rename (rename), netw
 be converted with its meaning intact is refused with the reason, never weakened.
 """
 
-from monitor.policy.loader import looks_like_sigma
 from monitor.policy.sigma.convert import (
     Conversion,
     Converted,
@@ -20,5 +19,4 @@ from monitor.policy.sigma.convert import (
     sigma_files,
 )
 
-__all__ = ["Conversion", "Converted", "Refusal", "convert_paths", "convert_text", "looks_like_sigma",
-           "rules_yaml", "sigma_files"]
+__all__ = ["Conversion", "Converted", "Refusal", "convert_paths", "convert_text", "rules_yaml", "sigma_files"]
