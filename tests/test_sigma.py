@@ -309,3 +309,38 @@ def test_a_changed_sigma_file_is_reloaded(tmp_path: Path) -> None:
     os.utime(path, ns=(1, 1))  # a different mtime even within the clock's granularity
     assert rules.reload_if_changed() is True
     assert fires(rules, exec_event("/usr/bin/socat")) and not fires(rules, exec_event("/usr/bin/nc"))
+
+
+def test_guards_and_prefilters_agree_with_cel_alone_on_the_imported_rules() -> None:
+    """The pack plus every converted SigmaHQ rule, judged with the pre-filters and guards and by
+    CEL alone, on the recorded agent mix plus events built to hit the imported rules."""
+    import json
+
+    import zstandard
+
+    mix = ROOT / "tests" / "bench" / "data" / "agent_mix.jsonl.zst"
+    text = zstandard.ZstdDecompressor().decompress(mix.read_bytes()).decode()
+    events = [json.loads(line) for line in text.splitlines() if line]
+    lines = ["bash -i -c true", "base64 -d", "curl -F x http://h", "chmod 777 /tmp/x", "xclip -sel clip -o",
+             "esxcli vm process kill --type=soft", "crontab -r", "sh -c echo aGk= | base64 -d | sh",
+             "python3 -c import pty;pty.spawn('/bin/sh')", "wget -O /tmp/x http://h", "nohup /tmp/x"]
+    for index, line in enumerate(lines):
+        args = line.split(" ")
+        for exe in (f"/usr/bin/{args[0]}", f"/TMP/{args[0].upper()}"):
+            events.append({"kind": "exec", "process": {"pid": 50 + index, "executable": exe, "args": args,
+                                                       "cwd": "/tmp", "ancestors": [{"pid": 1, "executable": "/bin/bash",
+                                                                                     "args": ["bash"]}]}})
+    for path in ("/etc/cron.d/x", "/etc/sudoers.d/y", "/etc/profile.d/z.sh", "/tmp/rootlog", "/ETC/DOAS.CONF"):
+        events.append({"kind": "open", "process": {"pid": 9, "executable": "/usr/bin/wget", "args": ["wget"]},
+                       "file": {"path": path, "write": True}})
+    folders = [CORPUS / "linux" / name for name in ("process_creation", "file_event", "network_connection")]
+    fast = load_rules([ROOT / "rules", *folders])
+    slow = load_rules([ROOT / "rules", *folders])
+    slow.disable_prefilters()
+    fired = 0
+    for data in events:
+        got = sorted(a.rule for a in fast.evaluate(Event.from_dict(data)))
+        assert got == sorted(a.rule for a in slow.evaluate(Event.from_dict(data))), data
+        fired += len(got)
+    assert fired > len(lines)  # the built events do reach the imported rules
+    assert fast.eval_errors == slow.eval_errors == {}
