@@ -1,6 +1,8 @@
 /* In-kernel network deny: cgroup sock_addr programs (connect4/6, udp sendmsg4/6) attached to
  * each sandbox's cgroup. A destination matching a deny entry for the current cgroup fails with
- * EPERM before a packet leaves; the sys_exit_connect probe marks that record F_DENIED.
+ * EPERM before a packet leaves; the sys_exit_connect probe marks that record F_DENIED. A refused
+ * UDP send is not marked: no connect exit would consume the mark, and it would be left to flag
+ * the thread's next (allowed) connect as denied.
  * Maps: LPM tries keyed by (cgroup id, address bits); the value lists denied ports (0 = all).
  * Reads only the UAPI context (struct bpf_sock_addr). Userspace: Sensor.deny_net(). */
 
@@ -36,14 +38,16 @@ static __always_inline int port_denied(struct net_rule *rule, u16 port) {
     return 0;
 }
 
-static __always_inline int refuse(void) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u8 one = 1;
-    net_denied.update(&tid, &one);
+static __always_inline int refuse(int connecting) {
+    if (connecting) {
+        u32 tid = (u32)bpf_get_current_pid_tgid();
+        u8 one = 1;
+        net_denied.update(&tid, &one);
+    }
     return 0;   /* sock_addr verdict 0: EPERM */
 }
 
-static __always_inline int check4(struct bpf_sock_addr *ctx) {
+static __always_inline int check4(struct bpf_sock_addr *ctx, int connecting) {
     u64 cg = bpf_get_current_cgroup_id();
     struct net4_key key = {.prefixlen = 64 + 32};
     __builtin_memcpy(key.cgroup, &cg, 8);
@@ -51,11 +55,11 @@ static __always_inline int check4(struct bpf_sock_addr *ctx) {
     __builtin_memcpy(key.addr, &ip, 4);
     struct net_rule *rule = deny4.lookup(&key);
     if (rule && port_denied(rule, bpf_ntohs((u16)ctx->user_port)))
-        return refuse();
+        return refuse(connecting);
     return 1;
 }
 
-static __always_inline int check6(struct bpf_sock_addr *ctx) {
+static __always_inline int check6(struct bpf_sock_addr *ctx, int connecting) {
     u64 cg = bpf_get_current_cgroup_id();
     struct net6_key key = {.prefixlen = 64 + 128};
     __builtin_memcpy(key.cgroup, &cg, 8);
@@ -66,12 +70,12 @@ static __always_inline int check6(struct bpf_sock_addr *ctx) {
     __builtin_memcpy(key.addr + 12, &w3, 4);
     struct net_rule *rule = deny6.lookup(&key);
     if (rule && port_denied(rule, bpf_ntohs((u16)ctx->user_port)))
-        return refuse();
+        return refuse(connecting);
     return 1;
 }
 
 /* one program per attach point: the kernel binds a program to its expected attach type */
-int deny_connect4(struct bpf_sock_addr *ctx) { return check4(ctx); }
-int deny_connect6(struct bpf_sock_addr *ctx) { return check6(ctx); }
-int deny_sendmsg4(struct bpf_sock_addr *ctx) { return check4(ctx); }
-int deny_sendmsg6(struct bpf_sock_addr *ctx) { return check6(ctx); }
+int deny_connect4(struct bpf_sock_addr *ctx) { return check4(ctx, 1); }
+int deny_connect6(struct bpf_sock_addr *ctx) { return check6(ctx, 1); }
+int deny_sendmsg4(struct bpf_sock_addr *ctx) { return check4(ctx, 0); }
+int deny_sendmsg6(struct bpf_sock_addr *ctx) { return check6(ctx, 0); }

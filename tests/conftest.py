@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import tempfile
@@ -45,9 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every e2e test that drives `monitor run` through tests/monitor_run.py runs both ways."""
+    """Every test that drives `monitor run` through tests/monitor_run.py runs both ways."""
     if "monitor_run" not in vars(metafunc.module) or metafunc.definition.get_closest_marker("standalone_only"):
         return
+    if "monitor_run(" not in inspect.getsource(metafunc.function):
+        return  # the module's other tests (in-process sources, the daemon) run once
     metafunc.fixturenames.append("run_mode")
     metafunc.parametrize("run_mode", ["standalone", "resident"], indirect=True)
 

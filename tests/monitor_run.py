@@ -52,6 +52,13 @@ class RunResult:
         return [e for e in self.events("exec") if e["process"]["executable"].endswith(executable_suffix)]
 
 
+# Shell: print the inode of the cgroup-v2 directory this shell runs in (its cgroup id).
+CGROUP_INODE = 'stat -c %i "$(findmnt -nro TARGET -t cgroup2 | head -1)$(sed -n "s/^0:://p" /proc/self/cgroup)"'
+
+# Shell: wait until the monitor's JSON output holds TEXT (a guard of 60 s bounds a failing run).
+WAIT_OUTPUT = 'for _ in $(seq 6000); do grep -qF -- "{}" "$MONITOR_JSON" && break; sleep 0.01; done'
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -59,10 +66,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
                 env: dict[str, str] | None = None, cwd: str | None = None) -> RunResult:
-    """Run CMD (a list, or a string for bash -c) under `monitor run --json FILE -q [options]`."""
+    """Run CMD (a list, or a string for bash -c) under `monitor run --json FILE -q [options]`.
+    CMD finds FILE in $MONITOR_JSON (to wait until the monitor has written something)."""
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     with tempfile.TemporaryDirectory(prefix="smtest-") as tmp:
         out = Path(tmp) / "out.jsonl"
+        env = {**(env or {}), "MONITOR_JSON": str(out)}
         proc = subprocess.run([MONITOR, "run", "--json", str(out), "-q", *mode_options(options), *options,
                                "--", *argv],
                               capture_output=True, text=True, timeout=timeout,
@@ -84,7 +93,7 @@ def mode_options(options: tuple[str, ...]) -> list[str]:
 def fork_execl(tmp_path: Path, path: str, *args: str) -> str:
     """A C program whose forked child execl()s string literals: in the child those pages are not
     mapped yet when execve is entered, so the probe cannot read them from user memory."""
-    quoted = ", ".join(f'"{a}"' for a in (path, *args))
+    quoted = ", ".join(json.dumps(a) for a in (path, *args))  # a C string literal for ASCII text
     source = tmp_path / "fork_execl.c"
     source.write_text("#include <unistd.h>\n#include <sys/wait.h>\nint main(void) {\n"
                       f"    if (fork() == 0) {{ execl({quoted}, (char *)0); _exit(127); }}\n"

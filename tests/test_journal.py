@@ -432,18 +432,24 @@ def test_the_judging_thread_never_waits_for_the_journal(tmp_path: Path, monkeypa
     def flush_thread_writing() -> None:
         with sink._lock:
             held.set()
-            done.wait(10)
+            done.wait()  # released only once the feed below is over
+
+    def feed_twenty() -> None:
+        for ev in events[:20]:
+            sink.on_event(ev)
 
     holder = threading.Thread(target=flush_thread_writing)
     holder.start()
     assert held.wait(5)
-    started = time.monotonic()
-    for ev in events[:20]:
-        sink.on_event(ev)
-    assert time.monotonic() - started < 1.0, "on_event waited for the lock"
-    assert len(sink._pending) == 20, "nothing was written while another held the lock"
+    feeder = threading.Thread(target=feed_twenty)
+    feeder.start()
+    feeder.join(30)  # a guard: fed at once unless on_event waits for the lock (forever, here)
+    fed_while_held = not feeder.is_alive()
     done.set()
     holder.join()
+    feeder.join()
+    assert fed_while_held, "on_event waited for the lock"
+    assert len(sink._pending) == 20, "nothing was written while another held the lock"
     sink.on_event(events[20])
     assert not sink._pending and sink.stats()["records"] == 21, "the next event wrote what waited"
     for ev in events[21:]:
@@ -457,14 +463,22 @@ def test_the_judging_thread_never_waits_for_the_journal(tmp_path: Path, monkeypa
 
     def slow_fsync(fd: int) -> None:
         fsyncing.set()
-        release.wait(10)
+        release.wait()  # released only once the roll below has returned (or the guard ran out)
         real_fsync(fd)
 
+    def roll() -> None:
+        with sink._lock:
+            sink._roll()  # as a full segment does inside a block write
+
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    started = time.monotonic()
-    with sink._lock:
-        sink._roll()  # as a full segment does inside a block write
-    assert time.monotonic() - started < 1.0, "the roll waited for its fsync"
+    roller = threading.Thread(target=roll)
+    roller.start()
+    roller.join(30)  # a guard: returns at once unless the roll waits for its fsync (forever, here)
+    rolled_while_fsyncing = not roller.is_alive()
+    if not rolled_while_fsyncing:
+        release.set()
+        roller.join()
+    assert rolled_while_fsyncing, "the roll waited for its fsync"
     assert fsyncing.wait(5)
     for ev in make_events(30, start=NOW + 10**9):
         sink.on_event(ev)  # the new segment takes them while the old one is still being sealed

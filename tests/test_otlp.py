@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,30 +280,54 @@ def test_endpoint_from_otel_variables(receiver: OtlpReceiver, monkeypatch: pytes
 
 # --- never blocking ------------------------------------------------------------------------------
 
-# Not a speed check (tests/bench/otlp.py measures speed): a bound that only work on the network
-# in the event path can break. on_event is a few us alone, tens of us on a loaded 2-core VM where
-# it shares the GIL with the sink's threads (54 us was seen in CI); an export attempt per event
-# (encode, connect, refused or timed out) costs a millisecond or more.
-MAX_MEAN_ON_EVENT_S = 500e-6
+# Speed is tests/bench/otlp.py's. Here: no export (encode, connect, send) ever runs on the thread
+# that feeds events, whatever the collector does; exports are counted by the thread they run on.
+EXPORTERS = [
+    ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
+    ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+    ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
+    ("opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter"),
+    ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
+]
 
 
-def timed_feed(sink: OtlpSink, sessions: int, t0: int) -> float:
-    """Feed `sessions` sessions of events (12 each); returns the mean seconds per on_event."""
-    calls, started = 0, time.perf_counter()
+@pytest.fixture
+def export_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread ident of every export call made while the test runs."""
+    import importlib
+
+    threads: list[int] = []
+    for module_name, class_name in EXPORTERS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        original = cls.export
+
+        def export(self, *args, __original=original, **kwargs):  # type: ignore[no-untyped-def]
+            threads.append(threading.get_ident())
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "export", export)
+    return threads
+
+
+def feed_sessions(sink: OtlpSink, sessions: int, t0: int) -> None:
+    """Feed `sessions` sessions of events (12 each)."""
     for n in range(sessions):
         sandbox = {**SANDBOX, "id": f"sb-load-{t0}-{n}"}
         for event in session_events(t0 + n * 20_000, sandbox):
             sink.on_event(event)
-            calls += 1
-    return (time.perf_counter() - started) / calls
 
 
-def test_collector_down_from_the_start_then_up() -> None:
+def assert_fed_without_exporting(sink: OtlpSink, sessions: int, t0: int, export_threads: list[int]) -> None:
+    feed_sessions(sink, sessions, t0)
+    assert threading.get_ident() not in export_threads, "an export ran on the event path"
+
+
+def test_collector_down_from_the_start_then_up(export_threads: list[int]) -> None:
     port = free_port()
     sink = OtlpSink(f"http://127.0.0.1:{port}", export_timeout=0.5, retry_backoff_s=0.2,
                     metric_interval_s=0.5, close_timeout=15)
-    mean = timed_feed(sink, 1000, time.time_ns())  # 12,000 events
-    assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with the collector down"
+    assert_fed_without_exporting(sink, 1000, time.time_ns(), export_threads)  # 12,000 events
     deadline = time.monotonic() + 10
     while sink.export_stats()["traces"]["failures"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -320,17 +345,18 @@ def test_collector_down_from_the_start_then_up() -> None:
 def test_collector_down_close_is_bounded_and_counts_what_was_lost() -> None:
     sink = OtlpSink(f"grpc://127.0.0.1:{free_port()}", export_timeout=0.5, close_timeout=1.5)
     feed(sink, session_events(time.time_ns()))
-    started = time.monotonic()
     summary: dict = {}
-    sink.close(summary)
-    assert time.monotonic() - started < 4
+    closing = threading.Thread(target=sink.close, args=(summary,))
+    closing.start()
+    closing.join(60)  # a guard: close gives up after its close_timeout, the collector never comes
+    assert not closing.is_alive(), "close() waited for a collector that is not there"
     stats = summary["sinks"]["otlp"]
     assert stats["traces"]["exported"] == 0
     assert stats["traces"]["dropped_shutdown"] == 3 and stats["logs"]["dropped_shutdown"] == 1
     assert stats["not_exported"] == 4
 
 
-def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
+def test_collector_killed_mid_run_and_restarted(tmp_path: Path, export_threads: list[int]) -> None:
     grpc_port, http_port = free_port(), free_port()
     dump = tmp_path / "received.jsonl"
 
@@ -353,8 +379,7 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
         assert len(read_dump(dump).spans()) == 3
         child.send_signal(signal.SIGKILL)
         child.wait()
-        mean = timed_feed(sink, 500, t0 + 10**9)
-        assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with the collector killed"
+        assert_fed_without_exporting(sink, 500, t0 + 10**9, export_threads)
         deadline = time.monotonic() + 10
         while sink.export_stats()["traces"]["failures"] == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -371,11 +396,10 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
     assert sink.stats()["not_exported"] == 0
 
 
-def test_slow_collector_does_not_slow_the_event_path() -> None:
+def test_slow_collector_does_not_slow_the_event_path(export_threads: list[int]) -> None:
     with OtlpReceiver(delay_s=1.0) as rx:
         sink = OtlpSink(rx.http_url, metric_interval_s=0.5, close_timeout=20)
-        mean = timed_feed(sink, 500, time.time_ns())
-        assert mean < MAX_MEAN_ON_EVENT_S, f"on_event took {mean * 1e6:.1f} us with a slow collector"
+        assert_fed_without_exporting(sink, 500, time.time_ns(), export_threads)
         summary: dict = {}
         sink.close(summary)
         assert rx.store.wait_for(lambda s: len(s.spans()) >= 1_500, 5)
@@ -385,7 +409,7 @@ def test_slow_collector_does_not_slow_the_event_path() -> None:
 def test_full_queues_drop_and_count() -> None:
     with OtlpReceiver(delay_s=0.5) as rx:
         sink = OtlpSink(rx.http_url, export_queue=100, signals=("traces",), close_timeout=10)
-        timed_feed(sink, 1000, time.time_ns())  # 3,000 spans into a queue of 100 behind a slow receiver
+        feed_sessions(sink, 1000, time.time_ns())  # 3,000 spans into a queue of 100 behind a slow receiver
         summary: dict = {}
         sink.close(summary)
         stats = summary["sinks"]["otlp"]["traces"]

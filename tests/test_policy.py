@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from monitor.event import Event
 from monitor.policy import DEFAULT_RULES_DIR, PolicyError, load_rules, tooling
@@ -42,9 +43,16 @@ def open_event(path: str, executable: str = "/usr/bin/cat", write_: bool = False
 
 # -- the default pack --------------------------------------------------------------------------
 
-def test_default_pack_has_30_documented_tagged_rules_with_fixtures():
+def _rule_names_in(rule_file: Path) -> list[str]:
+    return [entry["rule"] for entry in yaml.safe_load(rule_file.read_text()) or []
+            if isinstance(entry, dict) and "rule" in entry]
+
+
+def test_default_pack_loads_every_rule_of_its_files_documented_tagged_with_fixtures():
     rules = load_rules([DEFAULT_RULES_DIR]).rules
-    assert len(rules) >= 30
+    in_files = [name for rule_file in expand_paths([DEFAULT_RULES_DIR]) for name in _rule_names_in(rule_file)]
+    assert len(in_files) == 50
+    assert sorted(rule.name for rule in rules) == sorted(in_files)
     fixtures: dict[str, dict] = {}
     for rule_file in expand_paths([DEFAULT_RULES_DIR]):
         if fixture_file(rule_file).is_file():

@@ -32,9 +32,10 @@ def _checks() -> list[Check]:
     major, minor = _kernel_version()
     checks.append(Check("kernel >= 5.8 (ring buffer)", (major, minor) >= (5, 8), platform.release(),
                         "a kernel with BPF ring buffer support (5.8 or later)"))
-    checks.append(Check("BTF", Path("/sys/kernel/btf/vmlinux").exists(), "/sys/kernel/btf/vmlinux",
+    # os.path answers False where a path cannot be read (as a user other than root)
+    checks.append(Check("BTF", os.path.exists("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux",
                         "a kernel built with CONFIG_DEBUG_INFO_BTF", required=False))
-    tracefs = Path("/sys/kernel/tracing/events/syscalls").is_dir()
+    tracefs = os.path.isdir("/sys/kernel/tracing/events/syscalls")
     checks.append(Check("tracefs", tracefs, "/sys/kernel/tracing", "mount -t tracefs tracefs /sys/kernel/tracing"))
     try:
         root = cgroup_v2_root()
@@ -42,7 +43,7 @@ def _checks() -> list[Check]:
     except Exception as exc:
         checks.append(Check("cgroup v2", False, str(exc), "mount -t cgroup2 none /sys/fs/cgroup"))
     build = Path(f"/lib/modules/{platform.release()}/build")
-    checks.append(Check("kernel headers", (build / "include").exists(), f"{build} -> {os.path.realpath(build)}",
+    checks.append(Check("kernel headers", os.path.exists(build / "include"), f"{build} -> {os.path.realpath(build)}",
                         FIX_SETUP + " (links Debian's linux-headers where bcc looks)"))
     bcc = importlib.util.find_spec("bcc") is not None
     checks.append(Check("bcc", bcc, "python3-bpfcc importable" if bcc else "not importable",

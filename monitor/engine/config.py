@@ -262,6 +262,7 @@ class RunOptions:
     cpu: str = "auto"  # the judging loop's CPU: auto | off | a CPU number (see judging_cpu())
     env: dict[str, str] = field(default_factory=dict)
     exit_at_once: bool = False  # the CLI's: exit after the summary, release the probes in the background
+    sinks: list[Any] = field(default_factory=list)  # more sinks after the configuration's (the demo's view)
     outputs: list[Any] = field(default_factory=list)  # --outputs FILE, validated (monitor.outputs)
 
     def config(self) -> MonitorConfig:

@@ -204,7 +204,7 @@ def _build(options: RunOptions, sandboxed: _Sandboxed, sensor: Sensor | None) ->
             print(text, file=sys.stderr)  # a cgroup sandbox's freeze is noted by its tick
 
     try:
-        return build(options.config(), sensor=sensor, on_record=note,
+        return build(options.config(), sensor=sensor, on_record=note, extra_sinks=tuple(options.sinks),
                      gvisor_run=sandboxed.run if isinstance(sandboxed, _GvisorRun) else None,
                      warn=lambda text: print(f"monitor: {text}", file=sys.stderr))
     except (AssemblyError, PolicyError, LoopError) as exc:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from monitor_run import MONITOR, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
+from docker_engine import wait_for  # noqa: E402
+from monitor_run import CGROUP_INODE, MONITOR, WAIT_OUTPUT, fork_execl, monitor_run, needs_root, read_jsonl  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 PY = "/usr/bin/python3"
@@ -37,13 +38,14 @@ def _get(event: dict, dotted: str) -> object:
 
 
 def test_exec_args_exit_code_and_lineage(tmp_path: Path) -> None:
-    r = monitor_run("/bin/true a b; (sh -c '/bin/echo grandchild >/dev/null'); exit 3", "--no-rules")
+    r = monitor_run(f"{CGROUP_INODE}; /bin/true a b; (sh -c '/bin/echo grandchild >/dev/null'); exit 3",
+                    "--no-rules")
     assert r.returncode == 3
     true = one(r.events("exec"), process__executable="/bin/true")
     assert true["process"]["args"] == ["/bin/true", "a", "b"]
     assert true["result"] == 0
     assert true["sandbox"]["runtime"] == "cgroup"
-    assert true["sandbox"]["cgroup_id"] > 0
+    assert true["sandbox"]["cgroup_id"] == int(r.stdout)  # the sandbox cgroup directory's inode
     bash = one(r.events("exec"), process__comm="bash")
     assert true["process"]["ppid"] == bash["process"]["pid"]
     echo = one(r.events("exec"), process__executable="/bin/echo")
@@ -74,11 +76,12 @@ def test_exec_records_cut_after_the_last_argument_keep_every_argument(tmp_path: 
 
 
 def test_exec_of_strings_not_in_memory_is_never_blank(tmp_path: Path) -> None:
-    r = monitor_run([fork_execl(tmp_path, "/bin/sleep", "sleep", "0.5")], "--no-rules")
-    sleep = one(r.events("exec"), process__comm="sleep")
-    assert sleep["process"]["executable"] == "/bin/sleep", "the kernel's copy of the path fills it in"
-    assert sleep["detail"]["args_unreadable"] is True, "this shape of exec is the one user memory cannot give"
-    assert sleep["process"]["args"] == ["sleep", "0.5"], "read back from /proc while the program runs"
+    # the program runs until the monitor has written its exec (args read back by then)
+    wait = WAIT_OUTPUT.format('"args_unreadable":true')
+    r = monitor_run([fork_execl(tmp_path, "/bin/sh", "sh", "-c", wait)], "--no-rules")
+    sh = one(r.events("exec"), process__executable="/bin/sh", detail__args_unreadable=True)
+    assert sh["process"]["args"] == ["sh", "-c", wait], "read back from /proc while the program runs"
+    assert not [e for e in r.events("exec") if e["process"]["args"] == []]
 
 
 def test_a_path_walk_miss_is_counted_not_reported() -> None:
@@ -218,17 +221,36 @@ c.connect((ADDRESS, 53)); c.send(q("connected.example.test"))
     one(r.events("dns"), net__query="connected.example.test")
 
 
+def test_dns_through_glibcs_resolver(tmp_path: Path) -> None:
+    """`getent hosts` resolves through glibc (nsswitch, resolv.conf), which sends the A and AAAA
+    queries together with sendmmsg on a connected UDP socket. In a network namespace with only
+    loopback up and a mount namespace whose resolv.conf names 127.0.0.1 (nobody answers)."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    r = monitor_run(f"unshare -n -m --propagation private bash -c 'ip link set lo up && "
+                    f"mount --bind {resolv} /etc/resolv.conf && getent hosts agent-lookup.example.test; "
+                    "echo getent=$?'", "--no-rules")
+    assert r.returncode == 0 and r.stdout == "getent=2\n", r.stderr  # 2: not found
+    queries = sorted((e["net"]["query"], e["net"]["query_type"], e["process"]["comm"]) for e in r.events("dns"))
+    assert queries == [("agent-lookup.example.test", "A", "getent"), ("agent-lookup.example.test", "AAAA", "getent")]
+    assert all(e["net"]["port"] == 53 and e["net"]["transport"] == "udp" for e in r.events("dns"))
+
+
 def test_bind_listen_accept() -> None:
     code = r"""
 import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept(); c.close()
-import time; time.sleep(0.3)  # the monitor reads a listener's port from /proc
+import os, time  # the monitor reads a listener's port from /proc: live until it has written it
+for _ in range(6000):
+    if '"kind":"listen"' in open(os.environ["MONITOR_JSON"]).read():
+        break
+    time.sleep(0.01)
 """
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"port-{os.getpid()}"
     proc = subprocess.Popen([MONITOR, "run", "--json", str(out), "-q", "--no-rules", "--", PY, "-c", code],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "MONITOR_JSON": str(out)})
     port = int(proc.stdout.readline())
     socket.create_connection(("127.0.0.1", port)).close()
     assert proc.wait(60) == 0
@@ -273,14 +295,24 @@ libc.syscall(126, hdr, data)                 # capset (same caps)
 
 
 def test_host_processes_and_other_sandboxes_stay_out(tmp_path: Path) -> None:
-    marker_host = tmp_path / "host-marker"
-    host = subprocess.Popen(["bash", "-c", f"for i in $(seq 50); do echo x > {marker_host}; /bin/true host; sleep 0.01; done"])
+    """A host process that starts once both sandboxes run (probes attached) and keeps writing and
+    exec'ing until they end, and each sandbox's own echoes: only its own are in its output."""
+    marker_host, host_started = tmp_path / "host-marker", tmp_path / "host-started"
     outs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    ready = {name: tmp_path / f"ready-{name}" for name in ("alpha", "beta")}
     procs = [subprocess.Popen([MONITOR, "run", "--json", str(out), "-q", "--no-rules", "--name", name,
-                               "--", "bash", "-c", f"for i in 1 2 3; do /bin/echo {name} >/dev/null; sleep 0.05; done"])
+                               "--", "bash", "-c", f"touch {ready[name]}; until [ -e {host_started} ]; "
+                               f"do sleep 0.01; done; for i in 1 2 3; do /bin/echo {name} >/dev/null; done"])
              for name, out in zip(("alpha", "beta"), outs, strict=True)]
-    assert [p.wait(60) for p in procs] == [0, 0]
-    host.wait(60)
+    wait_for(lambda: all(path.exists() for path in ready.values()), 60, "both sandboxes to run")
+    host = subprocess.Popen(["bash", "-c", f"echo x > {marker_host}; /bin/true host; touch {host_started}; "
+                                           f"while :; do echo x > {marker_host}; /bin/true host; sleep 0.01; done"])
+    try:
+        assert [p.wait(60) for p in procs] == [0, 0]
+        assert host.poll() is None, "the host process ran throughout"
+    finally:
+        host.kill()
+        host.wait()
     for name, out in zip(("alpha", "beta"), outs, strict=True):
         events = [r for r in read_jsonl(out) if r["type"] == "event"]
         assert {e["sandbox"]["name"] for e in events} == {name}
@@ -300,7 +332,8 @@ def test_unknown_command_exits_127() -> None:
 def test_judging_loop_keeps_one_cpu_and_the_sandbox_keeps_every_cpu() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     # the child, then the monitor's judging (main) thread once its loop runs
-    show = "grep Cpus_allowed_list /proc/self/status; sleep 0.5; grep Cpus_allowed_list /proc/$PPID/status"
+    show = ("grep Cpus_allowed_list /proc/self/status; " + WAIT_OUTPUT.format('"kind":"exec"')
+            + "; grep Cpus_allowed_list /proc/$PPID/status")
     r = monitor_run(show, "--no-rules")
     child, loop = (line.split()[-1] for line in r.stdout.splitlines())
     every = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
@@ -344,8 +377,10 @@ def test_stale_sandbox_from_crashed_run_is_cleaned_up() -> None:
 
 def test_shell_with_stdio_on_a_socket_is_a_reverse_shell() -> None:
     """A program moves its stdio onto a connection and starts a shell (python's pty/socket trick)."""
+    # the shell lives until the monitor has written its exec (its stdio read from /proc by then)
+    wait = WAIT_OUTPUT.format('"stdin":"socket"')
     code = ("import socket, subprocess\na, b = socket.socketpair()\n"
-            "subprocess.run(['/bin/bash', '-c', 'sleep 0.5'], stdin=a, stdout=a)\n")
+            f"subprocess.run(['/bin/bash', '-c', {wait!r}], stdin=a, stdout=a)\n")
     r = monitor_run([PY, "-c", code])
     bash = one(r.events("exec"), process__executable="/bin/bash")
     assert bash["process"]["stdin"] == "socket" and bash["process"]["stdout"] == "socket"

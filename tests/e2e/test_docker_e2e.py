@@ -2,9 +2,10 @@
 
 One daemon for the module (probes attached once, as in production), against the session's
 private engine (tests/docker_engine.py): a container started before the daemon is found and its
-exec/file/net events carry its identity; posture rules fire for --privileged and not for a
-hardened run; a kill rule stops a container through the engine; stopping dockerd leaves the
-daemon alive, and it finds containers again when the engine is back.
+exec/file/net events carry its identity; every posture rule fires for a container built to trip
+it, none for a hardened run; a kill rule stops a container through the engine, exec and connect
+deny rules hold in the kernel; stopping dockerd leaves the daemon alive, and it finds containers
+again when the engine is back.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +38,12 @@ KILL_RULE = """\
   description: test rule - exec of /bin/rev is refused in the kernel.
   when: [exec]
   condition: event.process.executable == "/bin/rev"
+  severity: medium
+  action: deny
+- rule: E2E deny connect
+  description: test rule - connects to 127.0.0.9 are refused in the kernel.
+  when: [connect]
+  condition: event.net.address in ["127.0.0.9"]
   severity: medium
   action: deny
 """
@@ -181,28 +190,63 @@ def test_a_short_lived_container_is_seen_from_its_first_instruction(docker_engin
     runc_setup = [e for e in output.events(quick) if str(e.get("process", {}).get("comm", "")).startswith("runc:[")]
     assert runc_setup == [] and output.events(quick, "mount") == []
     docker_engine.client.containers.get(unpicked).wait(timeout=20)
-    time.sleep(0.5)
+    # the engine reports containers in order: once a picked container started after the unpicked
+    # one ended is written, the unpicked one has been judged (its held events dropped, not named)
+    after = docker_engine.run(["true"], name="e2e-after-unpicked", labels=AGENT)
+    wait_for(lambda: output.events(after, "container_start"), 20, "the next picked container")
     assert output.events(unpicked) == []
     assert not [r for r in output.records() if r.get("type") == "event"
                 and (r.get("file") or {}).get("path") == "/etc/group"
                 and (r.get("sandbox") or {}).get("id", "").startswith(unpicked[:12])]
 
 
-def test_posture_rule_fires_for_privileged_and_not_for_hardened(docker_engine, watched):
+# Every posture rule of rules/posture.yaml, and the container built to trip it: `priv` runs
+# --privileged as root from a tag; `exposed` runs as a user, read-only, no-new-privileges, from the
+# image id, but with the Docker socket's name mounted in, NET_ADMIN, the host's pid namespace and
+# an exec tmpfs. The hardened container trips none.
+POSTURE_TRIPS = {
+    "Container privileged": "priv",
+    "Container runs as root": "priv",
+    "Container root filesystem writable": "priv",
+    "Container without no-new-privileges": "priv",
+    "Container seccomp unconfined": "priv",
+    "Container image not pinned": "priv",
+    "Container mounts the Docker socket": "exposed",
+    "Container dangerous capabilities": "exposed",
+    "Container shares host namespaces": "exposed",
+    "Container tmpfs allows exec": "exposed",
+}
+
+
+def test_every_posture_rule_fires_for_the_container_built_to_trip_it(docker_engine, watched, tmp_path):
+    from monitor.policy import DEFAULT_RULES_DIR, load_rules
     _, output, _, _, _ = watched
+    posture_rules = {rule.name for rule in load_rules([DEFAULT_RULES_DIR / "posture.yaml"]).rules}
+    assert set(POSTURE_TRIPS) == posture_rules
     image_id = docker_engine.client.images.get(docker_engine.image).id
-    priv = docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True)
-    hardened = docker_engine.client.containers.run(
-        image_id, ["sleep", "600"], name="e2e-hardened", labels=AGENT, network_mode="none",
-        detach=True, read_only=True, security_opt=["no-new-privileges"], cap_drop=["ALL"],
-        user="1000").id
-    wait_for(lambda: any(a["rule"] == "Container privileged" for a in output.alerts(priv)), 30,
-             "the privileged posture alert")
-    wait_for(lambda: output.events(hardened, "container_start"), 30, "hardened container_start")
-    time.sleep(0.5)  # its alerts, if any, follow its event in the same pipeline pass
-    assert [a["rule"] for a in output.alerts(hardened) if a["event"]["kind"] == "container_start"] == []
-    priv_rules = {a["rule"] for a in output.alerts(priv)}
-    assert {"Container privileged", "Container seccomp unconfined", "Container runs as root"} <= priv_rules
+    fake_socket = tmp_path / "docker.sock"  # a plain file: the rule judges the mount, not the socket
+    fake_socket.write_text("")
+    hardening = {"read_only": True, "security_opt": ["no-new-privileges"], "user": "1000"}
+    containers = {
+        "priv": docker_engine.run(["sleep", "600"], name="e2e-priv", labels=AGENT, privileged=True),
+        "exposed": docker_engine.client.containers.run(
+            image_id, ["sleep", "600"], name="e2e-exposed", labels=AGENT, network_mode="none", detach=True,
+            volumes={str(fake_socket): {"bind": "/run/docker.sock", "mode": "ro"}}, cap_add=["NET_ADMIN"],
+            pid_mode="host", tmpfs={"/scratch": "exec"}, **hardening).id,
+        "hardened": docker_engine.client.containers.run(
+            image_id, ["sleep", "600"], name="e2e-hardened", labels=AGENT, network_mode="none", detach=True,
+            cap_drop=["ALL"], **hardening).id,
+    }
+    for name, cid in containers.items():
+        wait_for(lambda cid=cid: output.events(cid, "container_start"), 30, f"container_start of {name}")
+    # a container_start's alerts are written right after the event, in the same pipeline pass:
+    # the next container's event written means the previous one's alerts are in
+    marker = docker_engine.run(["sleep", "600"], name="e2e-posture-marker", labels=AGENT)
+    wait_for(lambda: output.events(marker, "container_start"), 30, "the marker container's start")
+    fired = {name: {a["rule"] for a in output.alerts(cid) if a["event"]["kind"] == "container_start"}
+             for name, cid in containers.items()}
+    for name in containers:
+        assert fired[name] == {rule for rule, trips in POSTURE_TRIPS.items() if trips == name}, fired
 
 
 def test_kill_rule_stops_the_container_through_the_engine(docker_engine, watched):
@@ -229,14 +273,40 @@ def test_deny_rule_is_enforced_in_the_kernel_for_a_container(docker_engine, watc
     _, output, _, _, _ = watched
     denied = docker_engine.run(["sleep", "600"], name="e2e-denied", labels=AGENT)
     wait_for(lambda: output.events(denied, "container_start"), 30, "watched")
-    time.sleep(0.5)  # deny maps are loaded on the daemon's next loop pass after discovery
-    result = docker_engine.client.containers.get(denied).exec_run(
-        ["sh", "-c", "echo abc | /bin/rev; echo rc=$?"])
-    assert b"cba" not in result.output and b"rc=137" in result.output, result.output
+
+    def rev() -> bytes:  # stdout only: sh's "Killed" on stderr interleaves in no fixed order
+        return docker_engine.client.containers.get(denied).exec_run(
+            ["sh", "-c", "echo abc | /bin/rev; echo rc=$?"], stderr=False).output
+    # deny maps are loaded on the daemon's loop pass after discovery: from then on, every time
+    wait_for(lambda: rev() == b"rc=137\n", 30, "rev denied")
+    assert rev() == b"rc=137\n"  # SIGKILL at exec: rev never printed
     wait_for(lambda: [a for a in output.alerts(denied) if a["rule"] == "E2E deny rev"], 15, "deny alert")
     alert = next(a for a in output.alerts(denied) if a["rule"] == "E2E deny rev")
     assert alert["event"].get("verdict") == "denied"
     assert docker_engine.client.containers.get(denied).status == "running"  # only the exec died
+
+
+def test_connect_deny_is_enforced_in_the_kernel_for_a_container(docker_engine, watched):
+    """A connect to the denied address fails with EPERM inside the container (network none: its
+    own loopback only), one to another loopback address is refused by nobody listening."""
+    _, output, _, _, _ = watched
+    cid = docker_engine.run(["sleep", "600"], name="e2e-connect-denied", labels=AGENT)
+    wait_for(lambda: output.events(cid, "container_start"), 30, "watched")
+    container = docker_engine.client.containers.get(cid)
+
+    def connect(address: str) -> bytes:
+        return container.exec_run(["sh", "-c", f"nc -w 1 {address} 9 </dev/null 2>&1; echo rc=$?"]).output
+    wait_for(lambda: b"Operation not permitted" in connect("127.0.0.9"), 30, "the connect denied")
+    assert b"Operation not permitted" in connect("127.0.0.9")
+    assert b"Connection refused" in connect("127.0.0.8")
+
+    def connects(address: str) -> list[dict]:
+        return [e for e in output.events(cid, "connect") if e["net"].get("address") == address]
+    wait_for(lambda: connects("127.0.0.8"), 20, "the allowed connect's event")
+    assert connects("127.0.0.9") and all(e["verdict"] == "denied" and e["result"] == -1
+                                         for e in connects("127.0.0.9"))
+    assert [e.get("verdict") for e in connects("127.0.0.8")] == [None]
+    assert [a for a in output.alerts(cid) if a["rule"] == "E2E deny connect"]
 
 
 def test_gvisor_container_reports_through_its_trace_session(docker_engine, watched):
@@ -262,17 +332,48 @@ def test_gvisor_container_reports_through_its_trace_session(docker_engine, watch
     assert output.events(cid, "container_start")
 
 
+class HangUpSocket:
+    """A unix socket at the engine's path while dockerd is down: counts the daemon's connection
+    attempts and closes each at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.attempts = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.attempts += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self.thread.join()
+        self.path.unlink(missing_ok=True)
+
+
 def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, watched):
     daemon, output, _, _, plain = watched
     docker_engine.stop_daemon()
+    hang_up = HangUpSocket(docker_engine.socket)
     try:
         def docker_down() -> bool:
             status, body = daemon.get("/healthz")
             return status == 200 and "docker unavailable" in body
         wait_for(docker_down, 20, "/healthz to report the engine down")
-        time.sleep(1.5)  # a few reconnect attempts
+        wait_for(lambda: hang_up.attempts >= 3, 30, "three reconnect attempts")
         assert daemon.proc.poll() is None
-        assert daemon.log().count("unavailable (") == 1, daemon.log()
+        assert daemon.log().count("unavailable (") == 1, daemon.log()  # one line an outage, not an attempt
         # the plain cgroup sandbox is still watched while the engine is away
         subprocess.run(["sh", "-c", f"echo $$ > {plain}/cgroup.procs && exec cat /etc/hostname"],
                        check=True, capture_output=True)
@@ -284,6 +385,7 @@ def test_daemon_survives_engine_stop_and_finds_containers_again(docker_engine, w
         wait_for(plain_events, 15, "the plain cgroup's open while the engine is down")
         assert plain_events()[0]["sandbox"]["runtime"] == "cgroup"
     finally:
+        hang_up.close()
         docker_engine.start_daemon()
     wait_for(lambda: "docker connected" in daemon.get("/healthz")[1], 40, "reconnected")
     late = docker_engine.run(["sleep", "600"], name="e2e-late", labels=AGENT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from docker_engine import wait_for  # noqa: E402
 from llm_agent import API_KEY  # noqa: E402
 from llm_fake_api import TOOL_COMMAND, FakeApi  # noqa: E402
-from monitor_run import RunResult, monitor_run, needs_root  # noqa: E402
+from monitor_run import CGROUP_INODE, RunResult, monitor_run, needs_root  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
@@ -38,13 +40,19 @@ def agent(api: FakeApi, kind: str, *extra: str) -> list[str]:
     return [*AGENT, "--api", kind, "--base-url", api.url, "--ca", str(api.ca_path), *extra]
 
 
+def printing_cgroup_inode(argv: list[str]) -> str:
+    """bash -c: print the sandbox cgroup's inode (first line of stdout), then exec ARGV in place."""
+    return f"{CGROUP_INODE}; exec {shlex.join(argv)}"
+
+
 def no_secret_anywhere(result: RunResult) -> None:
     everything = json.dumps(result.records) + result.stdout + result.stderr
     assert API_KEY not in everything and SECRET_PART not in everything
 
 
 def assert_agent_turn(result: RunResult, provider: str, model: str, stream: bool) -> dict:
-    """The request and response events of the tool-call turn, and the exec they caused."""
+    """The request and response events of the tool-call turn, and the exec they caused (the
+    agent ran under printing_cgroup_inode)."""
     assert result.returncode == 0, result.stderr[-2000:]
     requests, responses = result.events("llm_request"), result.events("llm_response")
     assert len(requests) == 2 and len(responses) == 2, (requests, responses)
@@ -60,12 +68,14 @@ def assert_agent_turn(result: RunResult, provider: str, model: str, stream: bool
     assert llm["usage"] == {"input_tokens": 42, "output_tokens": 17}
     assert [(c["name"], c["arguments"]) for c in llm["tool_calls"]] == [("bash", {"command": TOOL_COMMAND})]
     assert asked["process"]["pid"] == requests[0]["process"]["pid"]
-    assert asked["sandbox"]["cgroup_id"] > 0
+    assert asked["sandbox"]["cgroup_id"] == int(result.stdout.splitlines()[0])  # the cgroup's inode
     cat = result.execs("/cat")
     assert len(cat) == 1 and cat[0]["process"]["args"] == TOOL_COMMAND.split()
     assert cat[0]["process"]["caused_by"] == asked["id"]
     assert not responses[1]["llm"]["tool_calls"]
-    assert "caused_by" not in result.execs("/python3")[0]["process"] if result.execs("/python3") else True
+    agent_execs = [e for e in result.events("exec") if e["process"]["pid"] == asked["process"]["pid"]]
+    assert "python" in agent_execs[-1]["process"]["executable"], agent_execs  # bash exec'd the agent
+    assert "caused_by" not in agent_execs[-1]["process"]  # the agent itself was caused by no tool call
     assert any(a["event"]["kind"] == "llm_response" for a in result.alerts), result.alert_rules()
     no_secret_anywhere(result)
     assert "text" not in llm  # metadata mode (the default) keeps no response text
@@ -82,7 +92,7 @@ def assert_agent_turn(result: RunResult, provider: str, model: str, stream: bool
 def test_sdk_agent_tool_call_is_captured_and_linked(api: FakeApi, kind: str, provider: str, model: str,
                                                     stream: bool) -> None:
     extra = ["--stream"] if stream else []
-    result = monitor_run(agent(api, kind, *extra))
+    result = monitor_run(printing_cgroup_inode(agent(api, kind, *extra)))
     assert_agent_turn(result, provider, model, stream)
     assert result.summary["lost"] == {}
     assert api.seen_auth[-1] in (API_KEY, f"Bearer {API_KEY}")  # the client did send its key
@@ -116,25 +126,25 @@ def test_non_llm_https_and_garbage_make_no_llm_events_and_are_counted(api: FakeA
     no_secret_anywhere(result)
 
 
-def test_same_calls_outside_the_sandbox_produce_nothing(api: FakeApi) -> None:
-    outside: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def run_outside() -> None:
-        outside["r"] = subprocess.run(agent(api, "anthropic"), capture_output=True, text=True, timeout=60)
-
-    # the sandbox only waits while an unwatched agent on the same host makes the same calls
-    thread = threading.Thread(target=run_outside)
+def test_same_calls_outside_the_sandbox_produce_nothing(api: FakeApi, tmp_path: Path) -> None:
+    """An unwatched agent on the same host makes the same calls while the sandbox runs (probes
+    attached): it starts once the sandbox signals ready, the sandbox ends only after the outside
+    agent's calls, and the outside process is still alive at the end."""
+    ready, called = tmp_path / "ready", tmp_path / "called"
     result_box: dict[str, RunResult] = {}
-
-    def run_sandbox() -> None:
-        result_box["r"] = monitor_run(["sleep", "4"])
-
-    sandbox = threading.Thread(target=run_sandbox)
+    sandbox = threading.Thread(target=lambda: result_box.update(r=monitor_run(
+        f"touch {ready}; until [ -e {called} ]; do sleep 0.01; done", timeout=120)))
     sandbox.start()
-    thread.start()
-    thread.join()
-    sandbox.join()
-    assert json.loads(outside["r"].stdout)["ran"] == [TOOL_COMMAND]
+    wait_for(ready.exists, 60, "the sandbox to run")
+    outside = subprocess.Popen(["bash", "-c", f"{shlex.join(agent(api, 'anthropic'))} && touch {called} && "
+                                              "exec sleep 600"], stdout=subprocess.PIPE, text=True)
+    try:
+        sandbox.join()
+        assert outside.poll() is None, "the outside agent was not touched"
+    finally:
+        outside.kill()
+    stdout, _ = outside.communicate()
+    assert json.loads(stdout)["ran"] == [TOOL_COMMAND]
     result = result_box["r"]
     assert result.returncode == 0
     assert not result.events("llm_request") and not result.events("llm_response")
@@ -161,7 +171,8 @@ def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: Fak
     journal = tmp_path / "journal"
     with OtlpReceiver() as rx:
         rx.store.on_request = lambda _signal, data: raw.append(data)
-        result = monitor_run(agent(api, "openai", "--stream"), "--otlp", rx.http_url, "--journal", str(journal))
+        result = monitor_run(printing_cgroup_inode(agent(api, "openai", "--stream")), "--otlp", rx.http_url,
+                             "--journal", str(journal))
         asked = assert_agent_turn(result, "openai", "gpt-4.1", True)
         assert rx.store.wait_for(lambda st: any(sp.attributes.get("gen_ai.request.model") for sp in st.spans())
                                  and any(sp.links for sp in st.spans()), 15), result.stderr[-2000:]
@@ -189,15 +200,28 @@ def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: Fak
     assert raw and API_KEY.encode() not in everything and SECRET_PART.encode() not in everything
 
 
-def test_a_kill_rule_on_the_tool_call_stops_the_sandbox_before_the_command_runs(api: FakeApi,
-                                                                              tmp_path: Path) -> None:
+KILL_ON_SHADOW_TOOL_CALL = (
+    "- rule: E2E kill on shadow tool call\n  description: test rule\n  when: [llm_response]\n"
+    "  condition: has(event.llm.tool_calls) && event.llm.tool_calls.exists(t, "
+    "t.arguments_json.contains(\"/etc/shadow\"))\n  severity: critical\n  action: kill\n  tags: [T1552]\n")
+
+
+@pytest.mark.parametrize("think", ["1.5", "0"])
+def test_a_kill_rule_on_the_tool_call_stops_the_sandbox_before_the_command_runs(api: FakeApi, tmp_path: Path,
+                                                                              think: str) -> None:
+    """think 1.5: the agent pauses before running a tool, as one deliberating or asking permission
+    does. think 0: it runs the tool as soon as its SDK has parsed the response.
+
+    The limit: the kill is a race between the agent and the monitor from the moment the agent's
+    SSL_read returns the response's last bytes. The monitor wins when it reads the uprobe ring
+    (every 5 ms while a rule kills), parses and judges the response and kills the cgroup (the
+    action's latency_ms: 2-7 ms here) before the agent has parsed the response and fork+exec'd the
+    command: 30-45 ms for this agent on the Anthropic SDK (10-30 ms on the OpenAI SDK), measured
+    as exec time_ns - llm_response time_ns in alert-only runs. An agent that runs a tool faster
+    than the monitor reacts would run it; only a kernel deny on the exec itself does not race."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        "- rule: E2E kill on shadow tool call\n  description: test rule\n  when: [llm_response]\n"
-        "  condition: has(event.llm.tool_calls) && event.llm.tool_calls.exists(t, "
-        "t.arguments_json.contains(\"/etc/shadow\"))\n  severity: critical\n  action: kill\n  tags: [T1552]\n")
-    # the agent takes a second before running a tool, as one deliberating or asking permission does
-    result = monitor_run(agent(api, "anthropic", "--think", "1.5"), "--rules", str(rules))
+    rules.write_text(KILL_ON_SHADOW_TOOL_CALL)
+    result = monitor_run(agent(api, "anthropic", "--think", think), "--rules", str(rules))
     assert result.returncode == 137, result.stderr[-2000:]
     assert result.summary["killed_by"] == "E2E kill on shadow tool call"
     (action,) = [a for a in result.actions if a["rule"] == "E2E kill on shadow tool call"]

@@ -16,9 +16,11 @@ test_every_rule_is_covered checks that together they cover the pack.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -224,6 +226,7 @@ def test_rule_fires_on_its_behaviour(suspicious_run: RunResult, rule: str) -> No
 
 
 def test_no_rule_fails_to_evaluate(suspicious_run: RunResult) -> None:
+    assert suspicious_run.summary["eval_errors"] == {}
     assert suspicious_run.summary["alerts"] >= len(BEHAVIOURS)
     assert suspicious_run.summary.get("lost") == {}
 
@@ -294,13 +297,15 @@ def test_opt_in_enforce_pack_denies_in_the_kernel(workspace: Path, audit: bool) 
     assert result.returncode == 0, result.stderr[-2000:]
     by_rule = {a["rule"]: a for a in result.alerts}
     exec_deny, net_deny = by_rule["Deny netcat-like tools and miners"], by_rule["Deny cloud metadata endpoints"]
+    printed = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     if audit:
-        assert "nc-status=0" in result.stdout or "nc-status=1" in result.stdout  # nc ran
-        assert "connect-errno=111" in result.stdout  # ECONNREFUSED: the connect went through
+        unwatched = subprocess.run(["nc", "-h"], capture_output=True).returncode
+        assert printed["nc-status"] == str(unwatched)  # nc ran, as it does unwatched
+        assert printed["connect-errno"] == "111"  # ECONNREFUSED: the connect went through
         assert exec_deny["mode"] == net_deny["mode"] == "audit"
     else:
-        assert "nc-status=137" in result.stdout  # SIGKILL at exec: nc never ran
-        assert "connect-errno=1" in result.stdout  # EPERM from the cgroup connect4 program
+        assert printed["nc-status"] == "137"  # SIGKILL at exec: nc never ran
+        assert printed["connect-errno"] == "1"  # EPERM from the cgroup connect4 program
         assert exec_deny["event"]["verdict"] == net_deny["event"]["verdict"] == "denied"
         assert "Netcat-like tool run" in by_rule and "Cloud metadata endpoint contacted" in by_rule
 
@@ -326,10 +331,17 @@ def model_api(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("rule", list(TOOL_CALLS))
 def test_llm_tool_call_rule_fires_before_the_command_runs(model_api, monkeypatch, rule: str) -> None:
+    """The alert is judged before the exec of the command the model asked for.
+
+    The limit: these rules only alert, so the monitor reads its rings every 50 ms (ALERT_POLL_MS)
+    and an alert is judged up to that late; this agent runs a tool 30-45 ms after reading the
+    response, so with no pause the command can run first (seen: alert 54 ms, exec 42 ms after the
+    response). The agent here pauses 0.2 s before a tool, as one asking permission does; a rule
+    with an enforcing action makes the monitor read every 5 ms (test_llm_e2e's kill tests)."""
     module, server = model_api
     monkeypatch.setattr(module, "TOOL_COMMAND", TOOL_CALLS[rule])  # read per request by the server
     agent = [sys.executable, str(ROOT / "tests" / "llm_agent.py"), "--api", "anthropic",
-             "--base-url", server.url, "--ca", str(server.ca_path)]
+             "--base-url", server.url, "--ca", str(server.ca_path), "--think", "0.2"]
     result = monitor_run(agent, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     alerts = [a for a in result.alerts if a["rule"] == rule]
@@ -339,4 +351,12 @@ def test_llm_tool_call_rule_fires_before_the_command_runs(model_api, monkeypatch
     assert response["llm"]["tool_calls"][0]["arguments"] == {"command": TOOL_CALLS[rule]}
     command = TOOL_CALLS[rule].split()[0]
     ran = [e for e in result.execs(f"/{command}") if e["process"].get("caused_by") == response["id"]]
-    assert ran and ran[0]["time_ns"] > response["time_ns"]  # judged before the command ran
+    assert ran, [e["process"]["args"] for e in result.events("exec")]
+    assert alert_time_ns(alerts[0]) < ran[0]["time_ns"]  # judged before the command ran
+
+
+def alert_time_ns(alert: dict) -> int:
+    """The alert's judged time (RFC 3339 to the nanosecond) in ns since the epoch."""
+    stamp, fraction = alert["time"].rstrip("Z").split(".")
+    seconds = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0"))
