@@ -161,6 +161,8 @@ class EngineErrors(logging.Handler):
         self.messages: dict[str, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        if "evaluation error" not in str(record.msg):  # reloads, rules left out at load
+            return
         rule, _source, message = record.args  # type: ignore[misc]
         self.messages[str(rule)] = str(message)
 

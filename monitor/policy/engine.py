@@ -6,6 +6,8 @@ True / False, or raises `EvalError` (missing field, type error, non-bool result)
 
 Functions beyond standard CEL (both here and in the cel-python oracle, see `oracle_functions`):
   in_cidr(address: string, cidr: string) -> bool   false when the address does not parse
+  list.join(separator: string) -> string           the items (strings) joined, as cel-go's strings
+  string.lowerAscii() -> string                    extension (bodies in functions.py)
 
 The runtime reads a Python string only up to its first NUL: "\x00/usr/bin/nc" was "" to every
 rule (an evasion open to anything that can put a NUL in a field: model text, tool-call arguments,
@@ -25,6 +27,7 @@ from typing import Any
 from cel_expr_python import cel
 
 from monitor.event import utf8_safe
+from monitor.policy.functions import join, lower_ascii
 
 
 class CompileError(Exception):
@@ -91,8 +94,13 @@ class CelEngine:
     def __init__(self) -> None:
         in_cidr_decl = cel.FunctionDecl("in_cidr", [cel.Overload(
             "in_cidr_string_string", cel.Type.BOOL, [cel.Type.STRING, cel.Type.STRING], impl=in_cidr)])
+        join_decl = cel.FunctionDecl("join", [cel.Overload(
+            "list_join_string", cel.Type.STRING, [cel.Type.List(cel.Type.DYN), cel.Type.STRING],
+            is_member=True, impl=join)])
+        lower_decl = cel.FunctionDecl("lowerAscii", [cel.Overload(
+            "string_lower_ascii", cel.Type.STRING, [cel.Type.STRING], is_member=True, impl=lower_ascii)])
         self._env = cel.NewEnv(variables={"event": cel.Type.Map(cel.Type.STRING, cel.Type.DYN)},
-                               functions=[in_cidr_decl])
+                               functions=[in_cidr_decl, join_decl, lower_decl])
 
     def compile(self, text: str) -> Program:
         try:
@@ -142,4 +150,10 @@ def oracle_functions() -> dict[str, Any]:
     def oracle_in_cidr(address: Any, cidr: Any) -> Any:
         return celtypes.BoolType(in_cidr(str(address), str(cidr)))
 
-    return {"in_cidr": oracle_in_cidr}
+    def oracle_join(items: Any, separator: Any) -> Any:
+        return celtypes.StringType(join([str(i) for i in items], str(separator)))
+
+    def oracle_lower_ascii(text: Any) -> Any:
+        return celtypes.StringType(lower_ascii(str(text)))
+
+    return {"in_cidr": oracle_in_cidr, "join": oracle_join, "lowerAscii": oracle_lower_ascii}

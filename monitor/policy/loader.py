@@ -4,8 +4,13 @@ Format (docs/design.md): a YAML list of entries, each one of
   - list: NAME      items: [..]
   - macro: NAME     condition: CEL
   - rule: NAME      condition: CEL, and optional description, when, except, severity, action,
-                    tags, sandboxes {names, labels, images}, mode (enforce|audit), enabled
-A folder loads its *.yaml / *.yml files (not sub-folders), sorted by name.
+                    tags, sandboxes {names, labels, images}, mode (enforce|audit), enabled,
+                    origin (where the rule comes from: a converted Sigma rule's id, author...),
+                    threshold {count, within, by, distinct} or sequence {within, by, steps:
+                    [{when, condition, key}]} (correlation rules: monitor/policy/correlation.py)
+A folder loads its *.yaml / *.yml files (not sub-folders), sorted by name. A Sigma rule file
+(top-level `logsource:` and `detection:`) is converted at load (monitor.policy.sigma); a Sigma rule
+that cannot be converted is reported in RuleFile.refused and the file's other rules load.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from monitor.event import ACTIONS, KINDS, SEVERITIES
 from monitor.policy.errors import PolicyError
 
 RULE_KEYS = ("rule", "description", "when", "condition", "except", "severity", "action", "tags",
-             "sandboxes", "mode", "enabled")
+             "sandboxes", "mode", "enabled", "origin", "threshold", "sequence")
+THRESHOLD_KEYS = ("count", "within", "by", "distinct")
+SEQUENCE_KEYS = ("within", "by", "steps")
+STEP_KEYS = ("when", "condition", "key")
 MACRO_KEYS = ("macro", "condition", "description")
 LIST_KEYS = ("list", "items", "description")
 SELECTOR_KEYS = ("names", "labels", "images")
@@ -74,6 +82,32 @@ class RuleEntry:
     sandboxes: Selector | None = None
     mode: str = "enforce"
     enabled: bool = True
+    origin: dict[str, Any] = field(default_factory=dict)
+    threshold: Threshold | None = None
+    sequence: Sequence | None = None
+
+
+@dataclass(slots=True)
+class Threshold:
+    count: int
+    within: float  # seconds
+    by: str = "sandbox"
+    distinct: str | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    when: list[str]
+    condition: str
+    line: int
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class Sequence:
+    within: float
+    steps: list[Step]
+    by: str = "sandbox"
 
 
 @dataclass(slots=True)
@@ -82,6 +116,7 @@ class RuleFile:
     lists: list[ListEntry] = field(default_factory=list)
     macros: list[MacroEntry] = field(default_factory=list)
     rules: list[RuleEntry] = field(default_factory=list)
+    refused: list[PolicyError] = field(default_factory=list)  # Sigma rules that could not be converted
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
@@ -106,8 +141,38 @@ def read_text(path: Path) -> str:
         raise PolicyError(exc.message, exc.file, exc.line) from None
 
 
+_SIGMA_KEYS = re.compile(r"^(detection|logsource|correlation)[ \t]*:", re.MULTILINE)
+
+
+def looks_like_sigma(text: str) -> bool:
+    """A Sigma document has top-level `logsource:` and `detection:` keys (or `correlation:`)."""
+    keys = set(_SIGMA_KEYS.findall(text))
+    return {"detection", "logsource"} <= keys or "correlation" in keys
+
+
 def load_file(path: Path) -> RuleFile:
-    return parse_text(read_text(path), str(path))
+    text = read_text(path)
+    if looks_like_sigma(text):
+        return sigma_rule_file(text, str(path))
+    return parse_text(text, str(path))
+
+
+def sigma_rule_file(text: str, file: str) -> RuleFile:
+    from monitor.policy import sigma  # pySigma loads only when a Sigma file is loaded
+
+    converted = sigma.convert_text(text, file)
+    out = RuleFile(file, refused=[PolicyError(f"sigma rule {r.sigma_id or '(no id)'}: {r.reason}", file, r.line)
+                                  for r in converted.refusals])
+    for rule in converted.rules:
+        entry = rule.entry
+        lines = {"threshold": rule.condition_line, "sequence": rule.condition_line}
+        out.rules.append(RuleEntry(
+            name=entry["rule"], condition=entry.get("condition", "true"), file=file, line=rule.line,
+            condition_line=rule.condition_line, description=entry["description"],
+            when=entry.get("when", []), severity=entry["severity"], tags=entry["tags"], origin=entry["origin"],
+            threshold=_threshold(entry["threshold"], lines, file, entry["rule"]) if "threshold" in entry else None,
+            sequence=_sequence(entry["sequence"], lines, file, entry["rule"]) if "sequence" in entry else None))
+    return out
 
 
 def _yaml_nodes(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
@@ -241,10 +306,93 @@ def _choice(entry: dict[str, Any], key: str, allowed: tuple[str, ...], default: 
     return str(value)
 
 
+_FIELD = re.compile(r"event(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+def _scope(value: Any, what: str, file: str, line: int, rule: str) -> str:
+    from monitor.policy.correlation import SCOPES
+
+    if value in SCOPES or (isinstance(value, str) and _FIELD.match(value)):
+        return str(value)
+    raise PolicyError(f"'{what}' must be one of {', '.join(SCOPES)} or an event field (event.a.b)",
+                      file, line, rule)
+
+
+def _within(value: Any, what: str, file: str, line: int, rule: str) -> float:
+    from monitor.policy.correlation import parse_seconds
+
+    seconds = parse_seconds(value)
+    if seconds is None:
+        raise PolicyError(f"'{what}' must be a positive duration (seconds, or like 30s, 5m, 1h)",
+                          file, line, rule)
+    return seconds
+
+
+def _threshold(value: Any, key_lines: dict[str, int], file: str, rule: str) -> Threshold:
+    line = key_lines.get("threshold", 0)
+    if not isinstance(value, dict):
+        raise PolicyError("'threshold' must be a mapping with count, within, by, distinct", file, line, rule)
+    _check_keys(value, THRESHOLD_KEYS, {}, file, rule)
+    count = value.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+        raise PolicyError("'threshold.count' must be an integer >= 2", file, line, rule)
+    distinct = value.get("distinct")
+    if distinct is not None and not (isinstance(distinct, str) and _FIELD.match(distinct)):
+        raise PolicyError("'threshold.distinct' must be an event field (event.a.b)", file, line, rule)
+    return Threshold(count, _within(value.get("within"), "threshold.within", file, line, rule),
+                     _scope(value.get("by", "sandbox"), "threshold.by", file, line, rule), distinct)
+
+
+def _sequence(value: Any, key_lines: dict[str, int], file: str, rule: str) -> Sequence:
+    line = key_lines.get("sequence", 0)
+    if not isinstance(value, dict):
+        raise PolicyError("'sequence' must be a mapping with within, by, steps", file, line, rule)
+    _check_keys(value, SEQUENCE_KEYS, {}, file, rule)
+    raw_steps = value.get("steps")
+    if not isinstance(raw_steps, list) or len(raw_steps) < 2 or not all(isinstance(s, dict) for s in raw_steps):
+        raise PolicyError("'sequence.steps' must be a list of at least 2 {when, condition, key} steps",
+                          file, line, rule)
+    steps = []
+    for index, raw in enumerate(raw_steps):
+        _check_keys(raw, STEP_KEYS, {}, file, rule)
+        where = f"sequence.steps[{index}]"
+        condition = raw.get("condition")
+        if not isinstance(condition, str) or not condition.strip():
+            raise PolicyError(f"'{where}.condition' must be a non-empty string", file, line, rule)
+        key = raw.get("key")
+        if key is not None and not (isinstance(key, str) and _FIELD.match(key)):
+            raise PolicyError(f"'{where}.key' must be an event field (event.a.b)", file, line, rule)
+        when = _kinds(raw.get("when", []), f"{where}.when", file, line, rule)
+        steps.append(Step(when, condition, line, key))
+    if len({step.key is None for step in steps}) > 1:
+        raise PolicyError("'sequence.steps': give every step a key, or none", file, line, rule)
+    return Sequence(_within(value.get("within"), "sequence.within", file, line, rule), steps,
+                    _scope(value.get("by", "sandbox"), "sequence.by", file, line, rule))
+
+
+def _kinds(value: Any, what: str, file: str, line: int, rule: str) -> list[str]:
+    kinds = _string_list(value, what, file, line, rule)
+    for kind in kinds:
+        if kind not in KINDS:
+            hint = difflib.get_close_matches(kind, KINDS, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise PolicyError(f"unknown event kind '{kind}' in {what}{suggestion}", file, line, rule)
+    return list(dict.fromkeys(kinds))
+
+
 def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, line: int) -> RuleEntry:
     name = _name(entry, "rule", file, line)
     _check_keys(entry, RULE_KEYS, key_lines, file, name)
-    condition = _string(entry, "condition", file, key_lines.get("condition", line), name)
+    sequence = _sequence(entry["sequence"], key_lines, file, name) if "sequence" in entry else None
+    threshold = _threshold(entry["threshold"], key_lines, file, name) if "threshold" in entry else None
+    if sequence is not None and (threshold is not None or "condition" in entry or "when" in entry):
+        raise PolicyError("a sequence rule has its conditions in its steps (no condition, when or threshold)",
+                          file, key_lines.get("sequence", line), name)
+    if (sequence or threshold) and entry.get("action") == "deny":
+        raise PolicyError("action deny acts on one event in the kernel; a correlation rule cannot deny",
+                          file, key_lines.get("action", line), name)
+    condition = ("true" if sequence is not None
+                 else _string(entry, "condition", file, key_lines.get("condition", line), name))
     exception = entry.get("except")
     if exception is not None and (not isinstance(exception, str) or not exception.strip()):
         raise PolicyError("'except' must be a CEL string", file, key_lines.get("except", line), name)
@@ -262,6 +410,9 @@ def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, lin
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise PolicyError("'enabled' must be true or false", file, key_lines.get("enabled", line), name)
+    origin = entry.get("origin", {})
+    if not isinstance(origin, dict) or not all(isinstance(k, str) for k in origin):
+        raise PolicyError("'origin' must be a mapping", file, key_lines.get("origin", line), name)
     return RuleEntry(
         name=name, condition=condition, file=file, line=line,
         condition_line=key_lines.get("condition", line), description=description.strip(),
@@ -271,4 +422,5 @@ def _rule_entry(entry: dict[str, Any], key_lines: dict[str, int], file: str, lin
         tags=_string_list(entry.get("tags", []), "tags", file, key_lines.get("tags", line), name),
         sandboxes=(_selector(entry["sandboxes"], key_lines, file, name) if "sandboxes" in entry
                    else None),
-        mode=_choice(entry, "mode", MODES, "enforce", key_lines, file, name), enabled=enabled)
+        mode=_choice(entry, "mode", MODES, "enforce", key_lines, file, name), enabled=enabled,
+        origin=origin, threshold=threshold, sequence=sequence)

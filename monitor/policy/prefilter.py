@@ -4,7 +4,8 @@
 could be true (it may also be True when CEL says false: CEL still decides). Derived only from
 shapes with exact Python equivalents: startsWith/endsWith/contains/matches (RE2, as CEL), ==, in a
 literal list, a literal in a list field, numeric <, <=, >, >=, has(), a bare bool field, and &&/||
-of these. Anything else (negation, comprehensions, arithmetic) gives no filter for that branch.
+of these. A field may be read through `.join(sep)` and `.lowerAscii()` (a Derived path step: the
+same Python bodies as the CEL functions). Anything else (negation, comprehensions, arithmetic) gives no filter for that branch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
 from monitor.policy.engine import in_cidr
+from monitor.policy.functions import MISSING, Derived, lower_ascii
 from monitor.policy.literals import gate_check, literal_gate, simplest_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
-MISSING = object()
 
 try:
     import re2 as _re2  # google-re2: the same regex engine and semantics as CEL's matches()
@@ -45,8 +46,10 @@ def compile_regex(pattern: str) -> Any:
         raise ValueError(str(message)) from None
 
 
+
+
 def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
-    indexed = any(type(key) is int for key in path)
+    indexed = any(type(key) is not str for key in path)
     if len(path) == 1 and not indexed:
         (key,) = path
         return lambda data: data.get(key, MISSING)
@@ -61,7 +64,11 @@ def getter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
     def get_deep(data: dict[str, Any]) -> Any:
         value: Any = data
         for key in path:
-            if type(key) is int:
+            if type(key) is Derived:
+                value = key.apply(value)
+                if value is MISSING:
+                    return MISSING
+            elif type(key) is int:
                 if type(value) is not list or key >= len(value):
                     return MISSING
                 value = value[key]
@@ -139,6 +146,12 @@ def _path(node: Node, scope: str) -> tuple[Any, ...] | None:
               and type(node.args[1].value) is int and node.args[1].value >= 0):
             parts.append(node.args[1].value)
             node = node.args[0]
+        elif (isinstance(node, Call) and node.target is not None and (
+                (node.function == "lowerAscii" and not node.args) or
+                (node.function == "join" and len(node.args) == 1 and isinstance(node.args[0], Lit)
+                 and type(node.args[0].value) is str))):
+            parts.append(Derived(node.function, node.args[0].value if node.args else ""))
+            node = node.target
         else:
             break
     if isinstance(node, Ident) and node.name == scope and (parts or scope != "event"):
@@ -445,6 +458,28 @@ def _guard(need: Need | None) -> Guard | None:
     return None
 
 
+def guard_choices(root: Node, kinds: list[str]) -> dict[str, list[Guard]]:
+    """Per kind, the guards a condition could equally use (the most selective parts of its top
+    AND): the rule set picks the one on a field other rules already check, which then costs
+    nothing extra (see RuleSet's plan)."""
+    need = _need(root)
+    out: dict[str, list[Guard]] = {}
+    for kind in kinds:
+        specific = _for_kind(need, kind) if need is not None else None
+        if not isinstance(specific, AllOf):
+            continue
+        guards = [g for g in map(_guard, _conjuncts(specific)) if g is not None]
+        best = max(map(_selectivity, guards), default=None)
+        choices = [g for g in guards if _selectivity(g) == best]
+        if len(choices) > 1:
+            out[kind] = choices
+    return out
+
+
+def _conjuncts(need: Need) -> list[Need]:
+    return [part for inner in need.parts for part in _conjuncts(inner)] if isinstance(need, AllOf) else [need]
+
+
 def _selectivity(guard: Guard) -> int:
     """Rank a guard: string tests reject most events; a bool or a kind test rejects few."""
     weakest = 3
@@ -468,6 +503,57 @@ def necessary(root: Node, kinds: list[str]) -> dict[str, tuple[Predicate | None,
         specific = _for_kind(need, kind) if need is not None else None
         out[kind] = (None, None) if specific is None else (compile_need(specific), _guard(specific))
     return out
+
+
+def guard_selector(tests: list[tuple[FieldTest, Any]], memo_size: int = 8192) -> Callable[[Any], tuple[Any, ...]]:
+    """For (test, rule) pairs on one field: value -> the rules whose test passes, in order. The
+    merged check rejects most values first; the answer for a string is memoised (executables,
+    paths and command lines recur), so many rules on one common field (a pack of imported rules
+    on the executable) cost one lookup, not one pre-filter each."""
+    everyone = tuple(item for _, item in tests)
+    passes = merge_guards([test for test, _ in tests])
+    if len(tests) == 1:
+        return lambda value: everyone if passes(value) else ()
+    return _selector(tests, passes, memo_size)
+
+
+def lowered_selector(select: Callable[[Any], tuple[Any, ...]],
+                     memo_size: int = 8192) -> Callable[[Any], tuple[Any, ...]]:
+    """`select` for a guard on `field.lowerAscii()`, given the field's own value: memoised by that
+    value (rejections too), so a recurring path or executable is neither lowered nor checked again."""
+    memo: dict[str, tuple[Any, ...]] = {}
+
+    def select_raw(value: Any) -> tuple[Any, ...]:
+        if type(value) is not str:
+            return ()
+        found = memo.get(value)
+        if found is None:
+            found = select(value.lower() if value.isascii() else lower_ascii(value))
+            if len(memo) >= memo_size:
+                memo.clear()
+            memo[value] = found
+        return found
+    return select_raw
+
+
+def _selector(tests: list[tuple[FieldTest, Any]], passes: Callable[[Any], bool],
+              memo_size: int) -> Callable[[Any], tuple[Any, ...]]:
+    checks = tuple((_field_check(test), item) for test, item in tests)
+    memo: dict[str, tuple[Any, ...]] = {}
+
+    def select(value: Any) -> tuple[Any, ...]:
+        if not passes(value):
+            return ()
+        if type(value) is not str:
+            return tuple(item for check, item in checks if check(value))
+        found = memo.get(value)
+        if found is None:
+            found = tuple(item for check, item in checks if check(value))
+            if len(memo) >= memo_size:
+                memo.clear()
+            memo[value] = found
+        return found
+    return select
 
 
 def merge_guards(tests: list[FieldTest]) -> Callable[[Any], bool]:
@@ -497,4 +583,4 @@ def kinds_of(root: Node) -> set[str] | None:
     return walk(need)
 
 
-__all__ = ["MISSING", "compile_regex", "getter", "kinds_of", "merge_guards", "necessary"]
+__all__ = ["MISSING", "compile_regex", "getter", "guard_choices", "guard_selector", "lowered_selector", "kinds_of", "merge_guards", "necessary"]

@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import logging
-import operator
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.event import KINDS, Alert, Event, rfc3339
+from monitor.event import KINDS, Alert, Event
 from monitor.policy import ast
+from monitor.policy.correlation import Sequence, Threshold, field_getter, scope_getter
 from monitor.policy.deny import DenySpec, NotCompilable, compile_deny
 from monitor.policy.engine import CelEngine, CompileError, EvalError, Program
 from monitor.policy.errors import PolicyError
 from monitor.policy.expand import Expander
 from monitor.policy.loader import ListEntry, MacroEntry, RuleEntry, Selector, expand_paths, load_file
+from monitor.policy.plan import event_getter, event_view, plan_kind
 from monitor.policy.prefilter import (
     MISSING,
     Guard,
     Predicate,
     compile_regex,
     getter,
-    guarded_field,
+    guard_choices,
     kinds_of,
-    merge_guards,
     necessary,
 )
 
@@ -51,6 +53,7 @@ class Rule:
     fields: list[str] = field(default_factory=list)  # event fields the condition reads ("file.path")
     deny_spec: DenySpec | None = None
     prefiltered: bool = False           # a Python pre-filter runs before CEL
+    origin: dict[str, Any] = field(default_factory=dict)  # e.g. a converted Sigma rule's id, author
 
     @property
     def source(self) -> str:
@@ -65,6 +68,10 @@ class _Compiled:
     prefilters: dict[str, tuple[Predicate | None, Guard | None]]  # per kind: (pre-filter, guard)
     selector: Callable[[Any], bool] | None
     field_getters: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
+    guard_choices: dict[str, list[Guard]] = field(default_factory=dict)  # per kind: equally good guards
+    # a correlation rule's matches feed its state: (event time, event view) -> the pattern completed
+    correlate: Callable[[int, dict[str, Any]], bool] | None = None
+    correlator: Any = None  # the Threshold / Sequence holding that state (its `evicted` count)
 
 
 def selector_predicate(selector: Selector) -> Callable[[Any], bool]:
@@ -87,135 +94,6 @@ def selector_predicate(selector: Selector) -> Callable[[Any], bool]:
 
 def _field_getters(paths: list[tuple[str, ...]]) -> tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]:
     return tuple((".".join(p), getter(p)) for p in paths if p != ("kind",))
-
-
-def event_view(event: Event) -> dict[str, Any]:
-    """Event.to_dict() without the RFC 3339 `time` string (formatting it costs more than all the
-    rules together); a rule that reads event.time gets it through the projection below."""
-    out: dict[str, Any] = {"id": event.id, "kind": event.kind, "time_ns": event.time_ns,
-                           "source": event.source}
-    if event.process:
-        out["process"] = event.process
-    if event.sandbox is not None:
-        out["sandbox"] = event.sandbox
-    if event.file is not None:
-        out["file"] = event.file
-    if event.net is not None:
-        out["net"] = event.net
-    if event.container is not None:
-        out["container"] = event.container
-    if event.llm is not None:
-        out["llm"] = event.llm
-    if event.detail is not None:
-        out["detail"] = event.detail
-    if event.result is not None:
-        out["result"] = event.result
-    if event.verdict is not None:
-        out["verdict"] = event.verdict
-    return out
-
-
-_ALWAYS = ("id", "kind", "time_ns", "source")  # in event_view even when None
-_WHEN_SET = ("sandbox", "file", "net", "container", "llm", "detail", "result", "verdict")  # when not None
-
-
-def event_getter(path: tuple[Any, ...]) -> Callable[[Event], Any]:
-    """getter(path) applied to event_view(event), read from the event itself: the guards decide
-    without a view (most events are rejected by them: building it would be ~0.25 us wasted)."""
-    top = path[0]
-    if top not in _ALWAYS and top not in _WHEN_SET and top != "process":
-        return lambda event: MISSING
-    if len(path) == 1:
-        if top in _ALWAYS:
-            return operator.attrgetter(top)
-        if top == "process":
-            return lambda event: event.process or MISSING  # as event_view: no process when empty
-        return lambda event: MISSING if (value := getattr(event, top)) is None else value
-    if len(path) == 2 and type(path[1]) is str:
-        key = path[1]
-
-        def get2(event: Event) -> Any:
-            value = getattr(event, top)
-            return value.get(key, MISSING) if type(value) is dict else MISSING
-        return get2
-    rest = getter(path[1:])
-
-    def get_deep(event: Event) -> Any:
-        value = getattr(event, top)
-        return rest(value) if type(value) is dict else MISSING
-    return get_deep
-
-
-_Planned = tuple[int, _Compiled, Predicate | None]  # rule index, rule, its pre-filter for the kind
-
-
-@dataclass(slots=True)
-class _KindPlan:
-    """How one event kind is evaluated: merged guard checks (one per field) select the rules worth
-    looking at (plus the unguarded ones), then each rule's own pre-filter, then CEL."""
-    unguarded: tuple[_Planned, ...]
-    # per guarded field: its getter, its check, the rules it selects
-    guards: tuple[tuple[Callable[[Event], Any], Callable[[Any], bool], tuple[_Planned, ...]], ...]
-    project: Callable[[dict[str, Any]], dict[str, Any]]
-
-    @property
-    def entries(self) -> list[tuple[_Compiled, tuple[int, ...]]]:
-        found = {index: entry for index, entry, _ in self.unguarded}
-        for _, _, group in self.guards:
-            found.update((index, entry) for index, entry, _ in group)
-        return [(found[i], ()) for i in sorted(found)]
-
-
-def _plan(kind: str, entries: list[_Compiled]) -> _KindPlan:
-    by_path: dict[tuple[Any, ...], list[Any]] = {}
-    planned: list[tuple[_Planned, Guard | None]] = []
-    for index, entry in enumerate(entries):
-        prefilter, guard = entry.prefilters.get(kind, (None, None))
-        planned.append(((index, entry, prefilter), guard))
-        for path, test in (guard or {}).items():
-            by_path.setdefault(path, []).append(test)
-    unguarded = tuple(item for item, guard in planned if not guard)
-    guards = tuple((event_getter(guarded_field(path)), merge_guards(tests),
-                    tuple(item for item, guard in planned if guard and path in guard))
-                   for path, tests in by_path.items())
-    return _KindPlan(unguarded, guards, _projection(entries))
-
-
-def _projection(entries: list[_Compiled]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The activation for a kind carries only the fields its rules read: the C++ runtime converts
-    the whole Python map on first access, so a 1 KB event with its ancestors costs ~15 us, the
-    fields the rules read ~2 us. Values are the event's own (same verdicts); None: whole event."""
-    paths: set[tuple[str, ...]] = set()
-    for entry in entries:
-        if entry.reads is None:
-            return _with_time
-        paths |= entry.reads
-    paths.add(("kind",))
-    tops = {p[0] for p in paths if len(p) == 1}
-    nested: dict[str, set[str]] = {}
-    for path in paths:
-        if len(path) > 1 and path[0] not in tops:
-            nested.setdefault(path[0], set()).add(path[1])
-    wants_time = "time" in tops
-    top_keys = tuple(sorted(tops - {"time"}))
-    nested_keys = tuple((top, tuple(sorted(keys))) for top, keys in sorted(nested.items()))
-
-    def project(data: dict[str, Any]) -> dict[str, Any]:
-        out = {key: data[key] for key in top_keys if key in data}
-        for top, keys in nested_keys:
-            inner = data.get(top)
-            if type(inner) is dict:
-                out[top] = {key: inner[key] for key in keys if key in inner}
-            elif inner is not None:
-                out[top] = inner
-        if wants_time:
-            out["time"] = rfc3339(data["time_ns"])
-        return out
-    return project
-
-
-def _with_time(data: dict[str, Any]) -> dict[str, Any]:
-    return {**data, "time": rfc3339(data["time_ns"])}
 
 
 def _invalid_regex(root: ast.Node) -> str | None:
@@ -246,6 +124,15 @@ class _Compiler:
         if not self.keep_going:
             raise error
         self.errors.append(error)
+
+    def refuse(self, error: PolicyError) -> None:
+        """A Sigma rule that could not be converted: an error for lint, else a warning (logged)
+        while the other rules load."""
+        if self.keep_going:
+            self.errors.append(error)
+            return
+        self.warnings.append(error)
+        log.warning("%s (not loaded)", error)
 
     def compile_rule(self, entry: RuleEntry, expander: Expander) -> _Compiled | None:
         where = {"file": entry.file, "line": entry.condition_line, "rule": entry.name}
@@ -282,7 +169,7 @@ class _Compiler:
                     action=entry.action, tags=entry.tags, when=when, mode=entry.mode,
                     sandboxes=entry.sandboxes, file=entry.file, line=entry.line,
                     condition=entry.condition, exception=entry.exception, expanded=text,
-                    fields=[".".join(p) for p in paths])
+                    fields=[".".join(p) for p in paths], origin=entry.origin)
         if entry.action == "deny":
             try:
                 if tree is None:
@@ -296,7 +183,8 @@ class _Compiler:
         rule.prefiltered = any(p is not None for p, _ in prefilters.values())
         selector = selector_predicate(entry.sandboxes) if entry.sandboxes else None
         reads = ast.activation_paths(tree) if tree is not None else None
-        return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths))
+        choices = guard_choices(tree, when) if tree is not None else {}
+        return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths), choices)
 
 
 def _collect(paths: list[str | Path], compiler: _Compiler) -> tuple[
@@ -310,6 +198,8 @@ def _collect(paths: list[str | Path], compiler: _Compiler) -> tuple[
         except PolicyError as exc:
             compiler.fail(exc)
             continue
+        for refused in loaded.refused:
+            compiler.refuse(refused)
         lists.update((e.name, e) for e in loaded.lists)
         macros.update((e.name, e) for e in loaded.macros)
         for rule in loaded.rules:
@@ -334,10 +224,39 @@ def compile_paths(paths: list[str | Path], keep_going: bool = False) -> tuple[li
     for entry in entries:
         if not entry.enabled:
             continue
+        if entry.sequence is not None:
+            compiled += _compile_sequence(entry, compiler, expander)
+            continue
         result = compiler.compile_rule(entry, expander)
+        if result is not None and entry.threshold is not None:
+            spec = entry.threshold
+            result.correlator = Threshold(spec.count, int(spec.within * 1e9), scope_getter(spec.by),
+                                          field_getter(spec.distinct) if spec.distinct else None)
+            result.correlate = result.correlator.observe
         if result is not None:
             compiled.append(result)
     return compiled, compiler
+
+
+def _compile_sequence(entry: RuleEntry, compiler: _Compiler, expander: Expander) -> list[_Compiled]:
+    """One compiled entry per step (the last first: one event never completes two steps at once),
+    all feeding one Sequence."""
+    spec = entry.sequence
+    assert spec is not None
+    sequence = Sequence(len(spec.steps), int(spec.within * 1e9), scope_getter(spec.by),
+                        [field_getter(step.key) if step.key else None for step in spec.steps])
+    out = []
+    for index in reversed(range(len(spec.steps))):
+        step = spec.steps[index]
+        step_entry = dataclasses.replace(entry, condition=step.condition, when=step.when,
+                                         condition_line=step.line, sequence=None)
+        result = compiler.compile_rule(step_entry, expander)
+        if result is None:
+            return []
+        result.correlator = sequence
+        result.correlate = functools.partial(sequence.observe, index)
+        out.append(result)
+    return out
 
 
 class RuleSet:
@@ -349,6 +268,7 @@ class RuleSet:
         self.audit = audit
         self.eval_errors: dict[str, int] = {}
         self.last_reload_error: str | None = None
+        self.warnings: list[str] = []  # rules left out at the last (re)load, e.g. unconvertible Sigma rules
         self._lock = threading.Lock()
         self._install(compiled, engine or CelEngine())
         self._signature = self._files_signature()
@@ -359,7 +279,7 @@ class RuleSet:
         for entry in compiled:
             for kind in entry.rule.when:
                 by_kind.setdefault(kind, []).append(entry)
-        plans = {kind: _plan(kind, entries) for kind, entries in by_kind.items()}
+        plans = {kind: plan_kind(kind, entries) for kind, entries in by_kind.items()}
         # one assignment: evaluate() on another thread sees the old or the new set, never a mix
         self._state = (tuple(c.rule for c in compiled), plans, engine)
 
@@ -370,12 +290,27 @@ class RuleSet:
         unique.sort(key=lambda c: order[id(c.rule)])
         for entry in unique:
             entry.prefilters = {kind: (None, None) for kind in entry.rule.when}
+            entry.guard_choices = {}
             entry.rule.prefiltered = False
         self._install(unique, self._state[2])
 
     @property
     def rules(self) -> list[Rule]:
-        return list(self._state[0])
+        """One per rule (a sequence rule is compiled once per step: it is listed once, with the
+        kinds of all its steps)."""
+        seen: dict[str, Rule] = {}
+        for rule in self._state[0]:
+            first = seen.get(rule.name)
+            seen[rule.name] = rule if first is None else dataclasses.replace(
+                first, when=list(dict.fromkeys(first.when + rule.when)))
+        return list(seen.values())
+
+    def correlation_evictions(self) -> dict[str, int]:
+        """Per correlation rule, the partial matches dropped because its state was full."""
+        plans = self._state[1].values()
+        found = {id(c.correlator): (c.rule.name, c.correlator) for plan in plans for c, _ in plan.entries
+                 if c.correlator is not None}
+        return {name: correlator.evicted for name, correlator in found.values()}
 
     def rules_for(self, kind: str) -> list[Rule]:
         plan = self._state[1].get(kind)
@@ -388,9 +323,12 @@ class RuleSet:
             return []
         selected = plan.unguarded
         several = False
-        for get, check, group in plan.guards:
+        for get, select, _ in plan.guards:
             value = get(event)
-            if value is not MISSING and check(value):  # no guard passes on a field the event lacks
+            if value is MISSING:  # no guard passes on a field the event lacks
+                continue
+            group = select(value)
+            if group:
                 several = bool(selected)
                 selected = selected + group
         if not selected:
@@ -412,7 +350,7 @@ class RuleSet:
             except EvalError as exc:
                 self._count_error(entry.rule, str(exc))
                 continue
-            if matched:
+            if matched and (entry.correlate is None or entry.correlate(event.time_ns, data)):
                 alerts.append(self._alert(entry, event, data))
         return alerts
 
@@ -464,6 +402,7 @@ class RuleSet:
             self._install(compiled, compiler.engine)
             self._signature = signature
             self.last_reload_error = None
+            self.warnings = [str(w) for w in compiler.warnings]
             log.info("rules reloaded: %d rules from %s", len(compiled), ", ".join(self.paths))
             return True
 
@@ -480,7 +419,9 @@ def load_rules(paths: list[str | Path] | str | Path, audit: bool = False) -> Rul
     if isinstance(paths, str | Path):
         paths = [paths]
     compiled, compiler = compile_paths(list(paths))
-    return RuleSet(compiled, list(paths), audit=audit, engine=compiler.engine)
+    ruleset = RuleSet(compiled, list(paths), audit=audit, engine=compiler.engine)
+    ruleset.warnings = [str(w) for w in compiler.warnings]
+    return ruleset
 
 
 def lint_paths(paths: list[str | Path]) -> tuple[list[PolicyError], list[Rule]]:
@@ -519,4 +460,4 @@ class RuleWatcher:
             self._thread.join(timeout=5)
 
 
-__all__ = ["Rule", "RuleSet", "RuleWatcher", "event_view", "lint_paths", "load_rules"]
+__all__ = ["Rule", "RuleSet", "RuleWatcher", "event_getter", "event_view", "lint_paths", "load_rules"]

@@ -26,6 +26,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 BENCHMARKS: dict[str, list[str]] = {
     "overhead": [], "exec_path": [], "reaction": [], "capacity": [], "policy": [], "journal": [], "otlp": [], "otlp_sdk": [],
     "tls": [], "gvisor": [], "startup": [], "docker_sandboxes": [], "fuzz_rules": [], "fuzz_gvisor": [], "report": [], "outputs": [],
+    "sigma_import": [],
 }
 
 

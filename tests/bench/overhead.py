@@ -1,9 +1,10 @@
 """Workload overhead: the same workloads bare, under `monitor run` (default rule pack, every event
 journaled), under auditd (execve/openat/connect rules), and with empty BPF programs on the
 probes' tracepoints (what the hooks alone cost: the floor), interleaved and repeated in one run;
-median ratios. The exec storm also runs under two variants of the monitor (exec_variants()): its
-judging loop left to the scheduler (`--cpu off`), and the pack plus a kill rule on execs that
-never fires (every exec then wakes the reader at once).
+median ratios. The exec storm also runs under three variants of the monitor (exec_variants()): its
+judging loop left to the scheduler (`--cpu off`), the pack plus a kill rule on execs that never
+fires (every exec then wakes the reader at once), and the pack plus the SigmaHQ Linux rules
+(tests/fixtures/sigma, converted at load).
 
     python -m tests.bench.overhead [--smoke] [--repeats N (9)] [--workload WORD]  (WORD: run only those)
 
@@ -56,13 +57,17 @@ KILL_RULE = """- rule: Kill netcat (never fires here)
   tags: [T1095]
 """
 PACK = str(Path(__file__).resolve().parents[2] / "rules")
+SIGMA = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "sigma" / "rules" / "linux"
+SIGMA_DIRS = [str(SIGMA / name) for name in ("process_creation", "file_event", "network_connection")]
 
 
 def exec_variants(base: Path) -> dict[str, list[str]]:
     """`monitor run` options of the exec storm's extra columns (the row's `<name>_overhead_pct`)."""
     kill_rule = base / "kill-rule.yaml"
     kill_rule.write_text(KILL_RULE)
-    return {"unpinned": ["--cpu", "off"], "kill_rule": ["--rules", PACK, "--rules", str(kill_rule)]}
+    sigma = [arg for folder in SIGMA_DIRS for arg in ("--rules", folder)]
+    return {"unpinned": ["--cpu", "off"], "kill_rule": ["--rules", PACK, "--rules", str(kill_rule)],
+            "sigma": ["--rules", PACK, *sigma]}
 
 
 def run_journaled(cmd: list[str], *options: str) -> Monitored:
