@@ -334,10 +334,10 @@ def test_timeline_terminal_cli(journal: Path, capsys: pytest.CaptureFixture[str]
 def test_replay_decodes_no_event_that_no_rule_looks_at(tmp_path: Path, rules_a: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Speed is tests/bench/journal.py's: here, events no rule looks at are not even decoded."""
-    from monitor.sinks import journal
+    from monitor.journal import format as journal_format
 
     decoded: list[str] = []
-    decode = journal._Block.event
+    decode = journal_format.Block.event
 
     def counting(block, kind, time_ns, sidx, row):  # type: ignore[no-untyped-def]
         decoded.append(kind)
@@ -349,7 +349,7 @@ def test_replay_decodes_no_event_that_no_rule_looks_at(tmp_path: Path, rules_a: 
     for i in range(20_000):
         sink.on_event(Event("connect", T0 + i, process=p, sandbox=SB, net={"address": "127.0.0.1", "port": i}))
     sink.close()
-    monkeypatch.setattr(journal._Block, "event", counting)
+    monkeypatch.setattr(journal_format.Block, "event", counting)
     result = replay_journal(ReplayOptions(str(directory), rules=[str(rules_a)]))
     assert result.events_seen == 20_000 and result.events_evaluated == 0
     assert decoded == []
