@@ -33,7 +33,7 @@ _NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_
 _NATIVE_CONSTANTS = {name: getattr(wire, name) for name in (
     "K_OPEN", "K_OPEN2", "K_FORK", "K_EXIT", "K_EXEC", "K_EXEC_FILE", "K_EXEC_RESULT", "F_DENIED",
     "F_PATH_TRUNC", "F_ARG_TRUNC", "F_ARGS_TRUNC", "F_UNREADABLE", "PATH_LEN", "ARG_LEN", "MAX_ARGS",
-    "STR_LEN")} | {"O_CREAT": O_CREAT, "ENOENT": errno.ENOENT}
+    "STR_LEN", "ID_RESOLVED", "ID_DETACHED")} | {"O_CREAT": O_CREAT, "ENOENT": errno.ENOENT}
 
 
 try:
