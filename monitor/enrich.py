@@ -177,7 +177,7 @@ class Enricher:
             child_pid = (event.detail or {}).get("child_pid", 0)
             self.procs[child_pid] = ProcInfo(pid=child_pid, ppid=info.pid, executable=info.executable,
                                              args=info.args, comm=info.comm, cwd=info.cwd,
-                                             caused_by=info.caused_by, start_ns=event.time_ns)
+                                             caused_by=info.caused_by, start_ns=event.time_ns, exe=info.exe)
         elif kind == "exec" and event.result in (0, None) and event.verdict is None:
             info.executable = resolve(event.process.get("executable", ""), info.cwd)
             args = event.process.get("args", [])
