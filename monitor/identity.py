@@ -169,10 +169,13 @@ class Identity:
         """A unix socket path as the file it names (symlinks and `..` resolved inside the
         process's root); the path as given stays in `requested`."""
         address = net.get("address", "")
-        if not address or address.startswith("@"):
-            return
+        if not address.startswith("/"):
+            return  # abstract (@name), or relative to a cwd this cannot see without a race
         root = f"/proc/{pid}/root"
-        real = os.path.realpath(os.path.join(root, address.lstrip("/")) if address.startswith("/") else address)
+        try:
+            real = os.path.realpath(os.path.join(root, address.lstrip("/")))
+        except OSError:
+            return  # the process is gone: its root cannot be read
         if real.startswith(root + "/"):
             real = real[len(root):]
         elif real == root:
