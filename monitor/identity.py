@@ -61,6 +61,37 @@ def _sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
+def resolve_in_root(root: str, path: str, max_links: int = 40) -> str | None:
+    """`path` with symlinks, `.` and `..` resolved as a process whose root is `root` sees it (a
+    symlink's absolute target is taken inside that root, never the monitor's); None when a link
+    loops or the root cannot be read. Components that do not exist are kept as they are."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink(root + "/" + "/".join(done + [part]))
+        except OSError:
+            done.append(part)  # not a symlink, or absent
+            continue
+        links += 1
+        if links > max_links:
+            return None
+        if target.startswith("/"):
+            done = []
+        parts = [p for p in target.split("/") if p] + parts
+    if not os.path.exists(root):
+        return None
+    return "/" + "/".join(done)
+
+
 class ProtectedFiles:
     """(device, inode) -> path of the files the pack protects by name (stat'ed now and again)."""
 
@@ -171,17 +202,9 @@ class Identity:
         address = net.get("address", "")
         if not address.startswith("/"):
             return  # abstract (@name), or relative to a cwd this cannot see without a race
-        root = f"/proc/{pid}/root"
-        try:
-            real = os.path.realpath(os.path.join(root, address.lstrip("/")))
-        except OSError:
-            return  # the process is gone: its root cannot be read
-        if real.startswith(root + "/"):
-            real = real[len(root):]
-        elif real == root:
-            real = "/"
-        else:
-            return  # the process is gone: its root cannot be read
+        real = resolve_in_root(f"/proc/{pid}/root", address)
+        if real is None:
+            return  # the process is gone, or a symlink loop
         if real != address:
             net["requested"] = address
             net["address"] = real
