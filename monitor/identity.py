@@ -192,9 +192,9 @@ class Identity:
             if protected is not None and protected != file["path"]:
                 file["hardlink"] = file["path"]
                 file["path"] = protected
-        if event.kind == "unlink" and event.result == 0 and not file.get("is_running_executable"):
-            if self._running.get(file.get("path", "")):
-                file["is_running_executable"] = True
+        if (event.kind == "unlink" and event.result == 0 and not file.get("is_running_executable")
+                and self._running.get(file.get("path", ""))):
+            file["is_running_executable"] = True
 
     def unix_path(self, net: dict[str, Any], pid: int) -> None:
         """A unix socket path as the file it names (symlinks and `..` resolved inside the
