@@ -30,8 +30,10 @@ struct file_id {
 };
 
 /* The self-test: the tgid read through OFF_TASK_TGID next to the one the helper returns, for the
- * process the sensor names (it makes a getppid() call). User space refuses the offsets when they
- * disagree, and the probes then send no identity (ID_OFF: every file is marked unresolved). */
+ * process the sensor names (it makes a getppid() call), its parent's tgid, its executable's inode,
+ * and the canonical path of its executable as the walk makes it (every offset the walk uses). User
+ * space refuses the offsets when any disagrees, and the probes then send no identity (ID_OFF:
+ * every file is marked unresolved). */
 struct selftest_t {
     u32 want_pid;
     u32 helper_tgid;
@@ -39,27 +41,11 @@ struct selftest_t {
     u32 parent_tgid;
     u64 exe_ino;
     u32 done;
-    u32 pad;
+    u32 exe_path_len;
+    char exe_path[CANON_LEN + NAME_MAX_VALUE + 1];   /* the walk of its executable's path */
 };
 BPF_ARRAY(btf_selftest, struct selftest_t, 1);
 BPF_ARRAY(identity_on, u32, 1);   /* set by user space once the self-test passed */
-
-TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
-    u32 zero = 0;
-    struct selftest_t *t = btf_selftest.lookup(&zero);
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!t || t->want_pid != tgid || t->done)
-        return 0;
-    void *task = (void *)bpf_get_current_task();
-    t->helper_tgid = tgid;
-    t->read_tgid = ku32(task, OFF_TASK_TGID);
-    t->parent_tgid = ku32(kptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
-    void *exe = kptr(kptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
-    t->exe_ino = 0;
-    read_kernel(&t->exe_ino, sizeof(t->exe_ino), (char *)kptr(exe, OFF_FILE_INODE) + OFF_INODE_INO);
-    t->done = 1;
-    return 0;
-}
 
 static __always_inline int identity_enabled(void) {
     u32 zero = 0;
@@ -247,4 +233,22 @@ static __always_inline u32 exe_unlinked(void) {
         return 0;
     void *dentry = kptr(file, OFF_FILE_DENTRY);
     return !kptr(dentry, OFF_DENTRY_HASH_PPREV) || ku32(kptr(file, OFF_FILE_INODE), OFF_INODE_NLINK) == 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 zero = 0;
+    struct selftest_t *t = btf_selftest.lookup(&zero);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!t || t->want_pid != tgid || t->done)
+        return 0;
+    void *task = (void *)bpf_get_current_task();
+    t->helper_tgid = tgid;
+    t->read_tgid = ku32(task, OFF_TASK_TGID);
+    t->parent_tgid = ku32(kptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
+    void *exe = kptr(kptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
+    struct file_id id;
+    t->exe_path_len = file_identity(exe, &id, t->exe_path);
+    t->exe_ino = id.ino;
+    t->done = 1;
+    return 0;
 }

@@ -79,9 +79,9 @@ class Sensor:
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
 
     def _check_offsets(self) -> str:
-        """Turn the probes' kernel struct reads on once they read what the helpers say: this
-        process's tgid (and its parent's, and its executable's inode) through the BTF offsets.
-        Returns "" when on, else why they stay off."""
+        """Turn the probes' kernel struct reads on once they read what the helpers and /proc say:
+        this process's tgid, its parent's, its executable's inode and path (the walk), through the
+        BTF offsets. Returns "" when on, else why they stay off."""
         from bcc import BPF
 
         walker = self.bpf.load_func("identity_walk", BPF.TRACEPOINT)
@@ -92,8 +92,10 @@ class Sensor:
         table[ct.c_int(0)] = probe
         os.getppid()  # the self-test runs on this call's tracepoint
         got = table[ct.c_int(0)]
-        want = (os.getpid(), os.getpid(), os.getppid(), os.stat(f"/proc/{os.getpid()}/exe").st_ino)
-        seen = (got.helper_tgid, got.read_tgid, got.parent_tgid, got.exe_ino)
+        exe = f"/proc/{os.getpid()}/exe"
+        want = (os.getpid(), os.getpid(), os.getppid(), os.stat(exe).st_ino, os.readlink(exe))
+        seen = (got.helper_tgid, got.read_tgid, got.parent_tgid, got.exe_ino,
+                bytes(got.exe_path)[: max(got.exe_path_len - 1, 0)].decode("utf-8", "replace"))
         if not got.done or seen != want:
             return f"BTF offsets failed their self-test (read {seen}, expected {want}): identity off"
         self.bpf["identity_on"][ct.c_int(0)] = ct.c_uint32(1)
