@@ -40,7 +40,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "process": ("pid", "tid", "ppid", "uid", "gid", "comm", "executable", "args", "cwd", "stdin", "stdout",
                 "ancestors", "caused_by", "start_time_ns", "exe"),
     "process.exe": ("path", "dev", "ino", "resolved", "deleted", "memfd", "fd_exec", "temp", "writable",
-                    "identity", "script"),
+                    "written_in_sandbox", "identity", "script"),
     "process.ancestors": ("pid", "executable", "args", "comm"),
     "file": ("path", "flags", "write", "mode", "new_path", "fd_path", "requested", "resolved", "dev", "ino",
              "hardlink", "is_running_executable"),

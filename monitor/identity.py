@@ -7,8 +7,9 @@ device, inode) so rules can judge what a file *is*, not what it was called:
   (the probe flags a process unlinking its own executable in the kernel; the others come from
   the process table here).
 - `process.exe` on every event of a process after its exec: the file its image runs from
-  {path, dev, ino, resolved, deleted, memfd, fd_exec, temp, writable, identity, script}: `writable`
-  when users other than root can write its directory: `identity` names
+  {path, dev, ino, resolved, deleted, memfd, fd_exec, temp, writable, written_in_sandbox, identity,
+  script}: `writable` when users other than root can write its directory, `written_in_sandbox`
+  when a process of the same sandbox opened that very file (by inode) for writing before: `identity` names
   the known shell or interpreter the file is (by device + inode, or by content hash for a copy
   under another name; cached by device + inode + mtime, so an exec storm of one binary pays one
   stat each and no hash), `script` the script an interpreter runs (a #! file, or its first
@@ -33,6 +34,7 @@ PROTECTED_PATHS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-
 PROTECTED_GLOBS = ("/root/.ssh/id_*", "/home/*/.ssh/id_*", "/etc/ssh/ssh_host_*_key", "/root/.aws/credentials",
                    "/home/*/.aws/credentials", "/root/.kube/config", "/home/*/.kube/config",
                    "/root/.docker/config.json", "/home/*/.docker/config.json")
+WRITTEN_KEEP = 65536  # files (by inode) a sandbox opened for write, remembered for `written_in_sandbox`
 PROTECTED_REFRESH_S = 30.0  # a protected file rewritten (a new inode) is found again within this
 
 # Programs known by identity: a copy or link of one of these under any name is still it.
@@ -180,6 +182,7 @@ class Identity:
         self._running: dict[str, set[int]] = {}  # canonical executable path -> live pids
         self._exe_of: dict[int, str] = {}
         self._dir_writable_cache: dict[str, tuple[float, bool]] = {}  # folder -> (when, writable)
+        self._written: dict[tuple[int, int, int], None] = {}  # (cgroup id, dev, ino) opened for write
 
     # -- files ------------------------------------------------------------------------------
     def file_facts(self, event: Any) -> None:
@@ -187,6 +190,8 @@ class Identity:
         process of the sandbox runs from."""
         file = event.file
         ino = file.get("ino")
+        if ino is not None and file.get("write") and event.kind == "open":
+            self._note_written((event.cgroup_id, file["dev"], ino))
         if ino is not None:
             protected = self.protected.lookup(file["dev"], ino)
             if protected is not None and protected != file["path"]:
@@ -195,6 +200,13 @@ class Identity:
         if (event.kind == "unlink" and event.result == 0 and not file.get("is_running_executable")
                 and self._running.get(file.get("path", ""))):
             file["is_running_executable"] = True
+
+    def _note_written(self, key: tuple[int, int, int]) -> None:
+        written = self._written
+        written.pop(key, None)
+        written[key] = None
+        if len(written) > WRITTEN_KEEP:
+            del written[next(iter(written))]  # the oldest
 
     def unix_path(self, net: dict[str, Any], pid: int) -> None:
         """A unix socket path as the file it names (symlinks and `..` resolved inside the
@@ -225,6 +237,7 @@ class Identity:
                                "resolved": resolved}
         path = exe["path"]
         exe["temp"] = memfd or exe["deleted"] or path.startswith(TEMP_DIRS)
+        exe["written_in_sandbox"] = (event.cgroup_id, dev, ino) in self._written
         exe["writable"] = self._dir_writable(os.path.dirname(path)) if resolved else True
         read_from = f"/proc/{pid}/exe" if (alive and (memfd or exe["deleted"] or not resolved)) else path
         name = self.programs.name_of(dev, ino, read_from) if read_from else ""

@@ -90,6 +90,19 @@ def test_exec_facts_flag_memfd_fd_exec_deleted_temp_and_the_script(tmp_path) -> 
     assert identity.exec_facts(Event("exec", process={"pid": 1}), 1, "/", False) is None
 
 
+def test_an_exec_of_a_file_the_same_sandbox_wrote_says_so() -> None:
+    identity = Identity()
+    wrote = Event("open", file={"path": "/work/a.out", "write": True, "dev": 5, "ino": 6}, result=3)
+    wrote.cgroup_id = 42
+    identity.file_facts(wrote)
+    ran = exec_event("/work/a.out", (5, 6, 1, wire.ID_RESOLVED, "/work/a.out"), ["./a.out"])
+    ran.cgroup_id = 42
+    assert identity.exec_facts(ran, 10**7, "/work", False)["written_in_sandbox"] is True
+    elsewhere = exec_event("/work/a.out", (5, 6, 1, wire.ID_RESOLVED, "/work/a.out"), ["./a.out"])
+    elsewhere.cgroup_id = 43
+    assert identity.exec_facts(elsewhere, 10**7, "/work", False)["written_in_sandbox"] is False
+
+
 def test_an_unlink_of_a_file_a_process_runs_from_is_flagged_until_that_process_exits() -> None:
     identity = Identity()
     identity.exec_facts(exec_event("/tmp/x", (1, 2, 1, wire.ID_RESOLVED, "/tmp/x"), ["x"]), pid=77, cwd="/",

@@ -122,6 +122,7 @@ def test_a_deleted_binary_a_memfd_and_an_fexecve_are_flagged_at_exec(tmp_path) -
              if e["process"]["executable"].startswith(("/proc/", "/dev/fd/"))}
     deleted = next(exe for path, exe in execs.items() if path.startswith("/proc/"))
     assert deleted["deleted"] is True and deleted["path"] == f"{tmp_path}/gone" and not deleted["memfd"]
+    assert deleted["written_in_sandbox"] is True, "the sandbox wrote that file (by inode) before running it"
     memfd = next(exe for path, exe in execs.items() if path.startswith("/dev/fd/"))
     assert memfd["memfd"] is True and memfd["fd_exec"] is True and memfd["path"] == "/memfd:payload"
     flagged = [a["event"]["process"]["executable"] for a in result.alerts if a["rule"] == MEMORY_RULE]
