@@ -203,6 +203,19 @@ def fleet() -> dict[str, Any]:
                    prom(f"sum by (signal) (increase({total(m.EXPORT_FAILURES)}{RATE}))", "failed {{signal}}", ref="B"),
                    description="Dropped items are still in the journal; failed requests are retried with backoff."),
             8, 8)
+    lay.row("Alert delivery")
+    lay.add(series("Notifications delivered / s and queued",
+                   prom(f"sum by (output) (rate({total(m.OUTPUT_SENT)}{RATE}))", "sent {{output}}"),
+                   prom(f"sum by (output) ({m.OUTPUT_QUEUE_DEPTH.name})", "queued {{output}}", ref="B")), 8, 8)
+    lay.add(series("Undelivered alerts and failed attempts",
+                   prom(f"sum by (output, reason) (increase({total(m.OUTPUT_UNDELIVERED)}{RATE}))",
+                        "undelivered {{output}} {{reason}}"),
+                   prom(f"sum by (output) (increase({total(m.OUTPUT_FAILURES)}{RATE}))", "failed {{output}}", ref="B"),
+                   description="Undelivered alerts are kept in the journal: monitor replay --alerts-to resends them."),
+            8, 8)
+    lay.add(bars("Suppressed alerts by rule (range)",
+                 f"topk(15, sum by (rule, reason) (increase({total(m.OUTPUT_SUPPRESSED)}{RANGE})))",
+                 "{{rule}} {{reason}}"), 8, 8)
     lay.row("Model calls")
     lay.add(series("LLM tokens / s by model",
                    prom(f"sum by (model, type) (rate({total(m.LLM_TOKENS)}{RATE}))", "{{model}} {{type}}"),

@@ -1,7 +1,7 @@
 """The one event model that flows probes -> sensor -> enrich -> policy -> actions -> sinks.
 
 `Event.to_dict()` is both the JSON form and the CEL activation (`event`): field names
-follow ../shared/DESIGN.md and OpenTelemetry semantic conventions; a field that does not
+follow docs/design.md and OpenTelemetry semantic conventions; a field that does not
 apply is absent, never an empty placeholder.
 
 Beyond DESIGN.md's fields, kind-specific facts live in `event.detail` (a map):
@@ -159,10 +159,18 @@ class Alert:
     id: str = field(default_factory=new_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "alert", "id": self.id, "time": rfc3339(self.time_ns), "rule": self.rule,
-                "severity": self.severity, "action": self.action, "mode": self.mode,
+        return {"type": "alert", "id": self.id, "time": rfc3339(self.time_ns), "time_ns": self.time_ns,
+                "rule": self.rule, "severity": self.severity, "action": self.action, "mode": self.mode,
                 "tags": self.tags, "description": self.description, "matched": self.matched,
                 "event": self.event.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
+        return cls(rule=data["rule"], severity=data["severity"], action=data["action"],
+                   tags=list(data.get("tags") or []), event=Event.from_dict(data["event"]),
+                   description=data.get("description", ""), matched=data.get("matched") or {},
+                   mode=data.get("mode", "enforce"), time_ns=int(data.get("time_ns") or 0),
+                   id=data.get("id") or new_id())
 
 
 @dataclass(slots=True)
@@ -178,7 +186,14 @@ class ActionRecord:
     time_ns: int = field(default_factory=time.time_ns)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "action", "time": rfc3339(self.time_ns), "action": self.action,
-                "rule": self.rule, "target": self.target, "outcome": self.outcome,
+        return {"type": "action", "time": rfc3339(self.time_ns), "time_ns": self.time_ns,
+                "action": self.action, "rule": self.rule, "target": self.target, "outcome": self.outcome,
                 "latency_ms": round(self.latency_ms, 3), "message": self.message,
                 "alert_id": self.alert_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActionRecord:
+        return cls(action=data["action"], rule=data["rule"], target=data.get("target") or {},
+                   outcome=data["outcome"], latency_ms=float(data.get("latency_ms") or 0.0),
+                   message=data.get("message", ""), alert_id=data.get("alert_id", ""),
+                   time_ns=int(data.get("time_ns") or 0))

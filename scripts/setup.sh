@@ -27,11 +27,13 @@ APT_PKGS+=(runsc)
 APT_PKGS+=(netcat-openbsd)
 # The BTF offset tests check monitor/sensor/btf.py against a second method (bpftool's vmlinux.h + gcc).
 APT_PKGS+=(bpftool)
+# The forensic report's tests open the page in Debian's headless Chromium through its chromedriver.
+APT_PKGS+=(chromium chromium-driver)
 for extra in ${EXTRAS:-}; do
     case "$extra" in
         docker) APT_PKGS+=(docker.io) ;;
         gvisor) APT_PKGS+=(runsc) ;;
-        prometheus) APT_PKGS+=(prometheus) ;;
+        prometheus) APT_PKGS+=(prometheus prometheus-alertmanager) ;;
         node) APT_PKGS+=(nodejs) ;;
         *) log "unknown extra '$extra' ignored" ;;
     esac

@@ -3,6 +3,7 @@ read over loopback, SIGTERM stops it."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def daemon_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "monitor.daemon", "--config", str(config), *extra]
+    return [sys.executable, "-m", "monitor", "daemon", "--config", str(config), *extra]
 
 
 class DaemonProcess:
@@ -25,8 +26,11 @@ class DaemonProcess:
     def __init__(self, config: Path, log_path: Path) -> None:
         self.log_path = log_path
         self.log_file = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        # its own resident socket unless its config names one: a test's `monitor run` is
+        # standalone unless it asks for a daemon (tests/conftest.py)
+        env = {**os.environ, "SANDBOX_MONITOR_SOCKET": str(log_path.with_suffix(".sock"))}
         self.proc = subprocess.Popen(daemon_cmd(config), stdout=subprocess.DEVNULL,
-                                     stderr=self.log_file, cwd=ROOT)
+                                     stderr=self.log_file, cwd=ROOT, env=env)
         self.port = int(self.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", 60).group(1))
 
     def log(self) -> str:

@@ -18,6 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITOR = str(ROOT / ".venv" / "bin" / "monitor")
+DEFAULT_PACK = str(ROOT / "rules")
+# How monitor_run() runs: "standalone", or through the resident daemon at RESIDENT["socket"]
+# (tests/conftest.py runs every e2e test that uses monitor_run both ways).
+RESIDENT: dict[str, str | None] = {"mode": "standalone", "socket": None}
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for eBPF and cgroups (CI runs as root)")
 
@@ -59,12 +63,22 @@ def monitor_run(cmd: list[str] | str, *options: str, timeout: float = 180,
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     with tempfile.TemporaryDirectory(prefix="smtest-") as tmp:
         out = Path(tmp) / "out.jsonl"
-        proc = subprocess.run([MONITOR, "run", "--json", str(out), "-q", *options, "--", *argv],
+        proc = subprocess.run([MONITOR, "run", "--json", str(out), "-q", *mode_options(options), *options,
+                               "--", *argv],
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})}, cwd=cwd)
         records = read_jsonl(out) if out.exists() else []
     summary = next((r for r in records if r["type"] == "summary"), {})
     return RunResult(proc.returncode, records, proc.stderr, proc.stdout, summary)
+
+
+def mode_options(options: tuple[str, ...]) -> list[str]:
+    """--standalone, or --connect to the resident daemon (which has no rules of its own: the run
+    brings what a standalone run would load, the default pack unless told otherwise)."""
+    if RESIDENT["mode"] != "resident" or "gvisor" in options:
+        return ["--standalone"]
+    brings_rules = any(o in ("--rules", "--no-rules") or o.startswith("--rules=") for o in options)
+    return ["--connect", str(RESIDENT["socket"]), *([] if brings_rules else ["--rules", DEFAULT_PACK])]
 
 
 def fork_execl(tmp_path: Path, path: str, *args: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.__main__ import BENCHMARKS, run_one  # noqa: E402
 
-NEEDS_ROOT = {"overhead", "exec_path", "reaction", "capacity", "tls", "gvisor", "docker_sandboxes"}
+NEEDS_ROOT = {"overhead", "exec_path", "reaction", "capacity", "tls", "gvisor", "docker_sandboxes", "outputs"}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from daemon_process import ROOT, DaemonProcess, daemon_cmd
 
-from monitor.daemon import ConfigError, Daemon, DaemonConfig, parse_config, record_rule_errors
+from monitor.engine.config import ConfigError, MonitorConfig, parse_config
+from monitor.engine.daemon import Daemon
+from monitor.source import Source
 
 ONE_RULE = """\
 - rule: Daemon test marker
@@ -87,7 +89,7 @@ def test_empty_config_is_defaults(tmp_path):
     ("metrics:\n  address: localhost:http\n", 2, "HOST:PORT"),
     ("sinks:\n  json: 42\n", 2, "non-empty string"),
     ("cgroups:\n  - name: x\n", 2, "needs a path"),
-    ("rules: [a, b\naudit: true\n", 2, "YAML syntax"),
+    ("rules: [a, b\naudit: true\n", 2, "YAML error"),
     ("- just\n- a list\n", 1, "must be a mapping"),
     ("audit: true\naudit: false\n", 2, "duplicate key 'audit'"),
     ("sinks:\n  json: out.jsonl\n  otlp: ftp://collector\n", 3, "sinks.otlp: OTLP endpoint"),
@@ -125,7 +127,7 @@ def test_malformed_config_exits_1_with_file_line(tmp_path):
 def test_monitor_cli_runs_the_daemon_subcommand(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("metrics:\n  address: 0.0.0.0:9464\n")
-    result = subprocess.run([sys.executable, "-m", "monitor.cli", "daemon", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "monitor", "daemon", "--config", str(config)],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"monitor daemon: {config}:2: metrics.address '0.0.0.0:9464': "
@@ -253,7 +255,7 @@ def test_watched_cgroup_is_a_sandbox(tmp_path, daemon_files):
 
 
 def test_health_reports_a_stalled_main_loop():
-    daemon = Daemon(DaemonConfig(probes=False, docker_enabled=False, gvisor_enabled=False))
+    daemon = Daemon(MonitorConfig(probes=False, docker_enabled=False, gvisor_enabled=False))
     ok, reason = daemon.health()
     assert ok and reason == "ok: 0 sandboxes watched; probes off"
     daemon._heartbeat -= 10
@@ -264,8 +266,8 @@ def test_health_reports_a_stalled_main_loop():
 def test_rule_metrics_come_from_the_pipeline_sample_and_the_error_totals(tmp_path):
     """The daemon's /metrics: evaluation time is the pipeline's one-in-8 sample (never also timed
     per event by the daemon: each event once, at most), error totals from the rule set."""
+    from monitor.engine.pipeline import EVAL_SAMPLE_EVERY, Pipeline
     from monitor.event import Event
-    from monitor.pipeline import EVAL_SAMPLE_EVERY, Pipeline
     from monitor.policy import load_rules
     from monitor.sinks.metrics import MetricsSink
     rules_file = tmp_path / "r.yaml"
@@ -279,7 +281,7 @@ def test_rule_metrics_come_from_the_pipeline_sample_and_the_error_totals(tmp_pat
     events = [Event(kind="exec", process={"pid": 5, "executable": "/nonexistent/marker"})
               for _ in range(2 * EVAL_SAMPLE_EVERY)]
     pipeline.process_all(events)
-    record_rule_errors(rules, [metrics])
+    metrics.record_rule_errors(dict(rules.eval_errors))
     text = metrics.exposition().decode()
     assert pipeline.alerts_by_rule["Daemon test marker"] == 2 * EVAL_SAMPLE_EVERY
     assert 'sandbox_monitor_rule_eval_duration_seconds_count{kind="exec"} 2.0' in text
@@ -288,7 +290,7 @@ def test_rule_metrics_come_from_the_pipeline_sample_and_the_error_totals(tmp_pat
 
 # --- early discovery: held events, runtime-setup filter --------------------------------------
 
-class ListSource:
+class ListSource(Source):
     name = "ebpf"
 
     def __init__(self) -> None:
@@ -310,8 +312,8 @@ def _ev(kind: str, cgroup_id: int, pid: int = 10, comm: str = "sh", **detail):
 
 
 def test_held_events_wait_for_the_sandbox_then_go_on_in_order():
-    from monitor.daemon import HeldCgroups
     from monitor.sandbox import Sandbox, SandboxRegistry
+    from monitor.sensor.filters import HeldCgroups
     registry = SandboxRegistry()
     source = ListSource()
     held = HeldCgroups(source, registry, hold_s=60)
@@ -325,8 +327,8 @@ def test_held_events_wait_for_the_sandbox_then_go_on_in_order():
 
 
 def test_held_events_of_an_unselected_container_are_dropped_and_unnamed_ones_expire():
-    from monitor.daemon import HeldCgroups
     from monitor.sandbox import SandboxRegistry
+    from monitor.sensor.filters import HeldCgroups
     source = ListSource()
     held = HeldCgroups(source, SandboxRegistry(), hold_s=0.05)
     held.hold(1)
@@ -340,8 +342,8 @@ def test_held_events_of_an_unselected_container_are_dropped_and_unnamed_ones_exp
 
 
 def test_runtime_setup_filter_drops_runc_stages_but_never_the_program():
-    from monitor.daemon import RuntimeSetupFilter
     from monitor.sandbox import Sandbox, SandboxRegistry
+    from monitor.sensor.filters import RuntimeSetupFilter
     registry = SandboxRegistry()
     registry.add(Sandbox(id="d" * 64, name="c", runtime="docker", cgroup_id=9))
     registry.add(Sandbox(id="sb", name="run", runtime="cgroup", cgroup_id=8))
@@ -358,3 +360,11 @@ def test_runtime_setup_filter_drops_runc_stages_but_never_the_program():
     kept = [(e.kind, e.process["pid"]) for e in flt.poll(0)]
     assert kept == [("exec", 100), ("fork", 100), ("open", 101), ("open", 300)]
     assert flt.filtered == 2
+
+
+def test_yaml_bare_off_means_off(tmp_path):
+    """YAML reads a bare `off` as false: for llm_capture, cpu and socket it means off."""
+    config = parse("llm_capture: off\ncpu: off\nsocket: off\n", tmp_path)
+    assert (config.llm_capture, config.cpu, config.resident_socket) == ("off", "off", None)
+    config = parse(f"socket: {tmp_path / 'm.sock'}\n", tmp_path)
+    assert config.resident_socket == str(tmp_path / "m.sock")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from monitor.daemon import parse_config
+from monitor.engine.config import parse_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.actions.docker import kill_container
 from monitor.sandbox import Sandbox, SandboxRegistry
 from monitor.sandbox.docker import (
     CgroupRef,
@@ -23,7 +24,6 @@ from monitor.sandbox.docker import (
     cgroup2_relpath,
     cgroup2_root,
     cgroup_of_pid,
-    kill_container,
     parse_selector,
     sandbox_from_inspect,
     selector_matches,
@@ -341,7 +341,7 @@ def test_a_container_at_the_cgroup_root_has_no_cgroup_to_watch():
 
 def test_cgroup_dir_watch_sees_container_dirs_as_they_are_made(tmp_path):
     """Real inotify on a directory tree shaped like the cgroup-v2 root."""
-    from monitor.sandbox.docker import CgroupDirWatch, container_id_of_cgroup_dir
+    from monitor.sandbox.cgroupwatch import CgroupDirWatch, container_id_of_cgroup_dir
     assert container_id_of_cgroup_dir("a" * 64) == "a" * 64
     assert container_id_of_cgroup_dir(f"docker-{'b' * 64}.scope") == "b" * 64
     assert container_id_of_cgroup_dir("init.scope") is None
@@ -376,7 +376,7 @@ def test_cgroup_dir_watch_sees_container_dirs_as_they_are_made(tmp_path):
 def test_cgroup_dir_found_by_the_scan_and_by_inotify_is_reported_once(tmp_path):
     """A container dir made just as its parent's watch is added is in the parent's scan and in an
     inotify event: one `created` (CI saw two), and a new one after a delete is reported again."""
-    from monitor.sandbox.docker import _IN_CREATE, _IN_DELETE, _IN_ISDIR, CgroupDirWatch
+    from monitor.sandbox.cgroupwatch import _IN_CREATE, _IN_DELETE, _IN_ISDIR, CgroupDirWatch
     created: list[str] = []
     deleted: list[str] = []
     watch = CgroupDirWatch(str(tmp_path), lambda cid, ref: created.append(cid), deleted.append)

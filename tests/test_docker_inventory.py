@@ -10,9 +10,10 @@ import time
 import pytest
 from docker_engine import wait_for
 
+from monitor.actions.docker import DockerEnforcer, kill_container
 from monitor.event import Event
 from monitor.sandbox import Sandbox, SandboxRegistry
-from monitor.sandbox.docker import DockerEnforcer, DockerInventory, kill_container, parse_selector
+from monitor.sandbox.docker import DockerInventory, parse_selector
 from monitor.sandbox.posture import posture
 
 pytestmark = pytest.mark.docker
@@ -115,7 +116,7 @@ def test_kill_through_the_engine(docker_engine, inventory):
     since = int(time.time()) - 1
     enforcer = DockerEnforcer()
     started = time.monotonic()
-    assert enforcer.kill(registry.by_id(cid)) == "done"
+    assert enforcer.kill(registry.by_id(cid)) == ("done", "killed through the engine")
     elapsed = time.monotonic() - started
     assert enforcer.last.message == "killed through the engine"
     assert elapsed < 2.0

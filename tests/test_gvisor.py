@@ -28,7 +28,7 @@ from monitor.gvisor.install import (
 from monitor.gvisor.mapping import EventMapper
 from monitor.gvisor.proto import points_pb2 as pb
 from monitor.gvisor.runner import DENY_REFUSED, deny_rules_refused
-from monitor.gvisor.sink import SinkError, TraceSink, registry_sandbox_for
+from monitor.gvisor.source import SinkError, TraceSource, registry_sandbox_for
 from monitor.sandbox import Sandbox, SandboxRegistry
 
 T = pb.MessageType
@@ -245,7 +245,7 @@ class FakeRunsc:
         self.sock.connect(str(path))
         self.sock.send(pb.Handshake(version=version).SerializeToString())
 
-    def reply(self, sink: TraceSink) -> bytes:
+    def reply(self, sink: TraceSource) -> bytes:
         self.sock.settimeout(2)
         sink.poll(0)
         return self.sock.recv(100)
@@ -254,7 +254,7 @@ class FakeRunsc:
         self.sock.send(datagram)
 
 
-def poll_until(sink: TraceSink, count: int, timeout_s: float = 5) -> list:
+def poll_until(sink: TraceSource, count: int, timeout_s: float = 5) -> list:
     events: list = []
     deadline = time.monotonic() + timeout_s
     while len(events) < count and time.monotonic() < deadline:
@@ -264,12 +264,12 @@ def poll_until(sink: TraceSink, count: int, timeout_s: float = 5) -> list:
 
 @pytest.fixture
 def sink(tmp_path: Path):
-    server = TraceSink(tmp_path / "trace.sock", sandbox_for=lambda _cid: SANDBOX)
+    server = TraceSource(tmp_path / "trace.sock", sandbox_for=lambda _cid: SANDBOX)
     yield server
     server.close()
 
 
-def test_sink_handshake_points_and_end(sink: TraceSink) -> None:
+def test_sink_handshake_points_and_end(sink: TraceSource) -> None:
     assert oct(sink.path.stat().st_mode & 0o777) == "0o600"
     runsc = FakeRunsc(sink.path)
     assert runsc.reply(sink) == b"\x08\x01"
@@ -283,7 +283,7 @@ def test_sink_handshake_points_and_end(sink: TraceSink) -> None:
     assert sink.open_sessions == 0 and sink.stats()["points"] == 2
 
 
-def test_sink_counts_malformed_and_dropped_and_keeps_going(sink: TraceSink) -> None:
+def test_sink_counts_malformed_and_dropped_and_keeps_going(sink: TraceSource) -> None:
     runsc = FakeRunsc(sink.path)
     runsc.reply(sink)
     good = wire.encode(T.MESSAGE_SYSCALL_OPEN, pb.Open(context_data=ctx(1), pathname="/a"), dropped=0)
@@ -297,7 +297,7 @@ def test_sink_counts_malformed_and_dropped_and_keeps_going(sink: TraceSink) -> N
     assert sink.errors["unknown_type"] == 1
 
 
-def test_dropped_count_wraps(sink: TraceSink) -> None:
+def test_dropped_count_wraps(sink: TraceSource) -> None:
     runsc = FakeRunsc(sink.path)
     runsc.reply(sink)
     for dropped in (0xFFFFFFF0, 0x00000010):
@@ -306,7 +306,7 @@ def test_dropped_count_wraps(sink: TraceSink) -> None:
     assert sink.lost()["gvisor_dropped"] == 0xFFFFFFF0 + 0x20
 
 
-def test_oversized_datagram_is_counted_as_truncated(sink: TraceSink) -> None:
+def test_oversized_datagram_is_counted_as_truncated(sink: TraceSource) -> None:
     runsc = FakeRunsc(sink.path)
     runsc.reply(sink)
     runsc.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -317,7 +317,7 @@ def test_oversized_datagram_is_counted_as_truncated(sink: TraceSink) -> None:
     assert sink.errors["truncated"] == 1
 
 
-def test_old_protocol_version_is_refused(sink: TraceSink) -> None:
+def test_old_protocol_version_is_refused(sink: TraceSource) -> None:
     runsc = FakeRunsc(sink.path, version=0)
     sink.poll(100)
     runsc.sock.settimeout(1)
@@ -330,7 +330,7 @@ def test_stale_socket_path_is_recovered(tmp_path: Path) -> None:
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     dead.bind(str(path))
     dead.close()  # the file stays, nobody listens: a crashed monitor's leftover
-    server = TraceSink(path)
+    server = TraceSource(path)
     try:
         runsc = FakeRunsc(path)
         assert runsc.reply(server) == b"\x08\x01"
@@ -339,13 +339,13 @@ def test_stale_socket_path_is_recovered(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def test_live_or_foreign_path_is_refused(tmp_path: Path, sink: TraceSink) -> None:
+def test_live_or_foreign_path_is_refused(tmp_path: Path, sink: TraceSource) -> None:
     with pytest.raises(SinkError, match="another process is serving"):
-        TraceSink(sink.path)
+        TraceSource(sink.path)
     regular = tmp_path / "not-a-socket"
     regular.write_text("keep me")
     with pytest.raises(SinkError, match="not a socket"):
-        TraceSink(regular)
+        TraceSource(regular)
     assert regular.read_text() == "keep me"
 
 
@@ -367,7 +367,7 @@ def _container_point(container_id: str, path: str) -> bytes:
 
 def test_events_wait_for_the_inventory_then_carry_its_identity(tmp_path: Path) -> None:
     registry = SandboxRegistry()
-    server = TraceSink(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
+    server = TraceSource(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
     try:
         runsc = FakeRunsc(server.path)
         runsc.reply(server)
@@ -383,7 +383,7 @@ def test_events_wait_for_the_inventory_then_carry_its_identity(tmp_path: Path) -
 
 
 def test_unknown_container_is_released_with_a_provisional_identity(tmp_path: Path) -> None:
-    server = TraceSink(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(SandboxRegistry()),
+    server = TraceSource(tmp_path / "t.sock", sandbox_for=registry_sandbox_for(SandboxRegistry()),
                        hold_unknown_ms=100)
     try:
         runsc = FakeRunsc(server.path)
@@ -468,23 +468,27 @@ def test_cli_install_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_deny_rules_are_refused_with_a_reason() -> None:
-    class Rule:
-        def __init__(self, name: str, action: str) -> None:
-            self.name, self.action = name, action
-
-    messages = deny_rules_refused([Rule("ok", "kill"), Rule("no miners", "deny"), {"rule": "d", "action": "deny"}])
+    messages = deny_rules_refused([("ok", "kill"), ("no miners", "deny"), ("d", "deny")])
     assert len(messages) == 2 and "no miners" in messages[0] and DENY_REFUSED in messages[0]
     assert "host kernel never sees" in DENY_REFUSED
 
 
 @pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc not installed (scripts/setup.sh installs it)")
 def test_actor_refuses_deny_and_honours_audit(tmp_path: Path) -> None:
+    """The one actor with gVisor's enforcer: a sandbox pid is never taken for a host pid."""
+    from monitor.actions import Actions
+    from monitor.actions.gvisor import GvisorEnforcer
     from monitor.event import Alert, Event
-    from monitor.gvisor.runner import GvisorActor, GvisorSandbox
+    from monitor.gvisor.runner import GvisorSandbox
+    from monitor.sandbox import SandboxRegistry
 
     sandbox = GvisorSandbox(["/bin/true"], "actor", runtime_base=tmp_path)  # never started
     event = Event(kind="exec", process={"pid": 3}, sandbox=sandbox.sandbox.identity(), source="gvisor")
-    actor = GvisorActor(sandbox)
+    registry = SandboxRegistry()
+    registry.add(sandbox.sandbox)
+    enforcer = GvisorEnforcer()
+    enforcer.add_run(sandbox)
+    actor = Actions(registry, enforcers={"gvisor": enforcer})
 
     def alert(action: str, mode: str = "enforce") -> Alert:
         return Alert(rule=f"r-{action}", severity="high", action=action, tags=[], event=event, mode=mode)
@@ -496,7 +500,7 @@ def test_actor_refuses_deny_and_honours_audit(tmp_path: Path) -> None:
     assert actor.take(alert("kill")).outcome == "already_gone"
     record = actor.take(alert("kill_process"))
     assert record.target == {"sandbox": sandbox.sandbox.id, "pid": 3} and record.outcome == "already_gone"
-    assert GvisorActor(sandbox, audit=True).take(alert("freeze")).outcome == "audit"
+    assert Actions(registry, audit=True, enforcers={"gvisor": enforcer}).take(alert("freeze")).outcome == "audit"
 
 
 def test_stale_session_dirs_are_removed_live_ones_kept(tmp_path: Path) -> None:
@@ -510,7 +514,7 @@ def test_stale_session_dirs_are_removed_live_ones_kept(tmp_path: Path) -> None:
     (stale / "pod-init.json").write_text("{}")
     live_dir = tmp_path / "gv-live"
     live_dir.mkdir()
-    server = TraceSink(live_dir / "trace.sock")
+    server = TraceSource(live_dir / "trace.sock")
     try:
         assert cleanup_stale(tmp_path) == ["gv-dead"]
         assert not stale.exists() and (live_dir / "trace.sock").exists()

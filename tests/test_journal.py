@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from monitor.event import ActionRecord, Alert, Event
-from monitor.sinks.journal import (
+from monitor.journal import (
     FILE_MAGIC,
     FRAME_BLOCK,
     FRAME_HEADER,
     FRAME_MAGIC,
     JournalError,
     JournalReader,
-    JournalSink,
     frame,
 )
+from monitor.sinks.journal import JournalSink
 
 NOW = time.time_ns()
 SANDBOX = {"id": "sb-1", "name": "agent", "runtime": "cgroup", "labels": {"team": "x"}, "cgroup_id": 77,

@@ -529,7 +529,7 @@ def test_a_lone_surrogate_in_an_attribute_is_escaped_for_protobuf():
     the export of its whole batch of spans."""
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-    from monitor.sinks.otlp import _attr_value
+    from monitor.sinks.otlp.attributes import attr_value as _attr_value
 
     for value in ("a\ud800b", ["x\udfff"], {"text": "\ud800"}):
         out = _attr_value(value)

@@ -7,11 +7,12 @@ import threading
 import time
 from typing import Any
 
+from monitor.engine.pipeline import SINK_HOLD_S, Pipeline
 from monitor.event import ActionRecord, Alert, Event
-from monitor.pipeline import SINK_HOLD_S, Pipeline
+from monitor.sinks import Sink
 
 
-class Recording:
+class Recording(Sink):
     name = "recording"
     reports_summary = False
     may_block = True  # as a terminal: on the sink thread

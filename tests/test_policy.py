@@ -15,7 +15,7 @@ from monitor.policy.loader import expand_paths
 from monitor.policy.tooling import fixture_file, load_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
-MONITOR = [sys.executable, "-m", "monitor.cli"]
+MONITOR = [sys.executable, "-m", "monitor"]
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "r.yaml") -> Path:

@@ -11,22 +11,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from monitor.commands import main
+from monitor.commands.replay import _LazyProgress
+from monitor.engine.pipeline import Pipeline
+from monitor.engine.replay import ReplayOptions, UsageError, otlp_sink, parse_time, replay_journal
 from monitor.event import Event
-from monitor.pipeline import Pipeline
 from monitor.policy import load_rules
-from monitor.replay import (
-    ReplayOptions,
-    UsageError,
-    _LazyProgress,
-    build_timeline,
-    main,
-    otlp_sink,
-    parse_time,
-    render_session,
-    replay_journal,
-)
 from monitor.sinks import Sink
 from monitor.sinks.journal import JournalSink
+from monitor.timeline import build_timeline, render_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from otlp_receiver import OtlpReceiver  # noqa: E402
@@ -377,8 +370,8 @@ def test_timeline_keeps_what_matters_when_a_process_reads_a_lot(tmp_path: Path) 
 
 
 def test_timeline_terminal_budget_keeps_alerts(journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.replay as replay
-    monkeypatch.setattr(replay, "MAX_ITEMS_PER_SESSION", 2)
+    import monitor.timeline as timeline
+    monkeypatch.setattr(timeline, "MAX_ITEMS_PER_SESSION", 2)
     [session] = build_timeline(str(journal), sandbox="sb-aa")
     console = Console(record=True, width=200)
     console.print(render_session(session))

@@ -3,14 +3,15 @@
 Under gVisor the host kernel (and so the eBPF probes) sees only the Sentry's own syscalls. gVisor's
 runtime monitoring streams the sandboxed program's process and syscall events instead: a trace
 session configured by a pod-init config (`config.py`) sends each point to a "remote" sink, a unix
-SOCK_SEQPACKET socket the monitor serves (`sink.TraceSink`, a pipeline `Source`). Each datagram is
+SOCK_SEQPACKET socket the monitor serves (`source.TraceSource`, a `monitor.source.Source`). Each datagram is
 an 8-byte header (u16 size, u16 type, u32 dropped-so-far) and one protobuf message (`wire.py`,
 schema in proto/points.proto); `mapping.EventMapper` turns points into Events shaped exactly like
 the eBPF sensor's, with `source="gvisor"` and `event.sandbox.runtime == "gvisor"`.
 
     monitor run --runtime gvisor -- CMD        run.py (GvisorSandbox + the same pipeline)
     monitor gvisor install                     daemon.json runtime entry for Docker (install.py)
-    GvisorSandbox / run_gvisor / GvisorActor   runner.py (library API)
+    GvisorSandbox                              runner.py (one command in one sandbox, a Source)
+    RunscContainer                             control.py (runsc kill/pause/resume; the enforcer's)
 
 Enforcement: kill -> `runsc kill --all` (exit status 137), kill_process -> `runsc kill --pid`,
 freeze -> `runsc pause` (thaw: `runsc resume`). `deny` needs the host kernel to see the act, so
@@ -38,12 +39,9 @@ What gVisor (runsc release 20221219) cannot report, so events from it lack these
 from monitor.gvisor.runner import (
     DENY_REFUSED,
     RUNSC_MISSING,
-    GvisorActor,
     GvisorError,
     GvisorSandbox,
-    run_gvisor,
 )
-from monitor.gvisor.sink import SinkError, TraceSink
+from monitor.gvisor.source import SinkError, TraceSource
 
-__all__ = ["DENY_REFUSED", "RUNSC_MISSING", "GvisorActor", "GvisorError", "GvisorSandbox",
-           "SinkError", "TraceSink", "run_gvisor"]
+__all__ = ["DENY_REFUSED", "RUNSC_MISSING", "GvisorError", "GvisorSandbox", "SinkError", "TraceSource"]

@@ -21,9 +21,7 @@ from google.protobuf.message import Message
 from monitor.event import Event, ProcessFacts
 from monitor.gvisor.proto import points_pb2 as pb
 from monitor.gvisor.wire import T
-from monitor.sensor.file import open_flags
-from monitor.sensor.net import parse_sockaddr
-from monitor.sensor.process import PTRACE_REQUESTS, namespace_flags
+from monitor.linux import PTRACE_REQUESTS, namespace_flags, open_flags, parse_sockaddr
 
 AT_FDCWD = -100
 CLONE_THREAD = 0x10000

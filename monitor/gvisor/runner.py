@@ -27,10 +27,12 @@ from typing import Any
 
 import psutil
 
-from monitor.event import ActionRecord, Alert, Event
+from monitor.event import Event
 from monitor.gvisor.config import write_pod_init_config
-from monitor.gvisor.sink import SinkError, TraceSink, prepare_socket_path
+from monitor.gvisor.control import RunscContainer, RunscError, container_under
+from monitor.gvisor.source import SinkError, TraceSource, prepare_socket_path
 from monitor.sandbox import Sandbox, SandboxRegistry
+from monitor.source import Source
 
 RUNSC_MISSING = ("runsc not found: gVisor is not installed; install Debian's 'runsc' package "
                  "(apt-get install runsc, or EXTRAS=gvisor scripts/setup.sh)")
@@ -88,22 +90,16 @@ def cleanup_stale(base: Path) -> list[str]:
     return removed
 
 
-def deny_rules_refused(rules: Iterable[Any]) -> list[str]:
-    """One message per rule whose action is `deny` (objects with .name/.action or dicts)."""
-    messages = []
-    for rule in rules:
-        action = rule.get("action") if isinstance(rule, dict) else getattr(rule, "action", None)
-        name = rule.get("rule") or rule.get("name") if isinstance(rule, dict) else getattr(rule, "name", "?")
-        if action == "deny":
-            messages.append(f"rule {name!r}: {DENY_REFUSED}")
-    return messages
+def deny_rules_refused(rules: Iterable[tuple[str, str]]) -> list[str]:
+    """One message per (rule name, action) whose action is `deny`."""
+    return [f"rule {name!r}: {DENY_REFUSED}" for name, action in rules if action == "deny"]
 
 
 def _status_from_returncode(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class GvisorSandbox:
+class GvisorSandbox(Source):
     """One command in one gVisor sandbox, with its trace session as a `Source`."""
 
     name = "gvisor"
@@ -130,13 +126,12 @@ class GvisorSandbox:
         self.sandbox = Sandbox(id=sandbox_id, name=name or sandbox_id, runtime="gvisor",
                                started_ns=time.time_ns())
         self.dir = runtime_dir(runtime_base) / sandbox_id
-        self.sink: TraceSink | None = None
+        self.sink: TraceSource | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.not_found = False
         self.killed_by_monitor = False
         self._exited_at: float | None = None
-        self._runsc_root: str | None = None
-        self._container_id: str | None = None
+        self._container: RunscContainer | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -174,13 +169,13 @@ class GvisorSandbox:
         stdin, stdout, stderr = self._stdio
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
-    def _open_sink(self) -> TraceSink:
+    def _open_sink(self) -> TraceSource:
         path = self.dir / "trace.sock"
         try:
-            return TraceSink(path, sandbox_for=lambda _container_id: self.sandbox.identity())
+            return TraceSource(path, sandbox_for=lambda _container_id: self.sandbox.identity())
         except SinkError:
             # The path is taken by something live: serve on a fresh name rather than fail.
-            return TraceSink(self.dir / f"trace-{os.urandom(3).hex()}.sock",
+            return TraceSource(self.dir / f"trace-{os.urandom(3).hex()}.sock",
                              sandbox_for=lambda _container_id: self.sandbox.identity())
 
     def close(self) -> None:
@@ -210,12 +205,7 @@ class GvisorSandbox:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=timeout_ms / 1000)
             return []
-        events = self.sink.poll(timeout_ms if self._exited_at is None else min(timeout_ms, 50))
-        if self._container_id is None:
-            for session in self.sink.sessions:
-                if session.mapper.container_ids:
-                    self._container_id = session.mapper.container_ids[0]
-        return events
+        return self.sink.poll(timeout_ms if self._exited_at is None else min(timeout_ms, 50))
 
     def lost(self) -> dict[str, int]:
         return self.sink.lost() if self.sink is not None else {}
@@ -255,48 +245,32 @@ class GvisorSandbox:
 
     # --- enforcement --------------------------------------------------------------------
 
-    def _locate(self) -> tuple[str, str] | None:
-        """runsc's state root and the container id (`runsc do` picks both at start)."""
-        if self._runsc_root and self._container_id:
-            return self._runsc_root, self._container_id
-        if self.proc is None:
-            return None
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.Error:
-            return None
-        for child in children:
-            try:
-                cmdline = child.cmdline()
-            except psutil.Error:
-                continue
-            if "boot" in cmdline:
-                roots = [a.split("=", 1)[1] for a in cmdline if a.startswith("--root=")]
-                if roots:
-                    self._runsc_root = roots[0]
-                    self._container_id = self._container_id or cmdline[-1]
-                    return self._runsc_root, self._container_id
-        return None
+    def container(self) -> RunscContainer | None:
+        """runsc's handle on this sandbox (`runsc do` picks its state root and id at start)."""
+        if self._container is None and self.proc is not None:
+            self._container = container_under(self.runsc, self.proc.pid)
+        return self._container
 
-    def _runsc_control(self, *args: str) -> str:
-        located = self._locate()
-        if located is None:
-            return "already_gone" if self.proc is None or self.proc.poll() is not None else "failed"
-        root, container_id = located
-        command = [self.runsc, f"--root={root}", *args[:-1], container_id, *args[-1:]] \
-            if args[0] == "kill" else [self.runsc, f"--root={root}", *args, container_id]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
-        if result.returncode == 0:
-            return "done"
-        if self.proc is not None and self.proc.poll() is not None:
-            return "already_gone"
-        raise GvisorError(f"{' '.join(command)}: {result.stderr.strip() or result.returncode}")
+    @property
+    def exited(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
+
+    def _runsc_control(self, act: Callable[[RunscContainer], str]) -> str:
+        container = self.container()
+        if container is None:
+            return "already_gone" if self.exited else "failed"
+        try:
+            return act(container)
+        except RunscError:
+            if self.exited:
+                return "already_gone"
+            raise
 
     def control_command(self, verb: str) -> str:
         """The runsc command line a person would type to resume or kill this sandbox."""
-        root, container_id = self._locate() or ("?", "?")
-        args = ["kill", "--all", container_id, "KILL"] if verb == "kill" else [verb, container_id]
-        return " ".join([self.runsc, f"--root={root}", *args])
+        container = self.container() or RunscContainer(self.runsc, "?", "?")
+        args = ["kill", "--all", container.container_id, "KILL"] if verb == "kill" else [verb, container.container_id]
+        return " ".join(container.command(*args))
 
     def kill(self) -> str:
         """Kill every process in the sandbox; runsc then exits and the session ends."""
@@ -304,8 +278,8 @@ class GvisorSandbox:
             return "already_gone"
         self.killed_by_monitor = True
         try:
-            outcome = self._runsc_control("kill", "--all", "KILL")
-        except (GvisorError, subprocess.TimeoutExpired):
+            outcome = self._runsc_control(RunscContainer.kill_all)
+        except (RunscError, subprocess.TimeoutExpired):
             outcome = "failed"
         if outcome == "failed":  # runsc could not: take the sandbox's host processes down
             with contextlib.suppress(psutil.Error):
@@ -316,67 +290,10 @@ class GvisorSandbox:
 
     def kill_process(self, pid: int) -> str:
         """Kill one process by its pid inside the sandbox (as events report it)."""
-        return self._runsc_control("kill", f"--pid={int(pid)}", "KILL")
+        return self._runsc_control(lambda container: container.kill_pid(pid))
 
     def freeze(self) -> str:
-        return self._runsc_control("pause")
+        return self._runsc_control(RunscContainer.pause)
 
     def thaw(self) -> str:
-        return self._runsc_control("resume")
-
-
-class GvisorActor:
-    """Pipeline `Actor` for a GvisorSandbox: maps rule actions onto runsc controls."""
-
-    def __init__(self, sandbox: GvisorSandbox, *, audit: bool = False,
-                 on_record: Callable[[ActionRecord], None] | None = None) -> None:
-        self.sandbox = sandbox
-        self.audit = audit
-        self.on_record = on_record
-
-    def take(self, alert: Alert) -> ActionRecord | None:
-        action = alert.action
-        if action == "alert":
-            return None
-        target: dict[str, Any] = {"sandbox": self.sandbox.sandbox.id}
-        pid = alert.event.process.get("pid")
-        if action == "kill_process" and pid:
-            target["pid"] = pid
-        started = time.perf_counter()
-        message = ""
-        if alert.mode == "audit" or self.audit:
-            outcome = "audit"
-        elif action == "deny":
-            outcome, message = "refused", DENY_REFUSED
-        else:
-            try:
-                outcome = self._apply(action, pid)
-            except (GvisorError, subprocess.TimeoutExpired, OSError) as exc:
-                outcome, message = "failed", str(exc)
-        record = ActionRecord(action=action, rule=alert.rule, target=target, outcome=outcome,
-                              latency_ms=(time.perf_counter() - started) * 1000, message=message,
-                              alert_id=alert.id)
-        if self.on_record is not None:
-            self.on_record(record)
-        return record
-
-    def _apply(self, action: str, pid: int | None) -> str:
-        if action == "kill":
-            return self.sandbox.kill()
-        if action == "kill_process":
-            return self.sandbox.kill_process(pid) if pid else self.sandbox.kill()
-        if action == "freeze":
-            return self.sandbox.freeze()
-        raise GvisorError(f"unknown action {action!r}")
-
-
-def run_gvisor(cmd: Sequence[str], name: str | None = None,
-               on_event: Callable[[Event], Any] | None = None, **options: Any) -> int:
-    """Run CMD under gVisor, hand every event to `on_event` (e.g. Pipeline.process), return
-    CMD's exit status. `options` go to GvisorSandbox."""
-    with GvisorSandbox(cmd, name, **options) as sandbox:
-        for event in sandbox.events():
-            if on_event is not None:
-                on_event(event)
-        sandbox.wait()
-        return sandbox.exit_status()
+        return self._runsc_control(RunscContainer.resume)

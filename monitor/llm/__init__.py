@@ -2,17 +2,11 @@
 
 Public API: `LlmSource` (the `Source`), `ToolCallLinker` (caused_by links for enrich),
 `TlsDecoder` (records -> events, pure), `CAPTURE_MODES` / `DEFAULT_CAPTURE` (`--llm-capture`).
-`LlmSource` needs bcc and root; importing this package does not.
+`LlmSource` needs bcc and root to start; importing this package needs neither.
 """
 
 from monitor.llm.link import ToolCallLinker
 from monitor.llm.redact import CAPTURE_MODES, DEFAULT_CAPTURE
+from monitor.llm.source import LlmSource, TlsDecoder
 
 __all__ = ["CAPTURE_MODES", "DEFAULT_CAPTURE", "LlmSource", "TlsDecoder", "ToolCallLinker"]
-
-
-def __getattr__(name: str):  # the source pulls in the kernel half lazily
-    if name in ("LlmSource", "TlsDecoder"):
-        from monitor.llm import source
-        return getattr(source, name)
-    raise AttributeError(name)

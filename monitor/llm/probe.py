@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor.bpf.memory import release_compiler_memory
+from monitor.bpf.ringbuf import RingReader
 from monitor.checks import Check
-from monitor.sensor.memory import release_compiler_memory
-from monitor.sensor.ringbuf import RingReader
 
 PROBE_SOURCE = Path(__file__).resolve().parents[2] / "probes" / "ssl.c"
 

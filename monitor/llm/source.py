@@ -23,6 +23,8 @@ from monitor.llm.http import Exchange, HttpConversation
 from monitor.llm.probe import DIR_CLOSE, DIR_WRITE, TlsProbe, TlsRecord, static_tls_runtimes, system_libssl
 from monitor.llm.providers import RequestInfo, parse_request, parse_response
 from monitor.llm.redact import CAPTURE_MODES, DEFAULT_CAPTURE, apply_capture
+from monitor.sandbox import Sandbox
+from monitor.source import Source
 
 MAX_CONNECTIONS = 4096
 RESCAN_S = 5.0  # a process already scanned is scanned again this often (it may load a TLS library late)
@@ -228,8 +230,8 @@ def cgroup_pids(path: str) -> list[int]:
     return pids
 
 
-class LlmSource:
-    """`Source` (monitor.pipeline) of llm_request / llm_response events from watched cgroups."""
+class LlmSource(Source):
+    """llm_request / llm_response events from watched cgroups."""
 
     name = "llm"
 
@@ -247,6 +249,12 @@ class LlmSource:
         self._scanned: dict[int, float] = {}  # pid -> when its mappings were last looked at
         self._exec_scanned: dict[tuple[int, str], float] = {}  # (cgroup, executable) -> when
         self._lost_seen = 0
+
+    def watch(self, sandbox: Sandbox) -> None:
+        self.add_cgroup(sandbox.cgroup_id, sandbox.cgroup_path)
+
+    def unwatch(self, sandbox: Sandbox) -> None:
+        self.remove_cgroup(sandbox.cgroup_id)
 
     def add_cgroup(self, cgroup_id: int, cgroup_path: str | None = None) -> None:
         """Watch a sandbox's cgroup (its id is the inode of its cgroup-v2 directory). May be
@@ -293,7 +301,7 @@ class LlmSource:
         records = self.probe.poll(timeout_ms)
         if not records:  # a loss matters to the streams only before the records that follow it
             return []
-        lost = self.probe.lost()  # ~30 us through bcc: not on every turn of the loop
+        lost = self.probe.lost()  # a table read through bcc: not on every turn of the loop
         lost_records = lost["ssl_write"] + lost["ssl_read"]
         if lost_records != self._lost_seen:
             self._lost_seen = lost_records

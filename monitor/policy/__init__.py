@@ -35,9 +35,9 @@ from pathlib import Path
 from monitor.policy.deny import DenySpec
 from monitor.policy.errors import PolicyError
 from monitor.policy.loader import Selector
-from monitor.policy.ruleset import Rule, RuleSet, RuleWatcher, lint_paths, load_rules
+from monitor.policy.ruleset import Rule, RuleSet, RuleWatcher, lint_paths, load_rules, selector_predicate
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 
 __all__ = ["DEFAULT_RULES_DIR", "DenySpec", "PolicyError", "Rule", "RuleSet", "RuleWatcher",
-           "Selector", "lint_paths", "load_rules"]
+           "Selector", "lint_paths", "load_rules", "selector_predicate"]

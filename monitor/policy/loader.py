@@ -1,6 +1,6 @@
 """Rule files -> validated entries (lists, macros, rules) with file:line kept for every message.
 
-Format (../shared/DESIGN.md): a YAML list of entries, each one of
+Format (docs/design.md): a YAML list of entries, each one of
   - list: NAME      items: [..]
   - macro: NAME     condition: CEL
   - rule: NAME      condition: CEL, and optional description, when, except, severity, action,
@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
+from monitor import yamlfile
 from monitor.event import ACTIONS, KINDS, SEVERITIES
 from monitor.policy.errors import PolicyError
 
-MAX_RULE_FILE_BYTES = 1 << 20  # a rule file is text a human wrote; 1 MiB is far beyond any pack
 RULE_KEYS = ("rule", "description", "when", "condition", "except", "severity", "action", "tags",
              "sandboxes", "mode", "enabled")
 MACRO_KEYS = ("macro", "condition", "description")
@@ -101,21 +101,9 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
 
 def read_text(path: Path) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_RULE_FILE_BYTES:
-            raise PolicyError(f"rule file is {size} bytes, over the {MAX_RULE_FILE_BYTES} byte limit",
-                              str(path), 1)
-        data = path.read_bytes()[:MAX_RULE_FILE_BYTES + 1]
-    except OSError as exc:
-        raise PolicyError(f"cannot read: {exc.strerror or exc}", str(path), 0) from None
-    if len(data) > MAX_RULE_FILE_BYTES:
-        raise PolicyError(f"rule file is over the {MAX_RULE_FILE_BYTES} byte limit", str(path), 1)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise PolicyError(f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-                          str(path), line) from None
+        return yamlfile.read_text(path, "rule file")
+    except yamlfile.YamlError as exc:
+        raise PolicyError(exc.message, exc.file, exc.line) from None
 
 
 def load_file(path: Path) -> RuleFile:
@@ -124,35 +112,16 @@ def load_file(path: Path) -> RuleFile:
 
 def _yaml_nodes(text: str, file: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
     try:
-        loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if exc.context_mark and mark is exc.problem_mark and mark.index >= len(text.rstrip()):
-            mark = exc.context_mark  # "unexpected end of file": where the open construct began
-        line = mark.line + 1 if mark else 1
-        raise PolicyError(f"YAML error: {exc.problem or exc.context or 'invalid YAML'}", file,
-                          line) from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise PolicyError(f"YAML error: character {exc.character!r} is not allowed", file, line) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"YAML error: {str(exc).splitlines()[0] if str(exc) else 'invalid'}",
-                          file, 1) from None
-    except RecursionError:
-        raise PolicyError("YAML nesting is too deep", file, 1) from None
-    return loader, node
+        return yamlfile.compose(text, file)
+    except yamlfile.YamlError as exc:
+        raise PolicyError(exc.message, exc.file, exc.line) from None
 
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, file: str) -> Any:
     try:
-        return loader.construct_object(node, deep=True)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark or node.start_mark
-        raise PolicyError(f"YAML error: {exc.problem or exc.context}", file, mark.line + 1) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PolicyError(f"YAML error: {message}", file, node.start_mark.line + 1) from None
+        return yamlfile.construct(loader, node, file)
+    except yamlfile.YamlError as exc:
+        raise PolicyError(exc.message, exc.file, exc.line) from None
 
 
 def parse_text(text: str, file: str) -> RuleFile:
@@ -200,9 +169,7 @@ def _check_keys(entry: dict[str, Any], allowed: tuple[str, ...], key_lines: dict
                 rule: str = "") -> None:
     for key in entry:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})"
-            raise PolicyError(f"unknown key '{key}'{suggestion}", file, key_lines.get(str(key), 0), rule)
+            raise PolicyError(yamlfile.unknown_key(str(key), allowed), file, key_lines.get(str(key), 0), rule)
 
 
 def _name(entry: dict[str, Any], kind: str, file: str, line: int) -> str:

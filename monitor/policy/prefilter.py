@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.policy.ast import Call, Ident, Lit, Node, Select, field_path, literal_list
+from monitor.policy.engine import in_cidr
 from monitor.policy.literals import gate_check, literal_gate, simplest_gate
 
 Predicate = Callable[[dict[str, Any]], bool]
@@ -246,8 +247,6 @@ def _leaf(node: Node, scope: str = "event") -> Need | None:
     if fn == "in_cidr" and len(args) == 2 and isinstance(args[1], Lit):
         path = field_path(args[0])
         if path and isinstance(args[1].value, str):
-            from monitor.policy.engine import in_cidr
-
             get, cidr = getter(path), args[1].value
             return Opaque(lambda data: type(v := get(data)) is str and in_cidr(v, cidr))
     return None

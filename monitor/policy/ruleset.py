@@ -67,7 +67,8 @@ class _Compiled:
     field_getters: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]
 
 
-def _selector_predicate(selector: Selector) -> Callable[[Any], bool]:
+def selector_predicate(selector: Selector) -> Callable[[Any], bool]:
+    """A `sandboxes:` selector as a test of an event's sandbox map (rules and outputs share it)."""
     names, images, labels = selector.names, selector.images, selector.labels
 
     def matches(sandbox: Any) -> bool:
@@ -293,7 +294,7 @@ class _Compiler:
                 return None
         prefilters = necessary(tree, when) if tree is not None else {k: (None, None) for k in when}
         rule.prefiltered = any(p is not None for p, _ in prefilters.values())
-        selector = _selector_predicate(entry.sandboxes) if entry.sandboxes else None
+        selector = selector_predicate(entry.sandboxes) if entry.sandboxes else None
         reads = ast.activation_paths(tree) if tree is not None else None
         return _Compiled(rule, program, reads, prefilters, selector, _field_getters(paths))
 

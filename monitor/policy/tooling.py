@@ -10,15 +10,13 @@ through the whole rule set of the paths given; one PASS/FAIL line per case; exit
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
+from monitor import yamlfile
 from monitor.event import FIELDS, Event
 from monitor.policy import ast
 from monitor.policy.errors import PolicyError
@@ -138,11 +136,10 @@ def load_fixtures(path: Path) -> list[dict[str, Any]]:
     """Entries `{rule, match: [event..], no_match: [event..]}`; an entry `{defaults: {..}}` is merged
     into every later event of the file (nested maps merged, the event's own values win)."""
     try:
-        data = yaml.safe_load(read_text(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise PolicyError(f"YAML error: {getattr(exc, 'problem', None) or exc}", str(path),
-                          mark.line + 1 if mark else 1) from None
+        loader, root = yamlfile.compose(read_text(path), str(path))
+        data = yamlfile.construct(loader, root, str(path)) if root is not None else None
+    except yamlfile.YamlError as exc:
+        raise PolicyError(exc.message, exc.file, exc.line) from None
     if data is None:
         return []
     if not isinstance(data, list):
@@ -233,17 +230,3 @@ def _run_case(ruleset: RuleSet, name: str, data: dict[str, Any], expect: bool) -
         return True, ""
     why = " (evaluation error: a field the condition reads is missing)" if errored else ""
     return False, f": expected {'a match' if expect else 'no match'}, got {'a match' if got else 'none'}{why}"
-
-
-def add_rules_parser(sub: argparse._SubParsersAction) -> None:
-    """`monitor rules lint PATH...` and `monitor rules test PATH...` (default: the shipped pack)."""
-    from monitor.policy import DEFAULT_RULES_DIR
-
-    rules = sub.add_parser("rules", help="validate rule files and run their fixtures")
-    actions = rules.add_subparsers(dest="rules_command", required=True)
-    for name, function, text in (("lint", lint, "validate rule files; file:line messages, exit 1 on error"),
-                                 ("test", test, "run the fixtures beside each rule file; exit 1 on a failure")):
-        p = actions.add_parser(name, help=text)
-        p.add_argument("paths", nargs="*", metavar="PATH",
-                       help=f"rule file or folder (default: {DEFAULT_RULES_DIR})")
-        p.set_defaults(handler=lambda args, run=function: run(args.paths or [str(DEFAULT_RULES_DIR)]))

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_KILL_TIMEOUT_S = 2.0  # a runtime's own kill (the Docker engine) before the cgroup.kill fallback
+
 
 @dataclass(slots=True)
 class Sandbox:

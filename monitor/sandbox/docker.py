@@ -1,4 +1,4 @@
-"""Docker containers as sandboxes: inventory, identity, kill.
+"""Docker containers as sandboxes: inventory and identity (killing one: monitor/actions/docker.py).
 
 `DockerInventory` keeps the `SandboxRegistry` in step with the engine: on (re)connect it lists the
 running containers, then follows the event stream (start, die, destroy). Each selected container
@@ -21,17 +21,10 @@ exponential backoff; everything else the monitor watches is unaffected.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import re
-import select
-import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,16 +34,15 @@ import requests.exceptions
 
 from monitor.event import Event
 from monitor.sandbox import Sandbox, SandboxRegistry
-from monitor.sandbox import cgroup as cg
+from monitor.sandbox.cgroupwatch import CgroupDirWatch, CgroupRef, log_stderr
 from monitor.sandbox.posture import container_start_event
 
 LIFECYCLE_ACTIONS = ("start", "die", "destroy")
-DEFAULT_KILL_TIMEOUT_S = 2.0
 
 # Engine each watched container was found on: kill_container() goes back to the same engine.
-_engine_of: dict[str, str] = {}
-# API version of each engine seen: a kill need not ask /version first (~25 ms on a busy engine).
-_api_version_of: dict[str, str] = {}
+engine_of: dict[str, str] = {}
+# API version of each engine seen: a kill need not ask /version first (a round trip, slow on a busy engine).
+api_version_of: dict[str, str] = {}
 
 
 # --- cgroup v2 -------------------------------------------------------------------------------
@@ -75,12 +67,6 @@ def cgroup2_relpath(cgroup_file_text: str) -> str | None:
         if line.startswith("0::"):
             return line[3:].strip() or "/"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class CgroupRef:
-    path: str
-    id: int
 
 
 def cgroup_of_pid(pid: int, root: str) -> CgroupRef | None:
@@ -149,12 +135,7 @@ def sandbox_from_inspect(inspect: dict[str, Any], cgroup: CgroupRef | None,
                    started_ns=_started_ns(state.get("StartedAt") or ""))
 
 
-def _log_stderr(line: str) -> None:
-    import sys
-    print(line, file=sys.stderr, flush=True)
-
-
-def _engine_url(base_url: str | None) -> str:
+def engine_url(base_url: str | None) -> str:
     if base_url:
         return base_url
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -162,133 +143,6 @@ def _engine_url(base_url: str | None) -> str:
 
 def _noop(_: Any) -> None:
     pass
-
-
-# --- early discovery --------------------------------------------------------------------------
-
-_IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_ISDIR = 0x100, 0x200, 0x400, 0x40000000
-_INOTIFY_EVENT = struct.Struct("iIII")
-# Where runc puts a container's cgroup: <root>/docker/<id> (cgroupfs driver) or
-# <root>/system.slice/docker-<id>.scope (systemd driver).
-_PARENT_DIRS = ("docker", "system.slice")
-_CONTAINER_DIR = re.compile(r"^(?:docker-)?([0-9a-f]{64})(?:\.scope)?$")
-
-
-def container_id_of_cgroup_dir(name: str) -> str | None:
-    match = _CONTAINER_DIR.match(name)
-    return match.group(1) if match else None
-
-
-class CgroupDirWatch:
-    """inotify on the cgroup-v2 parents Docker's runtimes use: a container's directory appears
-    when runc creates the container, before its first instruction runs, so the probes can watch
-    it from the start rather than from the engine's `start` event (~10 ms later, too late for a
-    short `docker run`)."""
-
-    def __init__(self, root: str, on_created: Callable[[str, CgroupRef], None],
-                 on_deleted: Callable[[str], None], log: Callable[[str], None] = _log_stderr) -> None:
-        self.root = root
-        self.on_created = on_created
-        self.on_deleted = on_deleted
-        self.log = log
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._fd = -1
-        self._watches: dict[int, str] = {}  # wd -> directory
-        # container dirs reported, by path -> inode: a dir made just as its parent's watch is added
-        # is both in the parent's scan and in an inotify event, and is reported once
-        self._reported: dict[str, int] = {}
-
-    def start(self) -> None:
-        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self._fd < 0:
-            self.log(f"docker: inotify unavailable ({os.strerror(ctypes.get_errno())}); containers "
-                     "are watched from the engine's start event")
-            return
-        self._add_watch(self.root)
-        for parent in _PARENT_DIRS:
-            self._add_watch(os.path.join(self.root, parent))
-        self._thread = threading.Thread(target=self._run, name="docker-cgroup-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _add_watch(self, path: str) -> None:
-        if not os.path.isdir(path) or path in self._watches.values():
-            return
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF)
-        if wd >= 0:
-            self._watches[wd] = path
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                data = os.read(self._fd, 64 * 1024)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            for wd, mask, name in self._parse(data):
-                try:
-                    self._handle(wd, mask, name)
-                except Exception as exc:  # never let one directory stop the watch
-                    self.log(f"docker: cgroup watch: {type(exc).__name__}: {exc}")
-
-    @staticmethod
-    def _parse(data: bytes) -> list[tuple[int, int, str]]:
-        out, offset = [], 0
-        while offset + _INOTIFY_EVENT.size <= len(data):
-            wd, mask, _cookie, length = _INOTIFY_EVENT.unpack_from(data, offset)
-            raw = data[offset + _INOTIFY_EVENT.size: offset + _INOTIFY_EVENT.size + length]
-            out.append((wd, mask, raw.rstrip(b"\0").decode(errors="replace")))
-            offset += _INOTIFY_EVENT.size + length
-        return out
-
-    def _handle(self, wd: int, mask: int, name: str) -> None:
-        directory = self._watches.get(wd)
-        if directory is None:
-            return
-        if mask & _IN_DELETE_SELF:
-            self._watches.pop(wd, None)
-            return
-        if not mask & _IN_ISDIR:
-            return
-        path = os.path.join(directory, name)
-        if directory == self.root:
-            if mask & _IN_CREATE and name in _PARENT_DIRS:
-                self._add_watch(path)  # the first container on this host made its parent...
-                for child in sorted(os.listdir(path)):  # ...and maybe its own dir already
-                    self._handle_child(path, _IN_CREATE | _IN_ISDIR, child)
-            return
-        self._handle_child(directory, mask, name)
-
-    def _handle_child(self, directory: str, mask: int, name: str) -> None:
-        path = os.path.join(directory, name)
-        container_id = container_id_of_cgroup_dir(name)
-        if container_id is None:
-            return
-        if mask & _IN_CREATE:
-            try:
-                inode = os.stat(path).st_ino
-            except OSError:
-                return  # gone already
-            if self._reported.get(path) == inode:
-                return
-            self._reported[path] = inode
-            self.on_created(container_id, CgroupRef(path=path, id=inode))
-        elif mask & _IN_DELETE:
-            self._reported.pop(path, None)
-            self.on_deleted(container_id)
 
 
 # --- inventory -------------------------------------------------------------------------------
@@ -301,7 +155,7 @@ class DockerInventory:
                  on_added: Callable[[Sandbox], None] = _noop,
                  on_removed: Callable[[Sandbox], None] = _noop,
                  emit: Callable[[Event], None] = _noop,
-                 log: Callable[[str], None] = _log_stderr,
+                 log: Callable[[str], None] = log_stderr,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
                  cgroup_root: str | None = None, remove_from_registry: bool = True,
                  resolve_cgroup: Callable[[int], CgroupRef | None] | None = None,
@@ -309,7 +163,7 @@ class DockerInventory:
                  on_cgroup_created: Callable[[CgroupRef], None] = _noop,
                  on_cgroup_dropped: Callable[[CgroupRef], None] = _noop) -> None:
         self.registry = registry
-        self.base_url = _engine_url(base_url)
+        self.base_url = engine_url(base_url)
         self.selector = selector or {}
         self.on_added = on_added
         self.on_removed = on_removed
@@ -376,7 +230,7 @@ class DockerInventory:
             try:
                 client = docker.APIClient(base_url=self.base_url, timeout=10)
                 self._client = client
-                _api_version_of[self.base_url] = client.api_version
+                api_version_of[self.base_url] = client.api_version
                 # Subscribe first, then list: a container starting in between is seen by both.
                 stream = client.events(decode=True, since=int(time.time()),
                                        filters={"type": "container", "event": list(LIFECYCLE_ACTIONS)})
@@ -403,7 +257,7 @@ class DockerInventory:
                 self.errors += 1
                 self.connected.clear()
                 if not down_logged:
-                    self.log(f"docker: engine at {self.base_url} unavailable ({_short(exc)}); "
+                    self.log(f"docker: engine at {self.base_url} unavailable ({short_error(exc)}); "
                              "other sandboxes are still watched; reconnecting with backoff")
                     down_logged = True
                 self._stop.wait(delay)
@@ -413,7 +267,7 @@ class DockerInventory:
                     break
                 self.errors += 1
                 self.connected.clear()
-                self.log(f"docker: unexpected {type(exc).__name__}: {_short(exc)}; reconnecting")
+                self.log(f"docker: unexpected {type(exc).__name__}: {short_error(exc)}; reconnecting")
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.backoff_max_s)
             finally:
@@ -449,7 +303,7 @@ class DockerInventory:
         except Exception as exc:  # one odd container must not stop the watch of all the others
             self.errors += 1
             self.log(f"docker: event {message.get('Action')} for {message.get('id', '?')[:12]} "
-                     f"not handled: {type(exc).__name__}: {_short(exc)}")
+                     f"not handled: {type(exc).__name__}: {short_error(exc)}")
 
     def handle_event(self, client: docker.APIClient, message: dict[str, Any]) -> None:
         if message.get("Type") != "container":
@@ -517,7 +371,7 @@ class DockerInventory:
                     self._pending_start.add(container_id)
         if take_over:
             return self._started(container_id, inspect)
-        _engine_of[container_id] = self.base_url
+        engine_of[container_id] = self.base_url
         self.registry.add(sandbox)
         self.on_added(sandbox)
         if not early:
@@ -559,7 +413,7 @@ class DockerInventory:
             client = self._early_client
             if client is None:
                 client = self._early_client = docker.APIClient(
-                    base_url=self.base_url, timeout=10, version=_api_version_of.get(self.base_url, "auto"))
+                    base_url=self.base_url, timeout=10, version=api_version_of.get(self.base_url, "auto"))
             sandbox = self.add(client, container_id, cgroup=cgroup, early=True)
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             self._early_client = None  # the engine's start event will bring it
@@ -627,7 +481,7 @@ class DockerInventory:
             announced = container_id not in self._pending_start
             self._pending_start.discard(container_id)
             self._early_cgroups.pop(container_id, None)
-        _engine_of.pop(container_id, None)
+        engine_of.pop(container_id, None)
         sandbox = (self.registry.remove(container_id) if self.remove_from_registry
                    else self.registry.by_id(container_id))
         if sandbox is not None:
@@ -640,77 +494,6 @@ class DockerInventory:
         return sandbox
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
-
-
-# --- kill ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class KillResult:
-    outcome: str  # done | already_gone | failed (ActionRecord's vocabulary)
-    message: str
-
-
-def kill_container(sandbox: Sandbox, timeout_s: float = DEFAULT_KILL_TIMEOUT_S,
-                   base_url: str | None = None) -> KillResult:
-    """SIGKILL a container through its engine; when the engine does not answer within timeout_s,
-    kill every process of its cgroup with cgroup.kill instead."""
-    url = base_url or _engine_of.get(sandbox.id) or _engine_url(None)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docker-kill")
-    future = pool.submit(_engine_kill, url, sandbox.id, timeout_s)
-    try:
-        return future.result(timeout=timeout_s)
-    except docker.errors.NotFound:
-        return KillResult("already_gone", "container no longer exists")
-    except docker.errors.APIError as exc:
-        if exc.status_code == 409:  # "is not running"
-            return KillResult("already_gone", _short(exc))
-        return _cgroup_kill(sandbox, f"engine refused: {_short(exc)}")
-    except (FutureTimeout, requests.exceptions.Timeout):
-        return _cgroup_kill(sandbox, f"engine did not answer within {timeout_s:g}s")
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        return _cgroup_kill(sandbox, f"engine unavailable: {_short(exc)}")
-    finally:
-        pool.shutdown(wait=False)
-
-
-def _engine_kill(url: str, container_id: str, timeout_s: float) -> KillResult:
-    # The caller's bound (future.result) decides; the client's own timeout only frees the thread.
-    client = docker.APIClient(base_url=url, timeout=timeout_s + 5,
-                              version=_api_version_of.get(url, "auto"))
-    _api_version_of[url] = client.api_version
-    try:
-        client.kill(container_id, signal="SIGKILL")
-    finally:
-        client.close()
-    return KillResult("done", "killed through the engine")
-
-
-def _cgroup_kill(sandbox: Sandbox, why: str) -> KillResult:
-    if not sandbox.cgroup_path:
-        return KillResult("failed", f"{why}; no cgroup to kill")
-    try:
-        outcome = cg.kill(sandbox.cgroup_path)
-    except OSError as exc:
-        return KillResult("failed", f"{why}; cgroup.kill: {exc.strerror or exc}")
-    if outcome == "already_gone":
-        return KillResult(outcome, f"{why}; cgroup already empty")
-    return KillResult(outcome, f"{why}; killed with cgroup.kill")
-
-
-class DockerEnforcer:
-    """The `Actions` enforcer for runtime "docker": kill through the engine (cgroup.kill when it
-    does not answer in time), freeze with the container's cgroup-v2 cgroup.freeze."""
-
-    def __init__(self, kill_timeout_s: float = DEFAULT_KILL_TIMEOUT_S) -> None:
-        self.kill_timeout_s = kill_timeout_s
-        self.last: KillResult | None = None  # how the last kill went (engine or fallback)
-
-    def kill(self, sandbox: Sandbox) -> str:
-        self.last = kill_container(sandbox, self.kill_timeout_s)
-        return self.last.outcome
-
-    def freeze(self, sandbox: Sandbox) -> str:
-        return cg.freeze(sandbox.cgroup_path)

@@ -6,6 +6,7 @@ import os
 import struct
 
 from monitor.event import Event
+from monitor.linux import O_CREAT, open_flags
 from monitor.sensor import wire
 from monitor.sensor.wire import cstr
 
@@ -18,34 +19,6 @@ _PATH_END = _PATH_AT + wire.PATH_LEN
 _OPENS = (wire.K_OPEN, wire.K_OPEN2)
 _PATH2 = struct.Struct(f"<{wire.PATH_LEN}s")
 AT_FDCWD = -100
-
-# Kernel ABI values (asm-generic/fcntl.h, x86-64): Python's os module reports O_LARGEFILE as 0.
-_ACCESS = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR"}
-O_CREAT, O_TRUNC, O_APPEND = 0o100, 0o1000, 0o2000
-_OPEN_FLAGS = [  # O_TMPFILE includes O_DIRECTORY's bit: whole masks, widest first
-    (0o20200000, "O_TMPFILE"), (0o4010000, "O_SYNC"), (O_CREAT, "O_CREAT"), (0o200, "O_EXCL"),
-    (0o400, "O_NOCTTY"), (O_TRUNC, "O_TRUNC"), (O_APPEND, "O_APPEND"), (0o4000, "O_NONBLOCK"),
-    (0o10000, "O_DSYNC"), (0o20000, "O_ASYNC"), (0o40000, "O_DIRECT"), (0o100000, "O_LARGEFILE"),
-    (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"), (0o1000000, "O_NOATIME"),
-    (0o2000000, "O_CLOEXEC"), (0o10000000, "O_PATH"),
-]
-WRITE_INTENT = 1 | 2 | O_CREAT | O_TRUNC | O_APPEND
-_flag_cache: dict[int, tuple[list[str], bool]] = {}
-
-
-def open_flags(flags: int) -> tuple[list[str], bool]:
-    """Flag names and write intent for an open(2) flags word (cached: a build reuses few)."""
-    cached = _flag_cache.get(flags)
-    if cached is None:
-        names = [_ACCESS.get(flags & 3, "O_ACCMODE")]
-        rest = flags & ~3
-        for bit, name in _OPEN_FLAGS:
-            if rest & bit == bit:
-                names.append(name)
-                rest &= ~bit
-        cached = (names, bool(flags & WRITE_INTENT))
-        _flag_cache[flags] = cached
-    return cached
 
 
 def user_dev(kernel_dev: int) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 
 from monitor.event import Event
+from monitor.linux import parse_sockaddr
 from monitor.sensor import wire
 
 _NET_BODY = struct.Struct(f"<iIIIII{wire.SOCKADDR_LEN}s")
@@ -15,29 +15,6 @@ _DIRECTION = {wire.K_CONNECT: "egress", wire.K_DNS: "egress", wire.K_ACCEPT: "in
 _TRANSPORT = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 DNS_QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
               33: "SRV", 65: "HTTPS"}
-
-
-def parse_sockaddr(raw: bytes, length: int) -> dict[str, object] | None:
-    """A sockaddr (as the process passed it) -> {family, address, port}; None if unknown."""
-    if length < 2:
-        return None
-    (family,) = struct.unpack_from("<H", raw)
-    if family == socket.AF_INET and length >= 8:
-        port = struct.unpack_from(">H", raw, 2)[0]
-        return {"family": "inet", "address": str(ipaddress.IPv4Address(raw[4:8])), "port": port}
-    if family == socket.AF_INET6 and length >= 24:
-        port = struct.unpack_from(">H", raw, 2)[0]
-        address = ipaddress.IPv6Address(raw[8:24])
-        mapped = address.ipv4_mapped
-        return {"family": "inet6", "address": str(mapped or address), "port": port}
-    if family == socket.AF_UNIX:
-        path = raw[2:length]
-        if path[:1] == b"\0":  # abstract namespace
-            name = "@" + path[1:].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-        else:
-            name = path.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-        return {"family": "unix", "address": name}
-    return None
 
 
 def parse_dns_query(payload: bytes, stream: bool) -> tuple[str, str] | None:

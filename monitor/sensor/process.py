@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from monitor.event import Event
+from monitor.linux import PTRACE_REQUESTS, namespace_flags
 from monitor.sensor import wire
 from monitor.sensor.file import FILE_ID, canonical_path, user_dev
 from monitor.sensor.wire import cstr
@@ -14,20 +15,8 @@ _SYS_ARGS = struct.Struct("<5Q")
 _SYS_STRS = struct.Struct(f"<{wire.STR_LEN}s{wire.STR_LEN}s{wire.STR_LEN}s")
 _SYS_STRS_AT = wire.HDR_SIZE + _SYS_ARGS.size
 
-CLONE_NAMESPACE_FLAGS = {
-    0x00020000: "CLONE_NEWNS", 0x02000000: "CLONE_NEWCGROUP", 0x04000000: "CLONE_NEWUTS",
-    0x08000000: "CLONE_NEWIPC", 0x10000000: "CLONE_NEWUSER", 0x20000000: "CLONE_NEWPID",
-    0x40000000: "CLONE_NEWNET", 0x00000080: "CLONE_NEWTIME",
-}
-PTRACE_REQUESTS = {0: "PTRACE_TRACEME", 1: "PTRACE_PEEKTEXT", 2: "PTRACE_PEEKDATA",
-                   4: "PTRACE_POKETEXT", 5: "PTRACE_POKEDATA", 16: "PTRACE_ATTACH",
-                   17: "PTRACE_DETACH", 0x4206: "PTRACE_SEIZE"}
 SETUID_CALLS = {0: ("setuid", "setgid"), 1: ("setreuid", "setregid"), 2: ("setresuid", "setresgid")}
 _NO_ID = 0xFFFFFFFF
-
-
-def namespace_flags(flags: int) -> list[str]:
-    return [name for bit, name in CLONE_NAMESPACE_FLAGS.items() if flags & bit]
 
 
 def decode_exec(event: Event, flags: int, buf: bytes) -> Event:

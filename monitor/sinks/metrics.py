@@ -94,11 +94,29 @@ EXPORT_FAILURES = MetricDef("sandbox_monitor_export_failures", OBSERVED_COUNTER,
                             "Export requests that failed (each is retried with backoff).",
                             ("signal",))
 
+OUTPUT_SENT = MetricDef("sandbox_monitor_output_sent", OBSERVED_COUNTER, "{notification}",
+                        "Notifications an alert output delivered (monitor/outputs), by output.",
+                        ("output",))
+OUTPUT_QUEUE_DEPTH = MetricDef("sandbox_monitor_output_queue_depth", GAUGE, "{notification}",
+                               "Notifications waiting in an alert output's queue.", ("output",))
+OUTPUT_FAILURES = MetricDef("sandbox_monitor_output_failures", OBSERVED_COUNTER, "{attempt}",
+                            "Failed delivery attempts of an alert output (retried with backoff).",
+                            ("output",))
+OUTPUT_UNDELIVERED = MetricDef("sandbox_monitor_output_undelivered", OBSERVED_COUNTER, "{notification}",
+                               "Alerts an output never delivered, by reason (queue_full|failed|"
+                               "circuit_open|refused|shutdown); each is kept in the journal.",
+                               ("output", "reason"))
+OUTPUT_SUPPRESSED = MetricDef("sandbox_monitor_output_suppressed", OBSERVED_COUNTER, "{alert}",
+                              "Alerts an output held back, by rule and reason (dedup|rate_limit|"
+                              "global_limit).", ("output", "rule", "reason"))
+
 METRICS: tuple[MetricDef, ...] = (EVENTS, SANDBOX_EVENTS, ALERTS, SANDBOX_ALERTS, ACTIONS,
                                   ACTION_DURATION, LOST_EVENTS, RULE_EVAL_DURATION, RULE_ERRORS,
                                   SANDBOXES_WATCHED, LLM_TOKENS, EXPORT_QUEUE_DEPTH, EXPORTED,
-                                  EXPORT_DROPPED, EXPORT_FAILURES)
-EXPORT_METRICS = (EXPORT_QUEUE_DEPTH, EXPORTED, EXPORT_DROPPED, EXPORT_FAILURES)
+                                  EXPORT_DROPPED, EXPORT_FAILURES, OUTPUT_SENT, OUTPUT_QUEUE_DEPTH,
+                                  OUTPUT_FAILURES, OUTPUT_UNDELIVERED, OUTPUT_SUPPRESSED)
+OUTPUT_METRICS = (OUTPUT_SENT, OUTPUT_QUEUE_DEPTH, OUTPUT_FAILURES, OUTPUT_UNDELIVERED, OUTPUT_SUPPRESSED)
+EXPORT_METRICS = (EXPORT_QUEUE_DEPTH, EXPORTED, EXPORT_DROPPED, EXPORT_FAILURES, *OUTPUT_METRICS)
 
 
 def prometheus_series() -> dict[str, MetricDef]:
@@ -232,6 +250,7 @@ class MetricsRecorder(Sink):
         self._active: dict[str, str] = {}  # sandbox id -> runtime, for SANDBOXES_WATCHED
         self._totals: dict[MetricDef, dict[tuple[str, ...], int]] = {LOST_EVENTS: {}, RULE_ERRORS: {}}
         self._export_sources: list[Callable[[], Mapping[str, Mapping[str, Any]]]] = []
+        self._output_sources: list[Callable[[], Mapping[str, Mapping[str, Any]]]] = []
         self._lock = threading.Lock()
 
     # backend hooks
@@ -303,6 +322,12 @@ class MetricsRecorder(Sink):
         failures}} (e.g. `OtlpSink.export_stats`), exposed as the export_* metrics."""
         self._export_sources.append(stats)
 
+    def add_output_source(self, readings: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        """A callable returning {output: {sent, failures, queued, undelivered: {reason: n},
+        suppressed: {(rule, reason): n}}} (`monitor.outputs.Outputs.readings`), exposed as the
+        output_* metrics."""
+        self._output_sources.append(readings)
+
     # readings for observed metrics
     def sandboxes_by_runtime(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -325,6 +350,15 @@ class MetricsRecorder(Sink):
                 for reason in ("queue_full", "shutdown"):
                     _accumulate(readings[EXPORT_DROPPED], (signal, reason),
                                 stats.get(f"dropped_{reason}", 0))
+        for source in self._output_sources:
+            for output, stats in source().items():
+                _accumulate(readings[OUTPUT_SENT], (output,), stats.get("sent", 0))
+                _accumulate(readings[OUTPUT_QUEUE_DEPTH], (output,), stats.get("queued", 0))
+                _accumulate(readings[OUTPUT_FAILURES], (output,), stats.get("failures", 0))
+                for reason, count in (stats.get("undelivered") or {}).items():
+                    _accumulate(readings[OUTPUT_UNDELIVERED], (output, _label(reason)), count)
+                for (rule, reason), count in (stats.get("suppressed") or {}).items():
+                    _accumulate(readings[OUTPUT_SUPPRESSED], (output, _label(rule), reason), count)
         return readings
 
 

@@ -24,8 +24,8 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 # name -> extra arguments for a full run
 BENCHMARKS: dict[str, list[str]] = {
-    "overhead": [], "exec_path": [], "reaction": [], "capacity": [], "policy": [], "journal": [], "otlp": [],
-    "tls": [], "gvisor": [], "docker_sandboxes": [], "fuzz_rules": [], "fuzz_gvisor": [],
+    "overhead": [], "exec_path": [], "reaction": [], "capacity": [], "policy": [], "journal": [], "otlp": [], "otlp_sdk": [],
+    "tls": [], "gvisor": [], "startup": [], "docker_sandboxes": [], "fuzz_rules": [], "fuzz_gvisor": [], "report": [], "outputs": [],
 }
 
 

@@ -89,7 +89,7 @@ import os, subprocess, resource
 from monitor.sensor import Sensor
 from monitor.sandbox import SandboxRegistry, cgroup as cg
 from monitor.enrich import Enricher
-from monitor.pipeline import Pipeline
+from monitor.engine.pipeline import Pipeline
 from monitor.policy import load_rules, DEFAULT_RULES_DIR
 sensor = Sensor(); registry = SandboxRegistry()
 pipeline = Pipeline(Enricher(registry), load_rules([DEFAULT_RULES_DIR]), None, [])

@@ -54,7 +54,7 @@ def run_bare(cmd: list[str]) -> int:
 def run_monitored(cmd: list[str], *options: str) -> Monitored:
     with tempfile.TemporaryDirectory() as tmp:
         summary_path = Path(tmp) / "out.jsonl"
-        proc = subprocess.run([MONITOR, "run", "-q", "--json", str(summary_path), *options, "--", *cmd],
+        proc = subprocess.run([MONITOR, "run", "--standalone", "-q", "--json", str(summary_path), *options, "--", *cmd],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"monitor run failed ({proc.returncode}): {proc.stderr[-500:]}")

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from docker_engine import EngineUnavailable, engine_session, wait_for  # noqa: E402
 
+from monitor.actions.docker import kill_container  # noqa: E402
 from monitor.sandbox import Sandbox, SandboxRegistry  # noqa: E402
-from monitor.sandbox.docker import DockerInventory, _started_ns, cgroup2_root, kill_container  # noqa: E402
+from monitor.sandbox.docker import DockerInventory, _started_ns, cgroup2_root  # noqa: E402
 
 AGENT = {"agent.sandbox": "true"}
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monitor.runner import ALERT_POLL_MS
+from monitor.engine.loop import ALERT_POLL_MS
 from tests.bench.common import build_workload, save
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,16 +32,17 @@ READ_EVERY_S = ALERT_POLL_MS / 1000  # as monitor run's reader with the default 
 # `monitor run` with its judging loop timed (thread CPU from the first turn to the child's exit)
 _TIMED_RUN = """
 import sys, time
-from monitor import cli, runner
-run_until = runner.Session.run_until
+from monitor import commands
+from monitor.engine import loop
+run_until = loop.Loop.run_until
 def timed(self, *args, **kwargs):
     started = time.thread_time_ns()
     try:
         return run_until(self, *args, **kwargs)
     finally:
         print("LOOP_CPU_NS", time.thread_time_ns() - started, file=sys.stderr)
-runner.Session.run_until = timed
-sys.exit(cli.main(sys.argv[1:]))
+loop.Loop.run_until = timed
+sys.exit(commands.main(sys.argv[1:]))
 """
 
 
@@ -115,7 +116,7 @@ def replay(batches: list[list[bytes]], wall_offset: int, cgroup_id: int) -> dict
 def loop_cpu_ns(workload: list[str]) -> int:
     """Thread CPU of `monitor run`'s judging loop (default pack, everything journaled)."""
     with tempfile.TemporaryDirectory(prefix="smbench-exec-path-") as tmp:
-        proc = subprocess.run([PYTHON, "-c", _TIMED_RUN, "run", "-q", "--json", f"{tmp}/out.jsonl",
+        proc = subprocess.run([PYTHON, "-c", _TIMED_RUN, "run", "--standalone", "-q", "--json", f"{tmp}/out.jsonl",
                                "--no-json-events", "--journal", f"{tmp}/journal", "--", *workload],
                               capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("LOOP_CPU_NS")]

@@ -8,7 +8,7 @@ Inputs: random bytes; valid points of every decoded type with random field value
 negative ids, odd strings, bogus sockaddrs, raw syscalls of every mapped number) then corrupted
 (bit flips, truncation, splices, header size/type rewrites). Phase 1 calls the datagram path
 directly; phase 2 sends a share of the same inputs through a real SOCK_SEQPACKET connection to a
-TraceSink and checks that the server still decodes a valid point afterwards. Exit status 1 (with
+TraceSource and checks that the server still decodes a valid point afterwards. Exit status 1 (with
 the input, hex) on the first exception that escapes. Prints one JSON object.
 """
 
@@ -34,7 +34,7 @@ from google.protobuf.message import Message  # noqa: E402
 from monitor.gvisor import wire  # noqa: E402
 from monitor.gvisor.mapping import RAW_SYSCALLS, EventMapper  # noqa: E402
 from monitor.gvisor.proto import points_pb2 as pb  # noqa: E402
-from monitor.gvisor.sink import Session, TraceSink  # noqa: E402
+from monitor.gvisor.source import TraceSession, TraceSource  # noqa: E402
 
 SANDBOX = {"id": "fuzz", "name": "fuzz", "runtime": "gvisor", "labels": {}}
 STRINGS = ["", "/", "..", "../../etc/shadow", "a" * 5000, "\udcff".encode("utf-8", "surrogatepass").decode(
@@ -120,15 +120,15 @@ def next_input(rng: random.Random) -> bytes:
     return point if roll < 0.4 else corrupt(point, rng)
 
 
-def new_sink() -> TraceSink:
-    sink = TraceSink.__new__(TraceSink)  # the datagram path only
+def new_sink() -> TraceSource:
+    sink = TraceSource.__new__(TraceSource)  # the datagram path only
     sink.errors, sink.points = Counter(), 0
     return sink
 
 
 def fuzz_direct(seconds: float, rng: random.Random) -> dict[str, Any]:
     sink = new_sink()
-    session = Session(sock=None, mapper=EventMapper(lambda _cid: SANDBOX))  # type: ignore[arg-type]
+    session = TraceSession(sock=None, mapper=EventMapper(lambda _cid: SANDBOX))  # type: ignore[arg-type]
     inputs = events = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -145,13 +145,13 @@ def fuzz_direct(seconds: float, rng: random.Random) -> dict[str, Any]:
             inputs += 1
             events += len(out)
             if inputs % 50_000 == 0:  # a fresh session now and then: state must not grow unbounded
-                session = Session(sock=None, mapper=EventMapper(lambda _cid: SANDBOX))  # type: ignore[arg-type]
+                session = TraceSession(sock=None, mapper=EventMapper(lambda _cid: SANDBOX))  # type: ignore[arg-type]
     return {"inputs": inputs, "events": events, "errors": dict(sink.errors)}
 
 
 def fuzz_socket(seconds: float, rng: random.Random) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="smfuzz-") as tmp:
-        sink = TraceSink(Path(tmp) / "fuzz.sock", sandbox_for=lambda _cid: SANDBOX)
+        sink = TraceSource(Path(tmp) / "fuzz.sock", sandbox_for=lambda _cid: SANDBOX)
         client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         client.connect(str(sink.path))
         client.send(wire.HANDSHAKE)

@@ -29,12 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from monitor.engine.pipeline import Pipeline  # noqa: E402
 from monitor.event import Event  # noqa: E402
 from monitor.gvisor import wire  # noqa: E402
 from monitor.gvisor.proto import points_pb2 as pb  # noqa: E402
 from monitor.gvisor.runner import GvisorSandbox  # noqa: E402
-from monitor.gvisor.sink import Session, TraceSink  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
+from monitor.gvisor.source import TraceSession, TraceSource  # noqa: E402
 
 T = pb.MessageType
 
@@ -134,7 +134,7 @@ def synthetic_points(count: int) -> list[bytes]:
 
 def decoder_rate(count: int, policy: Any) -> dict[str, Any]:
     """Datagrams/s through decode + map alone, and through decode + map + the rule pack."""
-    sink = TraceSink.__new__(TraceSink)  # the datagram path only: no socket needed
+    sink = TraceSource.__new__(TraceSource)  # the datagram path only: no socket needed
     from collections import Counter
 
     from monitor.gvisor.mapping import EventMapper
@@ -143,7 +143,7 @@ def decoder_rate(count: int, policy: Any) -> dict[str, Any]:
     points = synthetic_points(count)
     results = {}
     for label, pipeline in (("decode_map", None), ("decode_map_rules", Pipeline(None, policy, None, []))):
-        session = Session(sock=None, mapper=EventMapper(lambda _cid: {"id": "bench", "runtime": "gvisor"}))  # type: ignore[arg-type]
+        session = TraceSession(sock=None, mapper=EventMapper(lambda _cid: {"id": "bench", "runtime": "gvisor"}))  # type: ignore[arg-type]
         events: list[Event] = []
         started = time.perf_counter()
         for datagram in points:

@@ -28,7 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from monitor.event import Event  # noqa: E402
-from monitor.sinks.journal import JournalReader, JournalSink  # noqa: E402
+from monitor.journal import JournalReader  # noqa: E402
+from monitor.sinks.journal import JournalSink  # noqa: E402
 
 EXECUTABLES = ["/usr/bin/bash", "/usr/bin/python3.11", "/usr/bin/git", "/usr/bin/node", "/usr/bin/cat",
                "/usr/bin/grep", "/usr/bin/sed", "/usr/bin/ls", "/usr/local/bin/uv", "/usr/bin/make"]
@@ -117,7 +118,7 @@ def bench_read(directory: str, total: int) -> dict[str, Any]:
 
 def bench_engine(events: list[Event]) -> dict[str, Any]:
     """The policy engine's own rate on the same events in memory (what replay can at best reach)."""
-    from monitor.replay import load_replay_rules
+    from monitor.engine.replay import load_replay_rules
     ruleset = load_replay_rules(None)
     start, cpu = time.perf_counter(), time.process_time()
     for ev in events:
@@ -127,7 +128,7 @@ def bench_engine(events: list[Event]) -> dict[str, Any]:
 
 
 def bench_replay(directory: str, total: int) -> dict[str, Any]:
-    from monitor.replay import ReplayOptions, load_replay_rules, replay_journal
+    from monitor.engine.replay import ReplayOptions, load_replay_rules, replay_journal
     out: dict[str, Any] = {}
     # The default pack (rules for exec/open/connect...) and a pack with no rule for these kinds.
     no_match_rules = Path(directory).parent / "no-match.yaml"

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from monitor.runner import RunOptions, run
+from monitor.engine.run import RunOptions, run
 from monitor.sensor import Sensor
 from tests.bench.common import p, save
 

@@ -378,7 +378,7 @@ def test_a_full_ring_spills_into_the_rescue_ring_and_every_loss_is_counted() -> 
 
 
 def test_the_sensor_descriptor_polls_readable_when_the_ring_wakes() -> None:
-    """What lets one wait serve the sensor beside other sources (monitor.runner.one_wait): its
+    """What lets one wait serve the sensor beside other sources (monitor.engine.loop.one_wait): its
     descriptor, an epoll of its rings, is itself waitable, and a record that wakes the reader
     makes it readable."""
     import select

@@ -263,12 +263,13 @@ def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path)
     """`monitor gvisor install` against a real dockerd: a --runtime=runsc container reports to the
     sink, its events carry the inventory's identity, and a kill rule stops it via the engine."""
     from monitor.actions import Actions
+    from monitor.actions.docker import DockerEnforcer
+    from monitor.engine.pipeline import Pipeline
     from monitor.gvisor.install import install_docker_runtime, uninstall_docker_runtime
-    from monitor.gvisor.sink import TraceSink, registry_sandbox_for
-    from monitor.pipeline import Pipeline
+    from monitor.gvisor.source import TraceSource, registry_sandbox_for
     from monitor.policy import DEFAULT_RULES_DIR, load_rules
     from monitor.sandbox import SandboxRegistry
-    from monitor.sandbox.docker import DockerEnforcer, DockerInventory
+    from monitor.sandbox.docker import DockerInventory
 
     sock = tmp_path / "trace.sock"
     install_docker_runtime(daemon_json=docker_engine.config_path, socket_path=sock,
@@ -283,7 +284,7 @@ def test_docker_runsc_container_identity_and_kill(docker_engine, tmp_path: Path)
   action: kill
 """)
     registry = SandboxRegistry()
-    sink = TraceSink(sock, sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
+    sink = TraceSource(sock, sandbox_for=registry_sandbox_for(registry), hold_unknown_ms=5000)
     inventory = DockerInventory(registry, base_url=docker_engine.host, log=lambda _line: None)
     # As `monitor daemon` does: a runsc container is the engine's to kill.
     actions = Actions(registry, enforcers={"docker": DockerEnforcer(), "gvisor": DockerEnforcer()})

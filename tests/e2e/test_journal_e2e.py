@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monitor_run import MONITOR, needs_root, read_jsonl  # noqa: E402
 
-from monitor.sinks.journal import JournalError, JournalReader  # noqa: E402
+from monitor.journal import JournalError, JournalReader  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.root]
 

@@ -180,7 +180,7 @@ def test_trace_has_genai_span_linked_from_the_caused_process_and_no_key(api: Fak
     assert asked["id"]
     import json
 
-    from monitor.sinks.journal import JournalReader
+    from monitor.journal import JournalReader
 
     journaled = [json.dumps(r.value if isinstance(r.value, dict) else r.value.to_dict(), default=str)
                  for r in JournalReader(journal).records()]

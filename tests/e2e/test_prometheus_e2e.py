@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon_process import DaemonProcess  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
+from monitor.engine.pipeline import Pipeline  # noqa: E402
 from monitor.event import ActionRecord, Alert, Event  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
 from monitor.sinks import metrics as m  # noqa: E402
 from monitor.sinks.otlp import OtlpSink  # noqa: E402
 
