@@ -226,7 +226,7 @@ class Enricher:
         elif event.kind in ("listen", "bind") and event.net is not None:
             self._resolve_local(event)
         if event.net is not None and event.net.get("family") == "unix":
-            self.identity.unix_path(event.net, pid)
+            self.identity.unix_path(event.net, self._lineage_pids(info))
         if self.linker is not None and event.kind in self.linker.kinds:
             event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
             self.linker.observe(event)  # may set event.process["caused_by"]
@@ -304,6 +304,17 @@ class Enricher:
         if comm:
             process["comm"] = comm
         return process
+
+    def _lineage_pids(self, info: ProcInfo, depth: int = 4) -> list[int]:
+        """The process and its nearest known ancestors, parent first."""
+        pids, ppid = [info.pid], info.ppid
+        while ppid and len(pids) <= depth:
+            parent = self.procs.get(ppid)
+            if parent is None:
+                break
+            pids.append(parent.pid)
+            ppid = parent.ppid
+        return pids
 
     def _ancestors(self, info: ProcInfo) -> list[dict[str, Any]]:
         chain: list[dict[str, Any]] = []

@@ -208,15 +208,19 @@ class Identity:
         if len(written) > WRITTEN_KEEP:
             del written[next(iter(written))]  # the oldest
 
-    def unix_path(self, net: dict[str, Any], pid: int) -> None:
-        """A unix socket path as the file it names (symlinks and `..` resolved inside the
-        process's root); the path as given stays in `requested`."""
+    def unix_path(self, net: dict[str, Any], pids: list[int]) -> None:
+        """A unix socket path as the file it names (symlinks and `..` resolved inside the root of
+        the first of `pids` still running: the process, else its nearest living ancestor, which
+        shares its root unless it chroots); the path as given stays in `requested`."""
         address = net.get("address", "")
         if not address.startswith("/"):
             return  # abstract (@name), or relative to a cwd this cannot see without a race
-        real = resolve_in_root(f"/proc/{pid}/root", address)
-        if real is None:
-            return  # the process is gone, or a symlink loop
+        for pid in pids:
+            real = resolve_in_root(f"/proc/{pid}/root", address)
+            if real is not None:
+                break
+        else:
+            return  # they are all gone, or a symlink loop
         if real != address:
             net["requested"] = address
             net["address"] = real
