@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from monitor.event import Event, ProcessFacts
+from monitor.identity import Identity
 from monitor.llm.redact import scrub
 from monitor.sandbox import SandboxRegistry
 
@@ -36,6 +37,7 @@ class ProcInfo(ProcessFacts):
     caused_by: str | None = None
     start_ns: int = 0
     stdio: dict[str, str] = field(default_factory=dict)  # {"stdin": "socket"|"pipe"|"tty"|"file"|...}
+    exe: dict[str, Any] | None = None  # `process.exe`: the identity of the file its image runs from
     view: dict[str, Any] | None = None  # cached `event.process` base, rebuilt after changes
     last: tuple[Any, ...] | None = None  # (view, thread facts, the event.process they gave)
 
@@ -143,6 +145,7 @@ class Enricher:
         self.procs: dict[int, ProcInfo] = {}
         self._exited: deque[int] = deque()
         self._bound: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> bind's net map
+        self.identity = Identity()
 
     # -- table maintenance ------------------------------------------------------------
     def seed(self, pid: int) -> ProcInfo:
@@ -174,7 +177,7 @@ class Enricher:
             child_pid = (event.detail or {}).get("child_pid", 0)
             self.procs[child_pid] = ProcInfo(pid=child_pid, ppid=info.pid, executable=info.executable,
                                              args=info.args, comm=info.comm, cwd=info.cwd,
-                                             caused_by=info.caused_by, start_ns=event.time_ns)
+                                             caused_by=info.caused_by, start_ns=event.time_ns, exe=info.exe)
         elif kind == "exec" and event.result in (0, None) and event.verdict is None:
             info.executable = resolve(event.process.get("executable", ""), info.cwd)
             args = event.process.get("args", [])
@@ -183,6 +186,7 @@ class Enricher:
                 args = cmdline(info.pid) or args  # the new image's own, while it still runs
             info.args = scrub(args)  # a key on a command line stays out
             info.stdio = stdio_of(info.pid) if alive else {}
+            info.exe = self.identity.exec_facts(event, info.pid, info.cwd, alive)
             info.comm = os.path.basename(info.executable)[:15]
             info.view = None
         elif kind == "chdir" and event.result == 0:
@@ -194,6 +198,7 @@ class Enricher:
             info.view = None
         elif kind == "exit":
             self._forget_later(info.pid)
+            self.identity.forget(info.pid)
             for key in [k for k in self._bound if k[0] == info.pid]:
                 del self._bound[key]
 
@@ -217,8 +222,11 @@ class Enricher:
         if file is not None:
             if not (file.get("path", "").startswith("/") and "new_path" not in file):
                 self._resolve_file(event, info)  # a relative path (most paths are absolute)
+            self.identity.file_facts(event)
         elif event.kind in ("listen", "bind") and event.net is not None:
             self._resolve_local(event)
+        if event.net is not None and event.net.get("family") == "unix":
+            self.identity.unix_path(event.net, self._lineage_pids(info))
         if self.linker is not None and event.kind in self.linker.kinds:
             event.process.setdefault("ancestors", self._ancestors(info))  # the linker needs lineage
             self.linker.observe(event)  # may set event.process["caused_by"]
@@ -264,6 +272,8 @@ class Enricher:
                                     "cwd": info.cwd, "ancestors": self._ancestors(info)}
             if info.caused_by:
                 view["caused_by"] = info.caused_by
+            if info.exe is not None:
+                view["exe"] = info.exe
             view.update(info.stdio)
             info.view = view
         raw = event.process
@@ -294,6 +304,17 @@ class Enricher:
         if comm:
             process["comm"] = comm
         return process
+
+    def _lineage_pids(self, info: ProcInfo, depth: int = 4) -> list[int]:
+        """The process and its nearest known ancestors, parent first."""
+        pids, ppid = [info.pid], info.ppid
+        while ppid and len(pids) <= depth:
+            parent = self.procs.get(ppid)
+            if parent is None:
+                break
+            pids.append(parent.pid)
+            ppid = parent.ppid
+        return pids
 
     def _ancestors(self, info: ProcInfo) -> list[dict[str, Any]]:
         chain: list[dict[str, Any]] = []

@@ -2,7 +2,8 @@
  * per-kind lost counters, and the per-thread stash that carries syscall arguments from
  * sys_enter to sys_exit (so records carry the result).
  * Constants (K_*, PATH_LEN, ...) are prepended by monitor/sensor/wire.py: one source of truth.
- * Probes read tracepoint arguments, helpers and user memory only: never kernel structs. */
+ * Probes read tracepoint arguments, helpers and user memory; kernel structs only in identity.h,
+ * through offsets from the running kernel's BTF (never from the headers bcc compiles against). */
 #include <uapi/linux/ptrace.h>
 #include <linux/capability.h>
 

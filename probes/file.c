@@ -1,6 +1,9 @@
 /* File probes: open/openat/openat2, unlink/unlinkat, rename/renameat/renameat2,
  * chmod/fchmodat/fchmodat2/fchmod. Arguments are stashed at enter; the record is written at
- * exit with the result (paths are still in user memory then).
+ * exit with the result (paths are still in user memory then). A successful open also carries
+ * the identity of the file the returned fd points to (probes/identity.h): its canonical path,
+ * device and inode, read in the kernel before the syscall returns, so a process that opens and
+ * exits at once cannot race it.
  * Wire struct: file_event. Decoder: monitor/sensor/file.py. */
 
 struct file_event {
@@ -10,9 +13,11 @@ struct file_event {
     u32 oflags;
     u32 mode;
     u32 repeats;            /* opens of the same (process, path, flags) folded into this one */
-    u32 pad;
-    char path[PATH_LEN];
+    u32 path_used;          /* bytes of `path` sent, with its NUL (PATH_LEN: cut, no NUL) */
+    struct file_id id;
+    char path[PATH_LEN];    /* as the caller passed it; the canonical path follows its used bytes */
     char path2[PATH_LEN];   /* rename only: the record is cut before it otherwise */
+    char canon_room[CANON_LEN];
 };
 
 static __always_inline u64 path_hash(const char *path) {
@@ -41,7 +46,6 @@ static __always_inline u32 fill_file(struct file_event *e, struct stash_t *s) {
     e->mode = (u32)s->a[3];
     e->dfd2 = (s32)s->a[4];
     e->repeats = 0;
-    e->pad = 0;
     if (s->kind == K_OPEN2) {   /* openat2: flags and mode live in struct open_how (u64 each) */
         u64 how[2] = {};
         read_user(how, sizeof(how), (void *)s->a[2]);
@@ -64,7 +68,7 @@ static __always_inline void file_hdr(struct file_event *e, u32 kind, u32 size, l
  * per-CPU scratch and copied out, so a folded open costs no ring space at all. */
 BPF_PERCPU_ARRAY(file_scratch, struct file_event, 1);
 
-static __always_inline int file_exit(long ret) {
+static __always_inline int file_exit(void *ctx, long ret) {
     struct stash_t s;
     if (!take_args(&s))
         return 0;
@@ -73,30 +77,42 @@ static __always_inline int file_exit(long ret) {
     if (!e)
         return 0;
     u32 used = fill_file(e, &s);
-    if ((s.kind == K_OPEN || s.kind == K_OPEN2) && fold_open(e, ret))
-        return 0;
-    u32 size = offsetof(struct file_event, path) + (used & (PATH_LEN - 1));
-    if (used >= PATH_LEN)
-        size = offsetof(struct file_event, path2);
-    file_hdr(e, s.kind, size, ret, used);
     int open = s.kind == K_OPEN || s.kind == K_OPEN2;
+    if (open && fold_open(e, ret))
+        return 0;
+    if (used > PATH_LEN)
+        used = PATH_LEN;
+    e->path_used = used;
+    __builtin_memset(&e->id, 0, sizeof(e->id));
+    u32 size = offsetof(struct file_event, path) + (used & (2 * PATH_LEN - 1));
+    file_hdr(e, s.kind, size, ret, used);
     u64 wake = open ? batched_wakeup() : wake_flags(s.kind);   /* unlink, chmod: their own flag */
+    if (open && ret >= 0) {
+        start_walk(ctx, WALK_OPEN, current_file(ret), used, 0, wake);
+        e->id.id_flags = ID_OFF;   /* the walker did not run */
+    }
+    /* the caller's own running executable, linked at enter and unlinked now */
+    if (s.kind == K_UNLINK && ret == 0 && !s.a[3] && exe_unlinked())
+        e->id.id_flags = ID_EXE_UNLINKED;
     if (output_record(e, size, wake) != 0)
         count_lost(s.kind);
     return 0;
 }
 
 /* rename: the full record, with the new path */
-static __always_inline int rename_exit(long ret) {
+static __always_inline int rename_exit(void *ctx, long ret) {
     struct stash_t s;
     if (!take_args(&s))
         return 0;
-    struct file_event *e = reserve_record(sizeof(struct file_event));
+    struct file_event *e = reserve_record(offsetof(struct file_event, canon_room));
     if (!e) {
         count_lost(s.kind);
         return 0;
     }
-    file_hdr(e, s.kind, sizeof(struct file_event), ret, fill_file(e, &s));
+    u32 used = fill_file(e, &s);
+    file_hdr(e, s.kind, offsetof(struct file_event, canon_room), ret, used);
+    e->path_used = used > PATH_LEN ? PATH_LEN : used;
+    __builtin_memset(&e->id, 0, sizeof(e->id));
     e->mode = 0;
     read_user_str(e->path2, PATH_LEN, (void *)s.a[3]);
     submit_now(e, s.kind);
@@ -108,7 +124,7 @@ static __always_inline int rename_exit(long ret) {
         return stash_args(kind, (u64)(dfd), (u64)(path), (u64)(flags),                  \
                           (u64)(mode_or_path2), (u64)(dfd2));                           \
     }                                                                                   \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return exit_fn(args->ret); }
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return exit_fn(args, args->ret); }
 #define FILE_PROBE(name, kind, dfd, path, flags, mode, dfd2) \
     FILE_PROBE_X(name, kind, dfd, path, flags, mode, dfd2, file_exit)
 #define RENAME_PROBE(name, dfd, path, flags, path2, dfd2) \
@@ -117,8 +133,9 @@ static __always_inline int rename_exit(long ret) {
 FILE_PROBE(open, K_OPEN, AT_FDCWD_VALUE, args->filename, args->flags, args->mode, 0)
 FILE_PROBE(openat, K_OPEN, args->dfd, args->filename, args->flags, args->mode, 0)
 FILE_PROBE(openat2, K_OPEN2, args->dfd, args->filename, args->how, 0, 0)
-FILE_PROBE(unlink, K_UNLINK, AT_FDCWD_VALUE, args->pathname, 0, 0, 0)
-FILE_PROBE(unlinkat, K_UNLINK, args->dfd, args->pathname, args->flag, 0, 0)
+/* unlink stashes whether the caller's executable was already unlinked (see file_exit) */
+FILE_PROBE(unlink, K_UNLINK, AT_FDCWD_VALUE, args->pathname, 0, exe_unlinked(), 0)
+FILE_PROBE(unlinkat, K_UNLINK, args->dfd, args->pathname, args->flag, exe_unlinked(), 0)
 RENAME_PROBE(rename, AT_FDCWD_VALUE, args->oldname, 0, args->newname, AT_FDCWD_VALUE)
 RENAME_PROBE(renameat, args->olddfd, args->oldname, 0, args->newname, args->newdfd)
 RENAME_PROBE(renameat2, args->olddfd, args->oldname, args->flags, args->newname, args->newdfd)

@@ -108,29 +108,52 @@ static __always_inline int exec_enter(u32 kind, const char *filename, const char
 /* The path an exec ran, from the kernel's own copy (a tracepoint argument), once the exec is
  * past the point of no return and before the new image runs. It fills in a path user memory
  * did not give at sys_enter, and the deny is checked again on it (so an unreadable path
- * cannot slip past the deny). Joined in user space by old_pid. */
+ * cannot slip past the deny). It also carries the identity of the file the new image runs from
+ * (mm->exe_file: the interpreter of a #! script, the file behind an fd or a memfd, a deleted
+ * file), and the deny is checked on that file's canonical path too (a symlink or a bind mount
+ * to a denied program is the denied program). Joined in user space by old_pid. */
+struct exec_file_event {
+    struct hdr h;
+    u64 old_pid;
+    struct file_id id;
+    char filename[STR_LEN];
+    char canon[CANON_LEN + NAME_MAX_VALUE + 1];   /* the walk's writes stay inside, as the verifier checks */
+};
+BPF_PERCPU_ARRAY(exec_file_scratch, struct exec_file_event, 1);
+
+/* Deny on the kernel's path or the canonical one, then send (the walker sends it too). */
+static __always_inline void send_exec_file(struct exec_file_event *e, u64 cg, u32 canon, u64 wake) {
+    if (exec_denied(cg, e->filename) || (canon && exec_denied(cg, e->canon))) {
+        bpf_send_signal(9);
+        e->h.flags |= F_DENIED;
+    }
+    u32 size = offsetof(struct exec_file_event, canon) + (canon & (CANON_LEN - 1));
+    e->h.size = size;
+    if (output_record(e, size, wake) != 0)
+        count_lost(K_EXEC_FILE);
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u64 cg;
     if (!watched_cgroup(&cg))
         return 0;
-    u32 size = offsetof(struct sys_event, s[1]);
-    struct sys_event *e = reserve_record(size);
-    if (!e) {
-        count_lost(K_EXEC_FILE);
+    u32 zero = 0;
+    struct exec_file_event *e = exec_file_scratch.lookup(&zero);
+    if (!e)
         return 0;
-    }
-    fill_hdr(&e->h, K_EXEC_FILE, cg, size);
-    e->a[0] = args->old_pid;
-    e->a[1] = e->a[2] = e->a[3] = e->a[4] = 0;
+    fill_hdr(&e->h, K_EXEC_FILE, cg, 0);
+    e->old_pid = args->old_pid;
     u16 at = args->data_loc_filename & 0xFFFF;
-    bpf_probe_read_kernel_str(e->s[0], STR_LEN, (void *)args + at);
-    if (exec_denied(cg, e->s[0])) {
-        bpf_send_signal(9);
-        e->h.flags |= F_DENIED;
-    }
-    submit_batched(e);
+    e->filename[0] = 0;
+    bpf_probe_read_kernel_str(e->filename, STR_LEN, (void *)args + at);
+    __builtin_memset(&e->id, 0, sizeof(e->id));
+    start_walk(args, WALK_EXEC, current_exe_file(), 0, cg, batched_wakeup());
+    e->id.id_flags = ID_OFF;   /* the walker did not run */
+    send_exec_file(e, cg, 0, batched_wakeup());
     return 0;
 }
+
+
 
 /* exec result: a small record; user space joins it to the enter record by tid. */
 static __always_inline int exec_exit(u32 kind, long ret) {

@@ -25,6 +25,8 @@ APT_PKGS+=(docker.io busybox-static)
 APT_PKGS+=(runsc)
 # The rule pack's end-to-end tests run the real netcat (nc -z on a loopback-only netns).
 APT_PKGS+=(netcat-openbsd)
+# The BTF offset tests check monitor/sensor/btf.py against a second method (bpftool's vmlinux.h + gcc).
+APT_PKGS+=(bpftool)
 # The forensic report's tests open the page in Debian's headless Chromium through its chromedriver.
 APT_PKGS+=(chromium chromium-driver)
 for extra in ${EXTRAS:-}; do

@@ -18,7 +18,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("monitor.event", "monitor.source", "monitor.yamlfile", "monitor.linux", "monitor.checks",
                 "monitor.sandbox", "monitor.bpf")),
     ("sources", ("monitor.sensor", "monitor.gvisor", "monitor.llm", "monitor.journal")),
-    ("enrich", ("monitor.enrich",)),
+    ("enrich", ("monitor.enrich", "monitor.identity")),
     ("policy", ("monitor.policy",)),
     ("actions", ("monitor.actions",)),
     ("sinks", ("monitor.sinks", "monitor.outputs", "monitor.timeline", "monitor.report")),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from monitor.event import Event
 from monitor.sensor import wire
-from monitor.sensor.file import decode_file, open_flags
+from monitor.sensor.file import FILE_ID, decode_file, open_flags
 from monitor.sensor.net import decode_net, parse_dns_query, parse_sockaddr
 from monitor.sensor.process import decode_exec, decode_sys, namespace_flags
 
@@ -72,7 +72,8 @@ def test_exec_record_decodes_args_and_truncation() -> None:
 
 
 def test_file_record_rename_and_relative_hint() -> None:
-    body = struct.pack(f"<iiIIII{wire.PATH_LEN}s", -100, 5, 0, 0, 0, 0, b"old") + struct.pack(f"<{wire.PATH_LEN}s", b"new")
+    body = (struct.pack("<iiIIII", -100, 5, 0, 0, 0, 4) + bytes(FILE_ID.size)
+            + struct.pack(f"<{wire.PATH_LEN}s{wire.PATH_LEN}s", b"old", b"new"))
     event = decode_file(Event(kind="rename"), wire.K_RENAME, header(wire.K_RENAME) + body)
     assert event.file == {"path": "old", "new_path": "new", "write": True}
     assert event.hints == {"dfd": -100, "dfd2": 5}
@@ -98,7 +99,9 @@ def test_c_defines_cover_every_constant_the_probes_use() -> None:
     import re
     from pathlib import Path
 
-    defines = set(re.findall(r"#define (\w+)", wire.c_defines()))
+    from monitor.sensor import btf
+
+    defines = set(re.findall(r"#define (\w+)", wire.c_defines() + btf.c_defines(dict.fromkeys(btf.FIELDS, 0))))
     probes = Path(__file__).resolve().parents[1] / "probes"
     used = set()
     for source in probes.glob("*.[ch]"):

@@ -6,6 +6,7 @@ handle left to Python."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import time
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from monitor.event import Event
 from monitor.sensor import decode, wire
 from monitor.sensor.decode import RecordDecoder
+from monitor.sensor.file import FILE_ID
 from tests.test_sensor_decode import exec_record, exit_record, record
 
 _FILE = struct.Struct("<iiIIII")
@@ -23,13 +25,18 @@ O_WRONLY_CREAT_TRUNC = 0o1101
 
 def open_record(path: bytes, oflags: int = 0, mode: int = 0, repeats: int = 0, dfd: int = -100,
                 kind: int = wire.K_OPEN, flags: int = 0, comm: bytes = b"tool", pid: int = 42,
-                result: int = 3, cut: bool = True) -> bytes:
-    """As probes/file.c sends it: cut after the path's NUL, or the whole path field."""
-    body = _FILE.pack(dfd, 0, oflags, mode, repeats, 0)
+                result: int = 3, cut: bool = True, canonical: bytes | None = None, id_flags: int = 0,
+                dev: int = 0, ino: int = 0, canon_len: int | None = None, path_used: int | None = None) -> bytes:
+    """As probes/file.c sends it: cut after the path's NUL, or the whole path field; then the
+    canonical path the kernel walked (canon_len and path_used: as sent, or made up)."""
     field = path + b"\0" if cut else path.ljust(wire.PATH_LEN, b"\0")[: wire.PATH_LEN]
+    canon = b"" if canonical is None else canonical + b"\0"
+    used = len(field) if path_used is None else path_used
+    body = _FILE.pack(dfd, 0, oflags, mode, repeats, used)
+    body += FILE_ID.pack(ino, dev, 1, 0o100644, id_flags, len(canon) if canon_len is None else canon_len, 0)
     hdr = struct.pack("<QQIIIIIiII16s", time.monotonic_ns(), 77, kind, pid, pid + 1, 1000, 1001,
                       result, flags, 0, comm)
-    return hdr + body + field
+    return hdr + body + field + canon
 
 
 def fields(event: Event) -> dict[str, object]:
@@ -56,7 +63,8 @@ def assert_same(records: list[bytes]) -> list[Event]:
 def test_the_extension_is_built_and_used_for_opens() -> None:  # (and below: fork, exit, exec)
     assert decode.NativeDecoder is not None, "monitor/sensor/_fastdecode is not built (scripts/setup.sh)"
     (event,) = assert_same([open_record(b"/etc/hosts")])
-    assert event.kind == "open" and event.file == {"path": "/etc/hosts", "flags": ["O_RDONLY"], "write": False}
+    assert event.kind == "open" and event.file == {"path": "/etc/hosts", "flags": ["O_RDONLY"], "write": False,
+                                                   "resolved": False}  # no identity in this record
     assert event.process == {"pid": 42, "tid": 43, "uid": 1000, "gid": 1001, "comm": "tool"}
     assert event.cgroup_id == 77 and event.result == 3 and event.source == "ebpf"
     assert event.hints is None and event.detail is None and event.verdict is None
@@ -97,9 +105,66 @@ def test_other_records_keep_their_order_around_opens_and_short_records_are_count
     oflags=st.integers(0, 2**32 - 1), mode=st.integers(0, 2**32 - 1), repeats=st.integers(0, 5),
     dfd=st.integers(-(2**31), 2**31 - 1), kind=st.sampled_from([wire.K_OPEN, wire.K_OPEN2, wire.K_UNLINK]),
     flags=st.sampled_from([0, wire.F_PATH_TRUNC, wire.F_DENIED]), comm=st.binary(max_size=16),
-    result=st.integers(-(2**31), 2**31 - 1), cut=st.booleans()), max_size=8))
+    result=st.integers(-(2**31), 2**31 - 1), cut=st.booleans(),
+    canonical=st.one_of(st.none(), st.binary(max_size=300).map(lambda b: b.replace(b"\0", b"/"))),
+    id_flags=st.integers(0, 255), dev=st.integers(0, 2**32 - 1), ino=st.integers(0, 2**64 - 1),
+    canon_len=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+    path_used=st.one_of(st.none(), st.integers(0, 2**32 - 1))), max_size=8))
 def test_any_batch_of_file_records_decodes_alike(records: list[bytes]) -> None:
     assert_same(records)
+
+
+def test_an_opens_kernel_identity_decodes_alike_and_the_caller_path_is_kept() -> None:
+    dev = (8 << 20) | 1  # the kernel's encoding of 8:1
+    records = [
+        open_record(b"/tmp/link-to-shadow", canonical=b"/etc/shadow", id_flags=wire.ID_RESOLVED, dev=dev, ino=77),
+        open_record(b"/etc/hosts", canonical=b"/etc/hosts", id_flags=wire.ID_RESOLVED, dev=dev, ino=5),
+        open_record(b"/proc/self/fd/3", canonical=b"/memfd:x", id_flags=wire.ID_DETACHED, dev=dev, ino=9),
+        open_record(b"deep/path", id_flags=wire.ID_TRUNC, dev=dev, ino=10, dfd=4),
+        open_record(b"/etc/shadow", canonical=b"/etc/shadow", id_flags=wire.ID_RESOLVED, result=-13),
+        open_record(b"/" + b"a" * 300, cut=False, canonical=b"/a-long-one", id_flags=wire.ID_RESOLVED, ino=3),
+    ]
+    events = assert_same(records)
+    linked, plain, memfd, deep, failed, long_one = (e.file for e in events)
+    assert linked == {"path": "/etc/shadow", "requested": "/tmp/link-to-shadow", "flags": ["O_RDONLY"],
+                      "write": False, "resolved": True, "dev": os.makedev(8, 1), "ino": 77}
+    assert plain["path"] == "/etc/hosts" and "requested" not in plain and plain["resolved"] is True
+    assert memfd["path"] == "/proc/self/fd/3" and memfd["resolved"] is False and memfd["ino"] == 9
+    assert deep["resolved"] is False and events[3].hints == {"dfd": 4}
+    assert "resolved" not in failed and "ino" not in failed, "a failed open opened nothing"
+    assert long_one["path"] == "/a-long-one" and len(long_one["requested"]) == wire.PATH_LEN
+    native, python = RecordDecoder(0, native=True), RecordDecoder(0, native=False)
+    native.decode_batch(list(records))
+    python.decode_batch(list(records))
+    assert native.unresolved == python.unresolved == 2
+
+
+def exec_file_rec(pid: int, tid: int, old_pid: int, filename: bytes, canonical: bytes = b"", id_flags: int = 0,
+                  dev: int = 0, ino: int = 0, nlink: int = 1, canon_len: int | None = None,
+                  size: int | None = None) -> bytes:
+    """probes/process.c struct exec_file_event: hdr, old_pid, file_id, filename, canonical path"""
+    canon = canonical + b"\0" if canonical else b""
+    raw = (header(wire.K_EXEC_FILE, pid, tid) + struct.pack("<Q", old_pid)
+           + FILE_ID.pack(ino, dev, nlink, 0o100755, id_flags, len(canon) if canon_len is None else canon_len, 0)
+           + filename.ljust(wire.STR_LEN, b"\0")[: wire.STR_LEN] + canon)
+    return raw if size is None else raw[:size]
+
+
+def test_an_execs_file_identity_goes_to_its_hints_alike() -> None:
+    batch = [exec_rec(20, 20, b"./script.sh", [b"./script.sh"]),
+             exec_file_rec(20, 20, 20, b"./script.sh", b"/usr/bin/dash", wire.ID_RESOLVED, (8 << 20) | 2, 1234),
+             record(wire.K_EXEC_RESULT, 20, 0),
+             exec_rec(21, 21, b"", [b"x"]),
+             exec_file_rec(21, 21, 21, b"/dev/fd/3", b"/memfd:payload", wire.ID_DETACHED, 1, 99, nlink=0),
+             record(wire.K_EXEC_RESULT, 21, 0),
+             exec_rec(22, 22, b"/x", [b"x"]),
+             exec_file_rec(22, 22, 22, b"/x", id_flags=wire.ID_TRUNC, ino=5),
+             record(wire.K_EXEC_RESULT, 22, 0)]
+    script, memfd, deep = assert_same_batches([batch])
+    assert script.hints == {"exe": (os.makedev(8, 2), 1234, 1, wire.ID_RESOLVED, "/usr/bin/dash")}
+    assert memfd.process["executable"] == "/dev/fd/3"
+    assert memfd.hints == {"exe": (os.makedev(0, 1), 99, 0, wire.ID_DETACHED, "/memfd:payload")}
+    assert deep.hints["exe"][3:] == (wire.ID_TRUNC, "")
 
 
 def test_the_built_extension_is_not_older_than_its_source() -> None:
@@ -159,7 +224,8 @@ def assert_same_batches(batches: list[list[bytes]]) -> list[Event]:
         assert native._exited == python._exited
         assert pending_fields(native) == pending_fields(python)
         decoded += from_c
-    assert (native.errors, native.exec_enoent) == (python.errors, python.exec_enoent)
+    assert (native.errors, native.exec_enoent, native.unresolved) == (python.errors, python.exec_enoent,
+                                                                       python.unresolved)
     return decoded
 
 
@@ -198,6 +264,9 @@ _records = st.one_of(
     st.builds(sys_record, st.just(wire.K_EXEC_FILE), _pids, _pids, _pids, st.just(0),
               _text.map(lambda b: b.ljust(wire.STR_LEN, b"\0")), st.sampled_from([0, wire.F_DENIED]),
               st.one_of(st.none(), st.integers(60, 400))),
+    st.builds(exec_file_rec, _pids, _pids, _pids, _text, _text, st.integers(0, 255), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+              st.one_of(st.none(), st.integers(0, 2**32 - 1)), st.one_of(st.none(), st.integers(60, 900))),
     st.builds(lambda tid, result, flags: header(wire.K_EXEC_RESULT, tid, tid, flags, result), _pids,
               st.sampled_from([0, -2, -13]), st.sampled_from([0, wire.F_DENIED])),
     st.builds(sys_record, st.sampled_from([wire.K_FORK, wire.K_EXIT]), _pids, _pids,

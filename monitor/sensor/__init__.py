@@ -22,12 +22,12 @@ from monitor.bpf.memory import release_compiler_memory
 from monitor.bpf.ringbuf import RingReader, walk
 from monitor.event import Event
 from monitor.sandbox import Sandbox
-from monitor.sensor import wire
+from monitor.sensor import btf, wire
 from monitor.sensor.decode import RecordDecoder
 from monitor.source import Source
 
 PROBES_DIR = Path(__file__).resolve().parents[2] / "probes"
-PROBE_FILES = ("events.h", "process.c", "file.c", "net.c", "netdeny.c")
+PROBE_FILES = ("events.h", "identity.h", "process.c", "file.c", "walk.c", "net.c", "netdeny.c")
 # (program, attach type) for the in-kernel network deny, attached per sandbox cgroup
 NET_DENY_HOOKS = (("deny_connect4", 10), ("deny_connect6", 11), ("deny_sendmsg4", 14), ("deny_sendmsg6", 15))
 
@@ -42,8 +42,19 @@ class SensorError(RuntimeError):
     pass
 
 
-def bpf_source(probe_dir: Path = PROBES_DIR) -> str:
-    return wire.c_defines() + "".join((probe_dir / name).read_text() for name in PROBE_FILES)
+def bpf_source(probe_dir: Path = PROBES_DIR, offsets: dict[str, int] | None = None) -> str:
+    """The probes' C: wire constants, the kernel struct offsets (zeros when the BTF gave none:
+    the probes then send no identity), then the probe files."""
+    offsets = offsets if offsets is not None else dict.fromkeys(btf.FIELDS, 0)
+    return wire.c_defines() + btf.c_defines(offsets) + "".join((probe_dir / name).read_text() for name in PROBE_FILES)
+
+
+def kernel_offsets() -> tuple[dict[str, int] | None, str]:
+    """(offsets, "") from the running kernel's BTF, or (None, why not)."""
+    try:
+        return btf.kernel_offsets(), ""
+    except btf.BTFError as exc:
+        return None, str(exc)
 
 
 class Sensor(Source):
@@ -55,10 +66,13 @@ class Sensor(Source):
         except ImportError as exc:
             raise SensorError("bcc is not importable: install python3-bpfcc (scripts/setup.sh)") from exc
         started = time.monotonic()
+        offsets, self.identity_status = kernel_offsets()
         try:
-            self.bpf = BPF(text=bpf_source(probe_dir), cflags=["-Wno-macro-redefined", "-w"])
+            self.bpf = BPF(text=bpf_source(probe_dir, offsets), cflags=["-Wno-macro-redefined", "-w"])
         except Exception as exc:
             raise SensorError(f"BPF compile/attach failed: {exc}") from exc
+        if offsets is not None:
+            self.identity_status = self._check_offsets()
         self.attach_seconds = time.monotonic() - started
         release_compiler_memory()
         self._watched = self.bpf["watched"]
@@ -71,6 +85,33 @@ class Sensor(Source):
         self.eager_kinds: list[str] = []  # event kinds whose records wake the reader at once
         self.decoder = RecordDecoder(time.time_ns() - time.monotonic_ns())
         self._net_attached: dict[str, tuple[int, list[tuple[object, int]]]] = {}
+
+    def _check_offsets(self) -> str:
+        """Turn the probes' kernel struct reads on once they read what the helpers and /proc say:
+        this process's tgid, its parent's, its executable's inode and path (the walk), through the
+        BTF offsets. Returns "" when on, else why they stay off."""
+        from bcc import BPF
+
+        walker = self.bpf.load_func("identity_walk", BPF.TRACEPOINT)
+        self.bpf["walkers"][ct.c_int(0)] = ct.c_int(walker.fd)
+        table = self.bpf["btf_selftest"]
+        probe = table[ct.c_int(0)]
+        probe.want_pid, probe.done = os.getpid(), 0
+        table[ct.c_int(0)] = probe
+        os.getppid()  # the self-test runs on this call's tracepoint
+        got = table[ct.c_int(0)]
+        exe = f"/proc/{os.getpid()}/exe"
+        want = (os.getpid(), os.getpid(), os.getppid(), os.stat(exe).st_ino, os.readlink(exe))
+        seen = (got.helper_tgid, got.read_tgid, got.parent_tgid, got.exe_ino,
+                bytes(got.exe_path)[: max(got.exe_path_len - 1, 0)].decode("utf-8", "replace"))
+        if not got.done or seen != want:
+            return f"BTF offsets failed their self-test (read {seen}, expected {want}): identity off"
+        self.bpf["identity_on"][ct.c_int(0)] = ct.c_uint32(1)
+        return ""
+
+    @property
+    def identity_on(self) -> bool:
+        return not self.identity_status
 
     # -- watched cgroups ---------------------------------------------------------------
     def watch(self, sandbox: Sandbox) -> None:
@@ -104,7 +145,9 @@ class Sensor(Source):
         """For the run's summary: which kinds wake the reader at once, and records the rescue
         ring took."""
         return {"wakeup": "eager" if self.eager_kinds else "batched", "eager_kinds": self.eager_kinds,
-                "rescued": self.rescued}
+                "rescued": self.rescued,
+                "identity": {"kernel": self.identity_status or "btf offsets checked",
+                             "unresolved": self.decoder.unresolved}}
 
     # -- in-kernel exec deny (see probes/process.c) ----------------------------------------
     def deny_exec(self, cgroup_id: int, path: str, prefix: bool = False) -> None:

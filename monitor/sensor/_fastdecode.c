@@ -21,6 +21,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 
 /* probes/events.h struct hdr, probes/file.c struct file_event's fixed part (packed by nature) */
 struct hdr {
@@ -32,11 +33,18 @@ struct hdr {
 };
 struct file_fixed {
     int32_t dfd, dfd2;
-    uint32_t oflags, mode, repeats, pad;
+    uint32_t oflags, mode, repeats, path_used;
+};
+struct file_id {  /* probes/identity.h */
+    uint64_t ino;
+    uint32_t dev, nlink, mode, id_flags, canon_len, pad;
 };
 #define HDR_SIZE ((Py_ssize_t)sizeof(struct hdr))
-#define PATH_AT (HDR_SIZE + (Py_ssize_t)sizeof(struct file_fixed))
+#define ID_AT (HDR_SIZE + (Py_ssize_t)sizeof(struct file_fixed))
+#define PATH_AT (ID_AT + (Py_ssize_t)sizeof(struct file_id))
 #define SYS_ARGS_END (HDR_SIZE + 5 * 8)  /* probes/process.c struct sys_event: hdr, u64 a[5], ... */
+#define EXEC_FILE_ID_AT (HDR_SIZE + 8)   /* struct exec_file_event: hdr, u64 old_pid, file_id, */
+#define EXEC_FILE_NAME_AT (EXEC_FILE_ID_AT + (Py_ssize_t)sizeof(struct file_id))  /* filename, canon */
 #define EXEC_PATH_AT (HDR_SIZE + 8)      /* struct exec_event: hdr, u32 argc, u32 pad, path, args */
 
 enum { F_KIND, F_TIME_NS, F_PROCESS, F_SANDBOX, F_FILE, F_NET, F_CONTAINER, F_LLM, F_DETAIL,
@@ -48,21 +56,23 @@ static const char *FIELD_NAMES[N_FIELDS] = {
 /* keys and values of the dicts these events carry (interned once) */
 enum { S_PID, S_TID, S_UID, S_GID, S_COMM, S_PATH, S_FLAGS, S_WRITE, S_MODE, S_REPEATS, S_DFD,
        S_OPEN, S_EBPF, S_FORK, S_EXIT, S_EXEC, S_CHILD_PID, S_CODE, S_SIGNAL, S_UNKNOWN,
-       S_EXECUTABLE, S_ARGS, S_ARGS_TRUNCATED, S_ARGS_UNREADABLE, S_DENIED, N_STRINGS };
+       S_EXECUTABLE, S_ARGS, S_ARGS_TRUNCATED, S_ARGS_UNREADABLE, S_DENIED, S_REQUESTED, S_RESOLVED,
+       S_DEV, S_INO, S_EXE, N_STRINGS };
 static const char *STRING_TEXT[N_STRINGS] = {
     "pid", "tid", "uid", "gid", "comm", "path", "flags", "write", "mode", "repeats", "dfd",
     "open", "ebpf", "fork", "exit", "exec", "child_pid", "code", "signal", "unknown",
-    "executable", "args", "args_truncated", "args_unreadable", "denied"};
+    "executable", "args", "args_truncated", "args_unreadable", "denied", "requested", "resolved",
+    "dev", "ino", "exe"};
 static PyObject *strings[N_STRINGS];
 
 /* wire.py constants the decoder needs, read by name from the dict given at construction */
 enum { C_K_OPEN, C_K_OPEN2, C_K_FORK, C_K_EXIT, C_K_EXEC, C_K_EXEC_FILE, C_K_EXEC_RESULT,
        C_F_DENIED, C_F_PATH_TRUNC, C_F_ARG_TRUNC, C_F_ARGS_TRUNC, C_F_UNREADABLE, C_O_CREAT,
-       C_PATH_LEN, C_ARG_LEN, C_MAX_ARGS, C_STR_LEN, C_ENOENT, N_CONSTANTS };
+       C_PATH_LEN, C_ARG_LEN, C_MAX_ARGS, C_STR_LEN, C_ENOENT, C_ID_RESOLVED, C_ID_DETACHED, N_CONSTANTS };
 static const char *CONSTANT_NAMES[N_CONSTANTS] = {
     "K_OPEN", "K_OPEN2", "K_FORK", "K_EXIT", "K_EXEC", "K_EXEC_FILE", "K_EXEC_RESULT",
     "F_DENIED", "F_PATH_TRUNC", "F_ARG_TRUNC", "F_ARGS_TRUNC", "F_UNREADABLE", "O_CREAT",
-    "PATH_LEN", "ARG_LEN", "MAX_ARGS", "STR_LEN", "ENOENT"};
+    "PATH_LEN", "ARG_LEN", "MAX_ARGS", "STR_LEN", "ENOENT", "ID_RESOLVED", "ID_DETACHED"};
 
 typedef struct {
     PyObject_HEAD
@@ -76,6 +86,7 @@ typedef struct {
     PyObject *pending;       /* dict tid -> exec Event waiting for its result (the decoder's own) */
     PyObject *exited;        /* set of pids whose exit record is in this batch (the decoder's own) */
     Py_ssize_t exec_enoent;  /* execs that failed with ENOENT on execvp's $PATH walk */
+    Py_ssize_t unresolved;   /* opens and execs whose file got no canonical path (decode.py) */
     /* one-entry caches: a storm of records comes from few processes with few flag words */
     char last_comm[16];
     PyObject *last_comm_text;
@@ -211,9 +222,56 @@ static PyObject *one_item_dict(int key, PyObject *value) {
     return dict_of(1, keys, values);
 }
 
+/* a kernel dev_t (major << 20 | minor) as stat(2) gives it, as file.py's user_dev() */
+static PyObject *user_dev(uint32_t dev) {
+    return PyLong_FromUnsignedLongLong((unsigned long long)makedev(dev >> 20, dev & 0xFFFFF));
+}
+
+/* The canonical path sent at `at` (canon_len bytes with its NUL), as file.py's canonical_path(). */
+static PyObject *canonical_at(const char *buf, Py_ssize_t size, Py_ssize_t at, uint32_t canon_len) {
+    Py_ssize_t room = at < size ? size - at : 0;
+    if ((Py_ssize_t)canon_len < room)
+        room = canon_len;
+    return cstr(buf + (room ? at : 0), room);
+}
+
+/* file.py's _identity(): a successful open's canonical path, requested path, resolved, dev, ino */
+static int open_identity(NativeDecoder *self, PyObject *file, PyObject *path, const struct file_id *id,
+                         const char *buf, Py_ssize_t size, Py_ssize_t canon_at) {
+    PyObject *canonical = canonical_at(buf, size, canon_at, id->canon_len);
+    if (canonical == NULL)
+        return -1;
+    int resolved = (id->id_flags & self->c[C_ID_RESOLVED]) && PyUnicode_GET_LENGTH(canonical) > 0;
+    int status = 0;
+    if (resolved) {
+        int same = PyUnicode_Compare(canonical, path);
+        if (same == -1 && PyErr_Occurred())
+            status = -1;
+        else if (same != 0)
+            status = PyDict_SetItem(file, strings[S_REQUESTED], path) < 0
+                     || PyDict_SetItem(file, strings[S_PATH], canonical) < 0 ? -1 : 0;
+    } else {
+        self->unresolved++;
+    }
+    Py_DECREF(canonical);
+    if (status == 0)
+        status = PyDict_SetItem(file, strings[S_RESOLVED], resolved ? Py_True : Py_False);
+    if (status == 0 && id->ino) {
+        PyObject *dev = user_dev(id->dev), *ino = PyLong_FromUnsignedLongLong(id->ino);
+        if (dev == NULL || ino == NULL || PyDict_SetItem(file, strings[S_DEV], dev) < 0
+                || PyDict_SetItem(file, strings[S_INO], ino) < 0)
+            status = -1;
+        Py_XDECREF(dev);
+        Py_XDECREF(ino);
+    }
+    return status;
+}
+
 static PyObject *decode_open(NativeDecoder *self, const struct hdr *h, const char *buf, Py_ssize_t size) {
     struct file_fixed f;
+    struct file_id id;
     memcpy(&f, buf + HDR_SIZE, sizeof(f));
+    memcpy(&id, buf + ID_AT, sizeof(id));
     Py_ssize_t room = size - PATH_AT;
     if (room > self->c[C_PATH_LEN])
         room = self->c[C_PATH_LEN]; /* a rename's second path is not an open's */
@@ -226,6 +284,10 @@ static PyObject *decode_open(NativeDecoder *self, const struct hdr *h, const cha
         PyObject *file[] = {Py_NewRef(path), Py_NewRef(self->last_flag_names), Py_NewRef(self->last_write),
                             created ? PyLong_FromUnsignedLong(f.mode & 07777) : NULL};
         values[F_FILE] = dict_of(created ? 4 : 3, keys, file);
+        Py_ssize_t canon_at = PATH_AT + (f.path_used < self->c[C_PATH_LEN] ? f.path_used : self->c[C_PATH_LEN]);
+        if (values[F_FILE] != NULL && h->result >= 0
+                && open_identity(self, values[F_FILE], path, &id, buf, size, canon_at) < 0)
+            Py_CLEAR(values[F_FILE]);
     }
     Py_XDECREF(path);
     if (f.repeats && !PyErr_Occurred())
@@ -310,11 +372,35 @@ static PyObject *pending_exec(NativeDecoder *self, uint64_t tid, int *error) {
     return event;
 }
 
-/* sched_process_exec: the kernel's copy of the path fills in what user memory did not give. */
+/* hints["exe"] = (dev, ino, nlink, id_flags, canonical path), in a new hints dict (decode.py) */
+static int set_exe_hint(NativeDecoder *self, PyObject *event, const struct file_id *id, const char *buf,
+                        Py_ssize_t size) {
+    PyObject *old = slot(self, event, F_HINTS);
+    PyObject *hints = PyDict_Check(old) ? PyDict_Copy(old) : PyDict_New();
+    PyObject *canonical = canonical_at(buf, size, EXEC_FILE_NAME_AT + self->c[C_STR_LEN], id->canon_len);
+    PyObject *exe = canonical ? Py_BuildValue("(NKkkN)", user_dev(id->dev), (unsigned long long)id->ino,
+                                              (unsigned long)id->nlink, (unsigned long)id->id_flags, canonical)
+                              : NULL;
+    if (hints == NULL || exe == NULL || PyDict_SetItem(hints, strings[S_EXE], exe) < 0) {
+        Py_XDECREF(hints);
+        Py_XDECREF(exe);
+        return -1;
+    }
+    Py_DECREF(exe);
+    set_slot(self, event, F_HINTS, hints);
+    if (!(id->id_flags & (self->c[C_ID_RESOLVED] | self->c[C_ID_DETACHED])))
+        self->unresolved++;
+    return 0;
+}
+
+/* sched_process_exec: the kernel's copy of the path fills in what user memory did not give; the
+ * identity of the file the image runs from goes to hints["exe"]. */
 static int join_exec_file(NativeDecoder *self, const struct hdr *h, const char *buf, Py_ssize_t size) {
     uint64_t old_pid;
+    struct file_id id;
     int error = 0;
     memcpy(&old_pid, buf + HDR_SIZE, sizeof(old_pid));
+    memcpy(&id, buf + EXEC_FILE_ID_AT, sizeof(id));
     PyObject *event = pending_exec(self, old_pid, &error);
     if (event == NULL && !error)
         event = pending_exec(self, h->tid, &error);
@@ -325,13 +411,15 @@ static int join_exec_file(NativeDecoder *self, const struct hdr *h, const char *
     if (PyErr_Occurred())
         return -1;
     if (PyDict_Check(process) && (known == NULL || !PyObject_IsTrue(known))) {
-        Py_ssize_t room = size - SYS_ARGS_END < self->c[C_STR_LEN] ? size - SYS_ARGS_END : self->c[C_STR_LEN];
-        PyObject *path = cstr(buf + SYS_ARGS_END, room);
+        Py_ssize_t room = size - EXEC_FILE_NAME_AT < self->c[C_STR_LEN] ? size - EXEC_FILE_NAME_AT : self->c[C_STR_LEN];
+        PyObject *path = cstr(buf + EXEC_FILE_NAME_AT, room);
         int failed = path == NULL || PyDict_SetItem(process, strings[S_EXECUTABLE], path) < 0;
         Py_XDECREF(path);
         if (failed)
             return -1;
     }
+    if (set_exe_hint(self, event, &id, buf, size) < 0)
+        return -1;
     if (h->flags & self->c[C_F_DENIED])
         set_slot(self, event, F_VERDICT, Py_NewRef(strings[S_DENIED]));
     return 0;
@@ -389,7 +477,7 @@ static PyObject *decode_record(NativeDecoder *self, const char *buf, Py_ssize_t 
         if (argc > c[C_MAX_ARGS] || size < EXEC_PATH_AT + c[C_PATH_LEN] + (Py_ssize_t)argc * c[C_ARG_LEN])
             return NULL;
         held = hold_exec(self, &h, buf, argc) == 0;
-    } else if (h.kind == c[C_K_EXEC_FILE] && size >= SYS_ARGS_END) {
+    } else if (h.kind == c[C_K_EXEC_FILE] && size >= EXEC_FILE_NAME_AT) {
         held = join_exec_file(self, &h, buf, size) == 0;
     } else if (h.kind == c[C_K_EXEC_RESULT]) {
         event = join_exec_result(self, &h, &held);
@@ -561,6 +649,8 @@ static PyMethodDef NativeDecoder_methods[] = {
 static PyMemberDef NativeDecoder_members[] = {
     {"exec_enoent", T_PYSSIZET, offsetof(NativeDecoder, exec_enoent), READONLY,
      "execs that failed with ENOENT on execvp's walk along $PATH (joined here, not reported)"},
+    {"unresolved", T_PYSSIZET, offsetof(NativeDecoder, unresolved), READONLY,
+     "opens and execs whose file got no canonical path (reported with resolved: false)"},
     {NULL},
 };
 

@@ -33,7 +33,7 @@ _NET_KINDS = {wire.K_CONNECT, wire.K_BIND, wire.K_LISTEN, wire.K_ACCEPT, wire.K_
 _NATIVE_CONSTANTS = {name: getattr(wire, name) for name in (
     "K_OPEN", "K_OPEN2", "K_FORK", "K_EXIT", "K_EXEC", "K_EXEC_FILE", "K_EXEC_RESULT", "F_DENIED",
     "F_PATH_TRUNC", "F_ARG_TRUNC", "F_ARGS_TRUNC", "F_UNREADABLE", "PATH_LEN", "ARG_LEN", "MAX_ARGS",
-    "STR_LEN")} | {"O_CREAT": O_CREAT, "ENOENT": errno.ENOENT}
+    "STR_LEN", "ID_RESOLVED", "ID_DETACHED")} | {"O_CREAT": O_CREAT, "ENOENT": errno.ENOENT}
 
 
 try:
@@ -58,6 +58,7 @@ class RecordDecoder:
         self.wall_offset = wall_offset_ns  # wall clock minus the kernel's monotonic clock
         self.errors = 0  # records that did not decode (counted as lost `decode_error`)
         self._enoent = 0  # see exec_enoent
+        self._unresolved = 0  # see unresolved
         self._exec_pending: dict[int, Event] = {}  # by tid: execs waiting for their result
         self._exited: set[int] = set()  # processes whose exit record is in the current batch
         self._comms: dict[bytes, str] = {}  # raw comm field -> text (a few dozen names repeat)
@@ -67,6 +68,12 @@ class RecordDecoder:
     def exec_enoent(self) -> int:
         """Execs that failed with ENOENT on execvp's $PATH walk (counted, not reported)."""
         return self._enoent + (self.native.exec_enoent if self.native is not None else 0)
+
+    @property
+    def unresolved(self) -> int:
+        """Successful opens and execs whose file the kernel could not give a canonical path
+        (too long, a pseudo file, unreadable, identity off): reported with `resolved: false`."""
+        return self._unresolved + (self.native.unresolved if self.native is not None else 0)
 
     def flush(self) -> list[Event]:
         """The execs still waiting for their result (at the end of a run)."""
@@ -136,20 +143,27 @@ class RecordDecoder:
         if kind == _K_EXIT:
             self._exited.add(pid)
         if kind in _FILE_KINDS:
-            return decode_file(event, kind, buf)
+            decode_file(event, kind, buf)
+            if event.file.get("resolved") is False:
+                self._unresolved += 1
+            return event
         if kind in _NET_KINDS:
             decode_net(event, kind, buf)
             return event if event.net is not None else None
         return decode_sys(event, kind, buf)
 
     def _exec_file(self, tid: int, flags: int, buf: bytes) -> None:
-        """The kernel's copy of the path: fills in what user memory did not give at sys_enter."""
-        old_pid, path = decode_exec_file(buf)
+        """The kernel's copy of the path: fills in what user memory did not give at sys_enter;
+        the identity of the file the image runs from goes to hints["exe"] for enrich."""
+        old_pid, path, identity = decode_exec_file(buf)
         event = self._exec_pending.get(old_pid) or self._exec_pending.get(tid)
         if event is None:
             return
         if not event.process.get("executable"):
             event.process["executable"] = path
+        event.hints = {**(event.hints or {}), "exe": identity}
+        if not identity[3] & (wire.ID_RESOLVED | wire.ID_DETACHED):
+            self._unresolved += 1
         if flags & wire.F_DENIED:
             event.verdict = "denied"
 

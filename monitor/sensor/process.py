@@ -7,6 +7,7 @@ import struct
 from monitor.event import Event
 from monitor.linux import PTRACE_REQUESTS, namespace_flags
 from monitor.sensor import wire
+from monitor.sensor.file import FILE_ID, canonical_path, user_dev
 from monitor.sensor.wire import cstr
 
 _EXEC_BODY = struct.Struct(f"<II{wire.PATH_LEN}s")
@@ -34,10 +35,19 @@ def decode_exec(event: Event, flags: int, buf: bytes) -> Event:
     return event
 
 
-def decode_exec_file(buf: bytes) -> tuple[int, str]:
-    """(pid before the exec, the path the kernel ran) of a sched_process_exec record."""
-    old_pid = _SYS_ARGS.unpack_from(buf, wire.HDR_SIZE)[0]
-    return old_pid, cstr(buf[_SYS_STRS_AT:_SYS_STRS_AT + wire.STR_LEN])  # the record ends there
+_EXEC_FILE_ID_AT = wire.HDR_SIZE + 8  # probes/process.c struct exec_file_event: hdr, old_pid, file_id,
+_EXEC_FILE_NAME_AT = _EXEC_FILE_ID_AT + FILE_ID.size  # filename[STR_LEN], canonical path
+_EXEC_FILE_CANON_AT = _EXEC_FILE_NAME_AT + wire.STR_LEN
+
+
+def decode_exec_file(buf: bytes) -> tuple[int, str, tuple[int, int, int, int, str]]:
+    """(pid before the exec, the path the kernel ran, the identity of the file the new image runs
+    from: (dev, ino, nlink, id_flags, canonical path)) of a sched_process_exec record."""
+    (old_pid,) = struct.unpack_from("<Q", buf, wire.HDR_SIZE)
+    ino, dev, nlink, _mode, id_flags, canon_len, _ = FILE_ID.unpack_from(buf, _EXEC_FILE_ID_AT)
+    filename = cstr(buf[_EXEC_FILE_NAME_AT:_EXEC_FILE_CANON_AT])
+    canonical = canonical_path(buf, _EXEC_FILE_CANON_AT, canon_len)
+    return old_pid, filename, (user_dev(dev), ino, nlink, id_flags, canonical)
 
 
 def _ids(a: tuple[int, ...]) -> list[int | None]:

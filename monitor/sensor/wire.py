@@ -12,6 +12,8 @@ ARG_LEN = 128
 SOCKADDR_LEN = 128
 DNS_LEN = 256
 DENY_PATH_LEN = 248
+CANON_LEN = 512  # the canonical path a probe builds from the kernel's dentry chain (probes/identity.h)
+PATH_DEPTH = 32  # dentries and mount crossings walked before a path is called truncated
 NET_DENY_PORTS = 8  # ports per (sandbox, address) deny entry
 WAKEUP_RECORDS = 256  # batched records wake the reader every this many, per CPU
 AGG_WINDOW_NS = 1_000_000_000  # repeated identical opens and connects fold into one record per second
@@ -36,6 +38,16 @@ F_ARGS_TRUNC = 4
 F_DENIED = 8
 F_UNREADABLE = 16  # a string of the call was not in memory (not faulted in yet): left empty
 
+# file_id.id_flags (probes/identity.h): how the kernel-side identity of a file came out.
+ID_RESOLVED = 1  # the path runs from the task's own root
+ID_DETACHED = 2  # a pseudo file (memfd:, pipe:, socket:) or a file outside the task's root
+ID_TRUNC = 4  # longer than CANON_LEN or PATH_DEPTH: no path sent
+ID_UNREADABLE = 8  # a kernel read failed on the way: no path sent
+ID_UNLINKED = 16  # the dentry is unhashed: the name was deleted
+ID_NOFILE = 32  # no struct file behind the fd (or no executable)
+ID_OFF = 64  # the BTF offsets failed their self-test: no identity at all
+ID_EXE_UNLINKED = 128  # unlink record: this call unlinked the caller's own running executable
+
 KIND_NAMES: dict[int, str] = {
     K_EXEC: "exec", K_EXEC_RESULT: "exec_result", K_FORK: "fork", K_EXIT: "exit", K_SETUID: "setuid",
     K_SETGID: "setgid", K_CAPSET: "capset", K_PTRACE: "ptrace", K_MEMFD: "memfd",
@@ -54,7 +66,7 @@ WAKING_KINDS = frozenset(KIND_NAMES.values()) - BATCHED_KINDS - {"exec_result", 
 def c_defines() -> str:
     """#define lines for every constant above, plus the few kernel ABI values the probes need."""
     names = {k: v for k, v in globals().items() if k.isupper() and isinstance(v, int)}
-    names |= {"AT_FDCWD_VALUE": -100, "AF_INET_VALUE": 2, "AF_INET6_VALUE": 10,
+    names |= {"NAME_MAX_VALUE": 255, "AT_FDCWD_VALUE": -100, "AF_INET_VALUE": 2, "AF_INET6_VALUE": 10,
               "EINPROGRESS_VALUE": 115, "CLONE_THREAD_FLAG": 0x00010000}
     return "".join(f"#define {k} ({v})\n" for k, v in names.items())
 

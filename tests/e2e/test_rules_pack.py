@@ -120,6 +120,9 @@ BEHAVIOURS: dict[str, tuple[str, Callable[[dict], bool]]] = {
         lambda a: a["matched"]["process.executable"].startswith("/tmp/monitor-e2e-")),
     "Program run from memory or a file descriptor": (
         f"$PY -c '{MEMFD_EXEC}'", lambda a: a["matched"]["process.executable"].startswith("/proc/self/fd/")),
+    "Running executable deleted": (
+        "x=$(mktemp /tmp/monitor-e2e-XXXXXX) && cp /bin/sleep $x && chmod +x $x && { $x 1 & p=$!; sleep 0.3; rm -f $x; wait $p; }",
+        lambda a: a["event"]["file"]["path"].startswith("/tmp/monitor-e2e-") and a["event"]["process"]["comm"] == "rm"),
     "Reverse shell": (
         NETNS.format("exec 3<>/dev/tcp/127.0.0.1/9") + " 2>/dev/null",
         lambda a: a["event"]["kind"] == "connect" and a["event"]["process"]["executable"].endswith("/bash")),
@@ -168,7 +171,9 @@ BEHAVIOURS: dict[str, tuple[str, Callable[[dict], bool]]] = {
         lambda a: a["matched"]["net.port"] == 8000),
     "Container runtime socket accessed": (
         "$PY -c 'import socket; socket.socket(socket.AF_UNIX).connect_ex(\"/var/run/docker.sock\")'",
-        lambda a: a["event"]["kind"] == "connect" and a["matched"]["net.address"] == "/var/run/docker.sock"),
+        # /var/run is a symlink to /run: the address is the socket's real path, the one given kept
+        lambda a: a["event"]["kind"] == "connect" and a["matched"]["net.address"] == "/run/docker.sock"
+        and a["event"]["net"]["requested"] == "/var/run/docker.sock"),
     "Package manager uses an unapproved index": (
         NETNS.format("$VENV/bin/pip download -q --no-deps -d $WS/dl --retries 0 --timeout 1 "
                      "--index-url http://127.0.0.1:9/simple nothing-e2e >/dev/null 2>&1") + " || true",
