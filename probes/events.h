@@ -7,9 +7,9 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/capability.h>
 
-/* bcc re-reads /proc/kallsyms (~90 ms) at every bpf_probe_read_user*() call it rewrites: 23 call
- * sites cost 2 s of compile. Calling the same helpers through their ids compiles to the same
- * instruction without the lookup. */
+/* bcc re-reads /proc/kallsyms at every bpf_probe_read_user*() call it rewrites, seconds of compile
+ * over all call sites. Calling the same helpers through their ids compiles to the same instruction
+ * without the lookup. */
 static long (*read_user)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user;
 static long (*read_user_str)(void *dst, u32 size, const void *src) = (void *)BPF_FUNC_probe_read_user_str;
 
@@ -35,7 +35,7 @@ struct stash_t {
 
 BPF_HASH(watched, u64, u8, 4096);
 /* One stash slot per thread id (tid mod STASH_SLOTS): an array lookup takes no lock and
- * allocates nothing, where a hash update + lookup + delete cost ~300 ns per syscall. Two
+ * allocates nothing, where a hash update + lookup + delete per syscall costs far more. Two
  * watched threads whose ids collide in the same syscall window are counted (K_STASH lost). */
 BPF_ARRAY(stash, struct stash_t, STASH_SLOTS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -82,9 +82,9 @@ static __always_inline void submit_batched(void *record) {
     bpf_ringbuf_submit(record, batched_wakeup());
 }
 /* By record kind, set by user space (Sensor.set_eager_wakeup) for the kinds a loaded rule kills or
- * freezes on from user space: their records force the wakeup, and the action lands ~1.5 ms after
- * the syscall instead of at the next poll. Off otherwise: a wakeup and a small batch per exec cost
- * the exec storm +38 % instead of +14 % on a 2-core VM. */
+ * freezes on from user space: their records force the wakeup, and the action lands right after the
+ * syscall instead of at the next poll. Off otherwise: a wakeup and a small batch per exec multiply
+ * the exec storm's overhead (docs/performance.md). */
 BPF_ARRAY(eager_wakeup, u32, K_MAX);
 static __always_inline u64 wake_flags(u32 kind) {
     u32 *eager = eager_wakeup.lookup(&kind);

@@ -1,7 +1,7 @@
 """The consumer side of a BPF ring buffer, mapped into the monitor and read in batches.
 
-bcc's `ring_buffer_poll` calls back into Python once per record through ctypes (~2 us a
-record at 100k records/s). Here the ring is mapped like libbpf maps it and walked in Python:
+bcc's `ring_buffer_poll` calls back into Python once per record through ctypes, a cost per
+record that dominates at high rates. Here the ring is mapped like libbpf maps it and walked in Python:
 the consumer position page (read-write) at offset 0, then the producer position page and the
 data pages, mapped twice back to back so a record that wraps is contiguous. Each record has
 an 8-byte header: u32 length with BUSY (being written) and DISCARD bits, u32 page offset;

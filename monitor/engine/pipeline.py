@@ -69,7 +69,7 @@ class Pipeline:
         self._queue: queue.Queue[list[Judged] | None] | None = None
         self._worker: threading.Thread | None = None
         # Judged events gather here before they are handed to the sink thread: under an exec
-        # storm, batches of one or two events each woke that thread (10 % of the CPU).
+        # storm, batches of one or two events each woke that thread, at a cost the storm showed.
         self._outbox: list[Judged] = []
         self._outbox_since = 0.0
         if threaded:

@@ -61,7 +61,7 @@ _WHEN_SET = ("sandbox", "file", "net", "container", "llm", "detail", "result", "
 
 def event_getter(path: tuple[Any, ...]) -> Callable[[Event], Any]:
     """getter(path) applied to event_view(event), read from the event itself: the guards decide
-    without a view (most events are rejected by them: building it would be ~0.25 us wasted)."""
+    without a view (most events are rejected by them: building it would be wasted)."""
     if len(path) > 1 and type(path[-1]) is Derived:
         plain = len(path)
         while type(path[plain - 1]) is Derived:
@@ -167,8 +167,8 @@ def _guard_reader(path: tuple[Any, ...], tests: list[tuple[FieldTest, _Planned]]
 
 def _projection(entries: list[Compiled]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The activation for a kind carries only the fields its rules read: the C++ runtime converts
-    the whole Python map on first access, so a 1 KB event with its ancestors costs ~15 us, the
-    fields the rules read ~2 us. Values are the event's own (same verdicts); None: whole event."""
+    the whole Python map on first access, so a large event with its ancestors costs several times
+    what the fields the rules read do. Values are the event's own (same verdicts); None: whole event."""
     paths: set[tuple[str, ...]] = set()
     for entry in entries:
         if entry.reads is None:

@@ -32,7 +32,7 @@ PROBE_FILES = ("events.h", "identity.h", "process.c", "file.c", "walk.c", "net.c
 NET_DENY_HOOKS = (("deny_connect4", 10), ("deny_connect6", 11), ("deny_sendmsg4", 14), ("deny_sendmsg6", 15))
 
 
-try:  # the ring walk in C (monitor/sensor/_fastdecode.c), ~0.05 us a record against ~0.25
+try:  # the ring walk in C (monitor/sensor/_fastdecode.c), several times faster than Python's
     from monitor.sensor._fastdecode import walk as native_walk
 except ImportError:
     native_walk = walk
@@ -259,9 +259,9 @@ class Sensor(Source):
 
 
 def detach_tracepoints(bpf: object) -> None:
-    """Detach every tracepoint of a bcc BPF object. Each detach waits for an RCU grace period
-    (~50 ms): 77 of them one after the other took 4 s. Side by side (ctypes drops the GIL) they
-    take one grace period."""
+    """Detach every tracepoint of a bcc BPF object. Each detach waits for an RCU grace period, so
+    one after the other they add up to seconds; side by side (ctypes drops the GIL) they take
+    about one grace period."""
     tracepoints = list(bpf.tracepoint_fds)  # type: ignore[attr-defined]
     if tracepoints:
         from concurrent.futures import ThreadPoolExecutor

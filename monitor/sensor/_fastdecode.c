@@ -1,5 +1,4 @@
-/* The ring's hot path in C. walk(): monitor/sensor/ringbuf.py's walk() (~0.05 us a record
- * against ~0.25). NativeDecoder: the records a busy sandbox sends most -> Events, record for
+/* The ring's hot path in C. walk(): monitor/bpf/ringbuf.py's walk(), several times faster. NativeDecoder: the records a busy sandbox sends most -> Events, record for
  * record what monitor/sensor/decode.py's RecordDecoder makes of them (the reference:
  * tests/test_sensor_fastdecode.py compares the two on crafted and generated batches):
  *   - open records (decode_file());
@@ -535,7 +534,7 @@ fail:
 
 PyDoc_STRVAR(walk_doc,
 "walk(data, base, mask, consumer, producer, limit=no limit) -> (records, consumer, discarded)\n\n"
-"As monitor.sensor.ringbuf.walk: committed records from consumer up to producer, the first\n"
+"As monitor.bpf.ringbuf.walk: committed records from consumer up to producer, the first\n"
 "record still being written, or limit records.");
 
 static PyObject *walk(PyObject *module, PyObject *args, PyObject *kwargs) {

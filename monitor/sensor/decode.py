@@ -97,7 +97,7 @@ class RecordDecoder:
     def _mark_exited_execs(self, events: list[Event]) -> None:
         """An exec whose process has already exited (its exit record came in the same batch) says
         so in hints["exited"]: enrich reads nothing of it from /proc, where the pid is gone or,
-        worse, already reused (a short-lived process: ~15 us of failed /proc reads each)."""
+        worse, already reused (a short-lived process: failed /proc reads, each a cost)."""
         exited = self._exited
         for event in events:
             if event.kind == "exec" and event.process["pid"] in exited:
@@ -129,7 +129,7 @@ class RecordDecoder:
             comm = self._comms[raw_comm] = wire.cstr(raw_comm)
             if len(self._comms) > 4096:
                 self._comms.clear()
-        # positional: this runs for every record, and keyword parsing costs ~100 ns of ~400
+        # positional: this runs for every record, and keyword parsing is a large share of it
         event = Event(name, ts + self.wall_offset,
                       {"pid": pid, "tid": tid, "uid": uid, "gid": gid, "comm": comm})
         event.cgroup_id = cgroup_id
