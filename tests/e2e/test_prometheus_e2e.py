@@ -109,6 +109,9 @@ def test_prometheus_scrapes_every_defined_series(prometheus: tuple[Any, int]) ->
     with OtlpReceiver() as rx:
         otlp = OtlpSink(rx.http_url, signals=("traces",))
         sink.add_export_source(otlp.export_stats)
+        # an alert output's delivery figures (monitor/outputs: Outputs.readings' shape)
+        sink.add_output_source(lambda: {"hook": {"sent": 3, "queued": 1, "failures": 2, "undelivered": {"failed": 1},
+                                                 "suppressed": {("Shadow read", "dedup"): 4}}})
         pipeline = Pipeline(None, Policy(), Actor(), [sink, otlp])
         sandbox = {"id": "sb-prom", "name": "prom-agent", "runtime": "cgroup"}
         t0 = time.time_ns()
