@@ -98,17 +98,22 @@ def _json_out(target: str | None) -> Iterator[IO[str] | None]:
             handle.close()
 
 
+def journal_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """JOURNAL, --sandbox, --since, --until: which part of a journal a command reads."""
+    parser.add_argument("journal", metavar="JOURNAL", help="journal directory (monitor run --journal DIR)")
+    parser.add_argument("--sandbox", metavar="ID", help="only this sandbox (id)")
+    parser.add_argument("--since", metavar="T", help="from this time (RFC 3339, epoch s, or 10m/2h/1d ago)")
+    parser.add_argument("--until", metavar="T", help="up to this time")
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("replay", help="re-evaluate a journal with (new) rules; never acts",
                                    description="Re-evaluate a journal's events with the given rules (audit "
                                                "mode: actions are reported, never executed) and show the "
                                                "difference with the alerts recorded at the time.")
-    parser.add_argument("journal", metavar="JOURNAL", help="journal directory (monitor run --journal DIR)")
+    journal_window_arguments(parser)
     parser.add_argument("--rules", action="append", metavar="PATH",
                         help="rule file or folder (repeatable; default: the default pack)")
-    parser.add_argument("--sandbox", metavar="ID", help="only this sandbox (id)")
-    parser.add_argument("--since", metavar="T", help="from this time (RFC 3339, epoch s, or 10m/2h/1d ago)")
-    parser.add_argument("--until", metavar="T", help="up to this time")
     parser.add_argument("--json", metavar="FILE|-", help="alerts, diff and summary as JSON lines")
     parser.add_argument("--otlp", metavar="URL", help="re-export the sessions as OTLP traces to URL")
     parser.add_argument("--alerts-to", metavar="FILE", help="send the window's recorded alerts again through "

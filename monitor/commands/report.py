@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from monitor.commands.replay import check_sandbox
+from monitor.commands.replay import check_sandbox, journal_window_arguments
 from monitor.engine.replay import ReplayOptions, UsageError, load_replay_rules, parse_time, replay_journal
 from monitor.journal import JournalError, JournalReader
 from monitor.policy import PolicyError
@@ -19,10 +19,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                                    description="Write a forensic report of a journal's sandbox sessions: "
                                                "header, timeline, process tree, alerts, model and tool "
                                                "calls, filters; one HTML file that needs no network.")
-    parser.add_argument("journal", metavar="JOURNAL", help="journal directory (monitor run --journal DIR)")
-    parser.add_argument("--sandbox", metavar="ID", help="only this sandbox (id)")
-    parser.add_argument("--since", metavar="T", help="from this time (RFC 3339, epoch s, or 10m/2h/1d ago)")
-    parser.add_argument("--until", metavar="T", help="up to this time")
+    journal_window_arguments(parser)
     parser.add_argument("--rules", action="append", metavar="PATH",
                         help="also show what these rules would have flagged (repeatable)")
     parser.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")

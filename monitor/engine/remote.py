@@ -9,15 +9,13 @@ start-up is what an agent harness pays for every sandbox.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from monitor.client import Client, ClientError, SandboxRun
 from monitor.engine.config import RunError, RunOptions
 from monitor.engine.pipeline import Pipeline
+from monitor.engine.signals import sigterm_stops
 from monitor.engine.sinks import AssemblyError, build_sinks
 from monitor.event import ActionRecord, Alert, Event
 from monitor.sinks import Sink
@@ -41,7 +39,7 @@ def run_resident(options: RunOptions, client: Client) -> int:
     env = dict(remote.env)
     for sink in sinks:  # our own sinks' trace context wins over the daemon's
         env.update(sink.start_session(remote.sandbox))
-    with _stop_on_sigterm(remote):
+    with sigterm_stops(remote.kill):
         remote.start(options.cmd, env=_child_env(options, env), stdout=sys.stderr if options.json == "-" else None)
         try:
             summary = _show(remote, sinks)
@@ -88,21 +86,3 @@ def _show(remote: SandboxRun, sinks: list[Sink]) -> dict[str, Any]:
                 print(f"monitor: sandbox {sandbox} is FROZEN (quarantined); resolve with "
                       f"`monitor sandbox thaw {sandbox}` or `monitor sandbox kill {sandbox}`", file=sys.stderr)
     return dict(remote.summary)
-
-
-@contextmanager
-def _stop_on_sigterm(remote: SandboxRun) -> Iterator[None]:
-    """SIGTERM kills the sandbox (the summary still comes); SIGINT reaches CMD from the terminal."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if signum == signal.SIGTERM:
-            remote.kill()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

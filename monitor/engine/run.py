@@ -16,18 +16,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from monitor.client import exit_status
 from monitor.engine.assemble import Monitor, action_note, build
 from monitor.engine.config import RunError, RunOptions
 from monitor.engine.loop import LoopError, pinned_to
+from monitor.engine.signals import sigterm_stops
 from monitor.engine.sinks import AssemblyError
 from monitor.event import ActionRecord, Event
 from monitor.gvisor.runner import GvisorError, GvisorSandbox
@@ -211,25 +209,6 @@ def _build(options: RunOptions, sandboxed: _Sandboxed, sensor: Sensor | None) ->
         raise RunError(str(exc)) from None
 
 
-@contextmanager
-def _signals_stop(sandboxed: _Sandboxed) -> Iterator[None]:
-    """SIGTERM stops the sandbox (the summary is still written); SIGINT reaches the child from the
-    terminal too, and the monitor keeps draining."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if signum == signal.SIGTERM:
-            sandboxed.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def child_env(options: RunOptions, sandbox: Sandbox, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
@@ -249,7 +228,7 @@ def _run(options: RunOptions, monitor: Monitor, sandboxed: _Sandboxed) -> int:
         note_trace(monitor.sinks, sandbox.id, trace_env["TRACEPARENT"])
     monitor.emit(Event(kind="sandbox_start", time_ns=sandbox.started_ns or time.time_ns(), source="monitor",
                        sandbox=sandbox.identity(), cgroup_id=sandbox.cgroup_id))
-    with _signals_stop(sandboxed):
+    with sigterm_stops(sandboxed.stop):
         sandboxed.start(child_env(options, sandbox, trace_env))
         with pinned_to(monitor.cpu):
             monitor.loop.run_until(sandboxed.finished, sandboxed.tick, monitor.poll_ms)

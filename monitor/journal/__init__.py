@@ -16,8 +16,9 @@ from monitor.journal.format import (
     SegmentIndex,
     frame,
 )
-from monitor.journal.reader import JournalError, JournalReader, Record, open_journal
+from monitor.journal.reader import JournalError, JournalReader, Record, fewer_collections, open_journal
 from monitor.journal.writer import JournalWriter
 
 __all__ = ["FILE_MAGIC", "FRAME_BLOCK", "FRAME_HEADER", "FRAME_MAGIC", "FRAME_META", "JournalError",
-           "JournalReader", "JournalWriter", "Record", "SegmentIndex", "frame", "open_journal"]
+           "JournalReader", "JournalWriter", "Record", "SegmentIndex", "fewer_collections", "frame",
+           "open_journal"]

@@ -10,17 +10,14 @@ says how many more there were.
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.event import ActionRecord, Alert, Event, rfc3339
-from monitor.journal import JournalReader
+from monitor.journal import JournalReader, fewer_collections
 from monitor.timeline import ProcNode, TimelineBuilder
 from monitor.timeline import SessionTimeline as Session
 
@@ -211,23 +208,11 @@ def read_journal(options: ReportOptions) -> ReportBuilder:
     return builder
 
 
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """The trees hold ~100 objects per process, made from millions of short-lived ones: collecting
-    the young generation every 700 allocations (the default) would rescan them again and again."""
-    threshold = gc.get_threshold()
-    gc.set_threshold(max(threshold[0], 100_000), *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-
-
 def build_report_data(options: ReportOptions, replayed: Replayed | None = None) -> dict[str, Any]:
     """The page's data; with `replayed`, what other rules would have flagged, marked apart.
     JournalError if there is no journal."""
     started = time.perf_counter()
-    with _fewer_collections():
+    with fewer_collections():
         builder = read_journal(options)
         for alert in replayed.new_alerts if replayed is not None else []:
             builder.add_would_flag(alert)
