@@ -163,9 +163,13 @@ def run(options: RunOptions, sensor: Sensor | None = None) -> int:
     try:
         monitor.watch(sandboxed.sandbox)
         status = _run(options, monitor, sandboxed)
-    finally:
+    except BaseException:
         monitor.unwatch(sandboxed.sandbox)
         sandboxed.remove()
+        monitor.close_sources()  # a failed run releases its probes at once, whoever called it
+        raise
+    monitor.unwatch(sandboxed.sandbox)
+    sandboxed.remove()
     if options.exit_at_once and monitor.owns_sensor and isinstance(sandboxed, _CgroupRun):
         exit_now_release_later(monitor, status)
     monitor.close_sources()
