@@ -151,6 +151,13 @@ def read_states() -> list[dict[str, object]]:
     return states
 
 
+def _read_state(sandbox_id: str) -> dict[str, object] | None:
+    try:
+        return json.loads(_state_file(sandbox_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def create(name: str, runtime: str = "cgroup") -> Sandbox:
     base = cgroup_v2_root() / SUBTREE
     base.mkdir(exist_ok=True)
@@ -217,7 +224,8 @@ def cleanup_stale() -> list[str]:
     except CgroupError:
         return removed
     for path in sorted(base.glob("sb-*")) if base.is_dir() else []:
-        state = owners.pop(path.name, None)
+        # a sandbox made since read_states() (its directory first, then its state): read again
+        state = owners.pop(path.name, None) or _read_state(path.name)
         owner = int(state.get("owner_pid", 0)) if state else 0
         if (owner and _alive(owner)) or frozen(path):
             continue
