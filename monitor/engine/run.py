@@ -53,6 +53,11 @@ class _Sandboxed:
     def tick(self) -> None:
         """Housekeeping between batches."""
 
+    def frozen_by_rule(self, record: ActionRecord) -> None:
+        """A rule froze the sandbox: the person at the terminal learns it at once."""
+        if (text := action_note(record)) is not None:
+            print(text, file=sys.stderr)
+
     def end(self) -> int | None:
         """Once finished: what is left is killed; CMD's exit status (None: it never ran)."""
         return None
@@ -90,8 +95,15 @@ class _CgroupRun(_Sandboxed):
     def stop(self) -> None:
         cg.kill(self.sandbox.cgroup_path)
 
+    def frozen_by_rule(self, record: ActionRecord) -> None:
+        self._note_frozen()
+
     def tick(self) -> None:
-        if not self._frozen_noted and cg.frozen(self.sandbox.cgroup_path):
+        if cg.frozen(self.sandbox.cgroup_path):
+            self._note_frozen()
+
+    def _note_frozen(self) -> None:
+        if not self._frozen_noted:
             self._frozen_noted = True
             print(f"monitor: sandbox {self.sandbox.id} is FROZEN (quarantined); resolve with "
                   f"`monitor sandbox thaw {self.sandbox.id}` or `monitor sandbox kill {self.sandbox.id}`",
@@ -202,8 +214,8 @@ def exit_now_release_later(monitor: Monitor, status: int) -> None:
 
 def _build(options: RunOptions, sandboxed: _Sandboxed, sensor: Sensor | None) -> Monitor:
     def note(record: ActionRecord) -> None:
-        if (text := action_note(record)) is not None and options.runtime == "gvisor":
-            print(text, file=sys.stderr)  # a cgroup sandbox's freeze is noted by its tick
+        if record.action == "freeze" and record.outcome == "done":
+            sandboxed.frozen_by_rule(record)
 
     try:
         return build(options.config(), sensor=sensor, on_record=note, extra_sinks=tuple(options.sinks),
